@@ -1,0 +1,285 @@
+"""Capture activations of a model or a pair into an ActivationStore, streaming shard by shard.
+
+Only the requested hooks and positions are copied out of the forward pass; rows are buffered
+until a shard reaches `shard_bytes` and then written atomically, so memory is bounded by one
+shard plus one batch, whatever the dataset size. Rerunning the same capture into the same folder
+resumes after the last complete shard; a different model, hook list, input or argument set is
+refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hooks.errors import TwinlensError
+from hooks.loading import Model, ModelPair
+from hooks.store import (
+    FORMAT,
+    INPUTS,
+    MANIFEST,
+    ActivationStore,
+    save_tensors_atomic,
+    write_json_atomic,
+)
+
+Positions = Union[str, Sequence[Sequence[int]], Sequence[Tensor], Callable[[list[int]], Sequence[int]]]
+
+
+def _models_of(target: Model | ModelPair) -> dict[str, Model]:
+    if isinstance(target, ModelPair):
+        return target.models
+    if isinstance(target, Model):
+        return {"model": target}
+    raise TwinlensError(
+        f"capture() takes a Model or ModelPair (from hooks.load_model / load_pair), got {type(target).__name__}."
+    )
+
+
+def _tokenize(model: Model, inputs: Sequence[str] | Sequence[Sequence[int]] | Tensor) -> list[list[int]]:
+    if isinstance(inputs, Tensor):
+        inputs = inputs.tolist()
+    if isinstance(inputs, (str, bytes)):
+        raise TwinlensError("Pass a list of prompts, not a single string: capture(model, [text], ...).")
+    inputs = list(inputs)
+    if not inputs:
+        raise TwinlensError("The prompt list is empty; pass at least one prompt or token-id list.")
+    out = []
+    for i, item in enumerate(inputs):
+        ids = model.encode(item) if isinstance(item, str) else [int(t) for t in item]
+        if not ids:
+            raise TwinlensError(f"Prompt {i} tokenizes to nothing; remove it or fix the text.")
+        out.append(ids)
+    vocab = model.hf.config.vocab_size
+    bad = [(i, t) for i, ids in enumerate(out) for t in ids if not 0 <= t < vocab][:3]
+    if bad:
+        raise TwinlensError(f"Token ids out of the vocabulary (size {vocab}): (example, id) {bad}.")
+    n_ctx = model.n_ctx
+    if n_ctx is not None:
+        long = [(i, len(ids)) for i, ids in enumerate(out) if len(ids) > n_ctx][:3]
+        if long:
+            raise TwinlensError(
+                f"Prompts longer than the model's context of {n_ctx} tokens (example, length): "
+                f"{long}. Truncate or split them."
+            )
+    return out
+
+
+def _position_lists(positions: Positions, token_ids: list[list[int]]) -> list[list[int]]:
+    if positions == "all":
+        return [list(range(len(t))) for t in token_ids]
+    if positions == "last":
+        return [[len(t) - 1] for t in token_ids]
+    if isinstance(positions, str):
+        raise TwinlensError(f"positions={positions!r}: use 'all', 'last', per-example masks or index lists.")
+    if callable(positions):
+        chosen = [list(positions(t)) for t in token_ids]
+    else:
+        chosen = list(positions)
+        if len(chosen) != len(token_ids):
+            raise TwinlensError(
+                f"positions has {len(chosen)} entries for {len(token_ids)} examples; give one mask "
+                "or index list per example."
+            )
+    out = []
+    for i, (p, ids) in enumerate(zip(chosen, token_ids)):
+        p = torch.as_tensor(p)
+        if p.dtype == torch.bool:
+            if p.numel() != len(ids):
+                raise TwinlensError(
+                    f"Position mask {i} has length {p.numel()} but example {i} has {len(ids)} tokens."
+                )
+            idx = p.nonzero().flatten().tolist()
+        else:
+            idx = sorted(set(int(x) for x in p.flatten().tolist()))
+            if idx and not (0 <= idx[0] and idx[-1] < len(ids)):
+                raise TwinlensError(
+                    f"Positions {idx[:3]}... of example {i} fall outside its {len(ids)} tokens."
+                )
+        out.append(idx)
+    return out
+
+
+def _inputs_hash(token_ids: list[list[int]], pos: list[list[int]]) -> str:
+    h = hashlib.sha256()
+    for ids, p in zip(token_ids, pos):
+        h.update(repr((ids, p)).encode())
+    return h.hexdigest()
+
+
+class _ShardWriter:
+    def __init__(self, root: Path, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self.parts: dict[str, list[Tensor]] = {}
+        self.bytes = 0
+        self.first_example: int | None = None
+        self.last_example = 0
+
+    def add(self, example_start: int, example_end: int, tensors: dict[str, Tensor]) -> None:
+        if self.first_example is None:
+            self.first_example = example_start
+        self.last_example = example_end
+        for k, v in tensors.items():
+            self.parts.setdefault(k, []).append(v)
+            self.bytes += v.numel() * v.element_size()
+
+    def flush(self) -> None:
+        if self.first_example is None:
+            return
+        tensors = {k: torch.cat(v) for k, v in self.parts.items()}
+        index = len(self.manifest["shards"])
+        name = f"shard-{index:05d}.safetensors"
+        digest = save_tensors_atomic(tensors, self.root / name)
+        self.manifest["shards"].append(
+            {
+                "file": name,
+                "rows": int(tensors["tokens"].shape[0]),
+                "example_start": self.first_example,
+                "example_end": self.last_example,
+                "sha256": digest,
+            }
+        )
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+        self.parts, self.bytes, self.first_example = {}, 0, None
+
+
+@torch.no_grad()
+def _forward_capture(
+    model: Model, hooks: list[str], batch: Tensor, sel_b: Tensor, sel_p: Tensor, store_dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """One bridge forward; each hook copies only the selected (batch, position) rows."""
+    got: dict[str, Tensor] = {}
+
+    def make(name: str) -> Callable[[Tensor, Any], None]:
+        def fn(act: Tensor, hook: Any = None) -> None:
+            got[name] = act[sel_b, sel_p].to("cpu", dtype=store_dtype)
+
+        return fn
+
+    bridge = model.bridge
+    # Right padding needs no attention mask for a causal model: real tokens never attend to
+    # the pads after them, and their positions are 0..len-1 as in an unpadded forward.
+    bridge.run_with_hooks(batch, return_type=None, fwd_hooks=[(h, make(h)) for h in hooks])
+    missing = [h for h in hooks if h not in got]
+    if missing:
+        raise TwinlensError(f"Hooks {missing[:3]} did not fire in the forward pass.")
+    return got
+
+
+def capture(
+    target: Model | ModelPair,
+    inputs: Sequence[str] | Sequence[Sequence[int]] | Tensor,
+    hooks: str | list[str] = "blocks.*.hook_out",
+    out: str | os.PathLike = "acts",
+    *,
+    positions: Positions = "all",
+    batch_size: int = 8,
+    shard_bytes: int = 256 << 20,
+    store_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    metadata: dict | None = None,
+) -> ActivationStore:
+    """Run every example through the model(s) and store the chosen hooks at the chosen
+    positions. Returns the finished store. See API.md."""
+    models = _models_of(target)
+    first = next(iter(models.values()))
+    if batch_size < 1:
+        raise TwinlensError(f"batch_size must be >= 1, got {batch_size}.")
+    token_ids = _tokenize(first, inputs)
+    pos = _position_lists(positions, token_ids)
+    hook_names = first.resolve_hooks(hooks)
+    store_dtype = store_dtype or first.dtype
+    root = Path(out)
+    identity = {
+        "format": FORMAT,
+        "models": {
+            key: {
+                "name": m.name,
+                "path": str(m.path),
+                "weight_hash": m.weight_hash,
+                "n_layers": m.n_layers,
+                "d_model": m.d_model,
+                "dtype": str(m.dtype).removeprefix("torch."),
+            }
+            for key, m in models.items()
+        },
+        "hooks": hook_names,
+        "dtype": str(store_dtype).removeprefix("torch."),
+        "n_examples": len(token_ids),
+        "inputs_sha256": _inputs_hash(token_ids, pos),
+        "capture_args": {
+            "positions": positions if isinstance(positions, str) else "explicit",
+            "prepend_bos": False,
+            "tokenization": "tokenizer default (add_special_tokens=True)" if isinstance(inputs[0], str) else "token ids given",
+            "padding": "right, no attention mask (causal)",
+        },
+        "metadata": metadata or {},
+    }
+
+    if (root / MANIFEST).exists():
+        store = ActivationStore.open(root)
+        old = store.manifest
+        diffs = [k for k in identity if k != "capture_args" and old.get(k) != identity[k]]
+        if diffs:
+            raise TwinlensError(
+                f"{root} already holds a capture made with a different {', '.join(diffs)}. "
+                "Capture into a new folder (nothing in the existing store was changed)."
+            )
+        manifest = old
+        for s in store.shards:  # resume only on top of intact shards
+            store.verify(s)
+    else:
+        if root.exists() and any(root.iterdir()):
+            raise TwinlensError(
+                f"{root} exists and is not an activation store; pick an empty or new folder."
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        flat = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.long)
+        offsets = torch.tensor([0] + [len(ids) for ids in token_ids]).cumsum(0)
+        save_tensors_atomic({"tokens": flat, "offsets": offsets}, root / INPUTS)
+        manifest = {**identity, "shards": [], "complete": False}
+        write_json_atomic(root / MANIFEST, manifest)
+
+    done = manifest["shards"][-1]["example_end"] if manifest["shards"] else 0
+    if done >= len(token_ids):
+        manifest["complete"] = True
+        write_json_atomic(root / MANIFEST, manifest)
+        return ActivationStore.open(root)
+
+    pad = first.tokenizer.pad_token_id
+    pad = pad if pad is not None else 0
+    writer = _ShardWriter(root, manifest)
+    bar = tqdm(total=len(token_ids), initial=done, desc=f"capture -> {root.name}", disable=not progress, unit="ex")
+    for start in range(done, len(token_ids), batch_size):
+        end = min(start + batch_size, len(token_ids))
+        ids = token_ids[start:end]
+        width = max(len(t) for t in ids)
+        batch = torch.full((len(ids), width), pad, dtype=torch.long)
+        for r, t in enumerate(ids):
+            batch[r, : len(t)] = torch.tensor(t)
+        sel_b = torch.tensor([r for r in range(len(ids)) for _ in pos[start + r]], dtype=torch.long)
+        sel_p = torch.tensor([p for r in range(len(ids)) for p in pos[start + r]], dtype=torch.long)
+        rows: dict[str, Tensor] = {
+            "tokens": batch[sel_b, sel_p],
+            "example_index": sel_b + start,
+            "position": sel_p.clone(),
+        }
+        for key, m in models.items():
+            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device), store_dtype)
+            rows.update({f"{key}/{h}": a for h, a in acts.items()})
+        writer.add(start, end, rows)
+        if writer.bytes >= shard_bytes:
+            writer.flush()
+        bar.update(end - start)
+    writer.flush()
+    bar.close()
+    manifest["complete"] = True
+    write_json_atomic(root / MANIFEST, manifest)
+    return ActivationStore.open(root)

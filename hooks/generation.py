@@ -1,0 +1,143 @@
+"""Batched, seeded generation with a KV cache on the untouched HF model.
+
+Each row (prompt i, sample j) draws its randomness from its own generator seeded by
+(seed, i, j), so the samples do not depend on the batch size or on which rows were generated
+before: a resumed job reproduces exactly the rows an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hooks.errors import TwinlensError
+
+LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (logits [B, V], generated [B, t]) -> logits
+
+
+def _cache_kwarg(hf: Any) -> str:
+    """transformers >= 5.2x renamed `past_key_values` to `cache`; accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def forward_step(
+    hf: Any, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any = None
+) -> tuple[Tensor, Any]:
+    """One cached forward: (logits [B, T, V], new cache). Shared by every decoding loop."""
+    kwargs = {_cache_kwarg(hf): cache} if cache is not None else {}
+    out = hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+             use_cache=True, **kwargs)
+    new_cache = getattr(out, "cache", None)
+    if new_cache is None:
+        new_cache = out.past_key_values
+    return out.logits, new_cache
+
+
+def row_seed(seed: int, *keys: Any) -> int:
+    digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _sample_rows(
+    logits: Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
+) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # smallest set with mass >= top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    probs = probs / probs.sum(-1, keepdim=True)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(probs.device)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, u.unsqueeze(-1).to(cdf.dtype)).squeeze(-1)
+    return idx.clamp_max(probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+    stop_at_eos: bool = True,
+    logits_processor: LogitsProcessor | None = None,
+    row_ids: Sequence[Any] | None = None,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Generate `n` completions per prompt (token ids, eos stripped), prompt-major:
+    result[i * n + j]. temperature 0 = greedy. `row_ids` (one per prompt) replace the prompt
+    index in the per-row seed, so a problem keeps its samples wherever it sits in a list."""
+    if not prompts:
+        raise TwinlensError("No prompts given; pass at least one prompt (list of token ids).")
+    if any(len(p) == 0 for p in prompts):
+        raise TwinlensError("An empty prompt was given; every prompt needs at least one token.")
+    if max_new_tokens < 1:
+        raise TwinlensError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if not 0 < top_p <= 1:
+        raise TwinlensError(f"top_p must be in (0, 1], got {top_p}.")
+    n_ctx = model.n_ctx
+    longest = max(len(p) for p in prompts)
+    if n_ctx is not None and longest + max_new_tokens > n_ctx:
+        raise TwinlensError(
+            f"A prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
+            f"context of {n_ctx}; shorten the prompt or lower max_new_tokens."
+        )
+    ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
+    rows = [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
+    eos = model.tokenizer.eos_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else (eos or 0)
+    hf, device = model.hf, model.device
+    out: list[list[int]] = []
+    batches = range(0, len(rows), batch_size)
+    for start in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        chunk = rows[start : start + batch_size]
+        gens = [torch.Generator().manual_seed(row_seed(seed, rid, j)) for _, rid, j in chunk]
+        width = max(len(p) for p, _, _ in chunk)
+        # Left padding with an explicit mask and positions, as HF's own generate does.
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, (p, _, _) in enumerate(chunk):
+            input_ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits, cache = forward_step(hf, input_ids, mask, positions)
+        logits = logits[:, -1]
+        generated = torch.empty((len(chunk), 0), dtype=torch.long, device=device)
+        done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        last_pos = positions[:, -1]
+        for _ in range(max_new_tokens):
+            if logits_processor is not None:
+                logits = logits_processor(logits, generated)
+            nxt = _sample_rows(logits, temperature, top_p, gens).to(device)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            generated = torch.cat([generated, nxt[:, None]], dim=1)
+            if stop_at_eos and eos is not None:
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last_pos = last_pos + 1
+            logits, cache = forward_step(hf, nxt[:, None], mask, last_pos[:, None], cache)
+            logits = logits[:, -1]
+        for r in range(len(chunk)):
+            toks = generated[r].tolist()
+            if stop_at_eos and eos is not None and eos in toks:
+                toks = toks[: toks.index(eos)]
+            out.append(toks)
+    return out
