@@ -8,7 +8,7 @@ The public names (stable; see API.md):
     resolve_hook_names, TwinlensError
 """
 
-from hooks.capture import capture
+from hooks.capturing import capture
 from hooks.errors import TwinlensError
 from hooks.generation import generate
 from hooks.interventions import ablate_direction, add_to_residual, edit_block_output

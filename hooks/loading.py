@@ -99,6 +99,7 @@ class Model:
     tokenizer: Any
     weight_files: list[Path] = field(repr=False)
     _bridge: Any = field(default=None, repr=False)
+    _module_names: dict = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +171,8 @@ class Model:
     def hf_module_name(self, hook_name: str) -> tuple[str, str]:
         """Map `blocks.3.hook_out` to (HF module name, "output" | "input"), derived from the
         bridge (no per-architecture table)."""
+        if hook_name in self._module_names:
+            return self._module_names[hook_name]
         comp_path, _, point = hook_name.rpartition(".")
         if point not in ("hook_out", "hook_in"):
             raise TwinlensError(
@@ -184,7 +187,9 @@ class Model:
         twin = self.bridge.original_model
         for name, module in twin.named_modules():
             if module is original:
-                return name.replace(_BRIDGE_WRAPPER, ""), ("output" if point == "hook_out" else "input")
+                found = name.replace(_BRIDGE_WRAPPER, ""), ("output" if point == "hook_out" else "input")
+                self._module_names[hook_name] = found
+                return found
         raise TwinlensError(f"Could not locate the HF module behind {hook_name!r}.")
 
     def hf_module(self, hook_name: str) -> tuple[torch.nn.Module, str]:

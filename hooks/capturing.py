@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ from hooks.store import (
     write_json_atomic,
 )
 
-Positions = Union[str, Sequence[Sequence[int]], Sequence[Tensor], Callable[[list[int]], Sequence[int]]]
+Positions = str | Sequence[Sequence[int]] | Sequence[Tensor] | Callable[[list[int]], Sequence[int]]
 
 
 def _models_of(target: Model | ModelPair) -> dict[str, Model]:
@@ -89,7 +89,7 @@ def _position_lists(positions: Positions, token_ids: list[list[int]]) -> list[li
                 "or index list per example."
             )
     out = []
-    for i, (p, ids) in enumerate(zip(chosen, token_ids)):
+    for i, (p, ids) in enumerate(zip(chosen, token_ids, strict=False)):
         p = torch.as_tensor(p)
         if p.dtype == torch.bool:
             if p.numel() != len(ids):
@@ -109,7 +109,7 @@ def _position_lists(positions: Positions, token_ids: list[list[int]]) -> list[li
 
 def _inputs_hash(token_ids: list[list[int]], pos: list[list[int]]) -> str:
     h = hashlib.sha256()
-    for ids, p in zip(token_ids, pos):
+    for ids, p in zip(token_ids, pos, strict=False):
         h.update(repr((ids, p)).encode())
     return h.hexdigest()
 
@@ -150,23 +150,91 @@ class _ShardWriter:
         self.parts, self.bytes, self.first_example = {}, 0, None
 
 
+class _StopForward(Exception):
+    """Raised by the last needed hook: layers after it would compute nothing we keep."""
+
+
+def _hf_targets(model: Model, hooks: list[str]) -> list[tuple[str, torch.nn.Module, str]] | None:
+    """(hook, HF module, "output"|"input") for every hook, or None if one has no HF module
+    (attention patterns, normalisation scales...: only the bridge exposes those)."""
+    targets = []
+    for h in hooks:
+        try:
+            module, where = model.hf_module(h)
+        except TwinlensError:
+            return None
+        targets.append((h, module, where))
+    return targets
+
+
 @torch.no_grad()
 def _forward_capture(
-    model: Model, hooks: list[str], batch: Tensor, sel_b: Tensor, sel_p: Tensor, store_dtype: torch.dtype
+    model: Model,
+    hooks: list[str],
+    batch: Tensor,
+    sel_b: Tensor,
+    sel_p: Tensor,
+    store_dtype: torch.dtype,
+    engine: str = "auto",
 ) -> dict[str, Tensor]:
-    """One bridge forward; each hook copies only the selected (batch, position) rows."""
+    """One forward; each hook copies only the selected (batch, position) rows.
+
+    engine "hf": forward hooks on the untouched HF model's modules, located through the bridge
+    (so names are TransformerLens names and no per-architecture table exists), SDPA attention,
+    no LM head, stopping after the last needed module. engine "bridge": the bridge's own hook
+    points (needed for hooks with no HF module). "auto" takes "hf" when every hook maps.
+    Right padding needs no attention mask for a causal model: real tokens never attend to the
+    pads after them, and their positions are 0..len-1 as in an unpadded forward.
+    """
     got: dict[str, Tensor] = {}
+    targets = _hf_targets(model, hooks) if engine in ("auto", "hf") else None
+    if engine == "hf" and targets is None:
+        raise TwinlensError("engine='hf' cannot reach every requested hook; use engine='bridge'.")
 
-    def make(name: str) -> Callable[[Tensor, Any], None]:
-        def fn(act: Tensor, hook: Any = None) -> None:
-            got[name] = act[sel_b, sel_p].to("cpu", dtype=store_dtype)
+    def keep(name: str, act: Tensor) -> None:
+        if act.shape[:2] != batch.shape:
+            raise TwinlensError(
+                f"Hook {name!r} gives shape {tuple(act.shape)}, not [batch, pos, ...]: the store keeps "
+                "per-token activations. For attention patterns use model.bridge.run_with_cache."
+            )
+        got[name] = act[sel_b, sel_p].to("cpu", dtype=store_dtype)
 
-        return fn
+    if targets is not None:
+        order = {id(m): i for i, m in enumerate(model.hf.modules())}
+        last = max(targets, key=lambda t: (order[id(t[1])], t[2] == "output"))
+        handles = []
 
-    bridge = model.bridge
-    # Right padding needs no attention mask for a causal model: real tokens never attend to
-    # the pads after them, and their positions are 0..len-1 as in an unpadded forward.
-    bridge.run_with_hooks(batch, return_type=None, fwd_hooks=[(h, make(h)) for h in hooks])
+        def make(name: str, where: str, is_last: bool):
+            def post(_m, _args, output):
+                keep(name, output[0] if isinstance(output, tuple) else output)
+                if is_last and len(got) == len(hooks):
+                    raise _StopForward
+
+            def pre(_m, args, kwargs):
+                keep(name, args[0] if args else kwargs["hidden_states"])
+                if is_last and len(got) == len(hooks):
+                    raise _StopForward
+
+            return post if where == "output" else pre
+
+        try:
+            for name, module, where in targets:
+                fn = make(name, where, (name, module, where) == last)
+                if where == "output":
+                    handles.append(module.register_forward_hook(fn))
+                else:
+                    handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+            model.hf.base_model(input_ids=batch, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+    else:
+        def make_bridge(name: str) -> Callable[[Tensor, Any], None]:
+            return lambda act, hook=None: keep(name, act)
+
+        model.bridge.run_with_hooks(batch, return_type=None, fwd_hooks=[(h, make_bridge(h)) for h in hooks])
     missing = [h for h in hooks if h not in got]
     if missing:
         raise TwinlensError(f"Hooks {missing[:3]} did not fire in the forward pass.")
@@ -185,9 +253,13 @@ def capture(
     store_dtype: torch.dtype | None = None,
     progress: bool = True,
     metadata: dict | None = None,
+    engine: str = "auto",
 ) -> ActivationStore:
     """Run every example through the model(s) and store the chosen hooks at the chosen
-    positions. Returns the finished store. See API.md."""
+    positions. Returns the finished store. See API.md.
+
+    engine: "auto" (HF module hooks where every hook maps to an HF module, else the bridge),
+    "hf" or "bridge"; both give the same numbers (tested), "hf" is the fast one."""
     models = _models_of(target)
     first = next(iter(models.values()))
     if batch_size < 1:
@@ -219,6 +291,7 @@ def capture(
             "prepend_bos": False,
             "tokenization": "tokenizer default (add_special_tokens=True)" if isinstance(inputs[0], str) else "token ids given",
             "padding": "right, no attention mask (causal)",
+            "engine": engine,
         },
         "metadata": metadata or {},
     }
@@ -272,7 +345,7 @@ def capture(
             "position": sel_p.clone(),
         }
         for key, m in models.items():
-            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device), store_dtype)
+            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device), store_dtype, engine)
             rows.update({f"{key}/{h}": a for h, a in acts.items()})
         writer.add(start, end, rows)
         if writer.bytes >= shard_bytes:

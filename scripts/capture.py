@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Capture activations of a model or a base/RL pair to an on-disk ActivationStore.
+
+    python scripts/capture.py --out runs/capture                     # organism base + rl-seed0
+    python scripts/capture.py --model path/or/hub-id --prompts prompts.txt --hooks 'blocks.*.hook_out'
+
+Writes DIR/store/ (the ActivationStore), DIR/results.json (rows, hooks, per-layer residual norms
+and base-vs-RL cosine), DIR/residual_norms.png and DIR/summary.md. Rerunning resumes the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hooks import TwinlensError, capture, load_model, load_pair  # noqa: E402
+
+
+def read_prompts(spec: str, n: int) -> list[str]:
+    if spec == "organism":
+        from organism.task import eval_problems, write_completion
+
+        problems = eval_problems(n)
+        # Prompt + a reference step-by-step solution: the positions carry every strategy.
+        return [p.prompt + write_completion(p, "step") for p in problems]
+    path = Path(spec)
+    if not path.exists():
+        raise TwinlensError(f"--prompts {spec!r}: no such file; give a text file (one prompt per line) or 'organism'.")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r["prompt"] if isinstance(r, dict) else str(r) for r in rows][:n]
+    return [line for line in path.read_text().splitlines() if line.strip()][:n]
+
+
+def summarize(store, models: list[str]) -> dict:
+    layers = [h for h in store.hooks if h.startswith("blocks.") and h.endswith(".hook_out")]
+    out: dict = {"rows": store.n_rows, "examples": store.n_examples, "hooks": store.hooks,
+                 "models": store.models, "residual_norm": {}, "cosine_base_rl": {}}
+    for key in models:
+        out["residual_norm"][key] = {h: float(store.read(h, key).float().norm(dim=-1).mean()) for h in layers}
+    if set(models) == {"base", "rl"}:
+        for h in layers:
+            b, r = store.read(h, "base").float(), store.read(h, "rl").float()
+            out["cosine_base_rl"][h] = float(torch.nn.functional.cosine_similarity(b, r, dim=-1).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", help="base model folder or hub id (default: organism base)")
+    ap.add_argument("--rl", help="RL model folder or hub id (default: organism rl-seed0)")
+    ap.add_argument("--model", help="capture a single model instead of a pair")
+    ap.add_argument("--prompts", default="organism", help="text/jsonl file, or 'organism'")
+    ap.add_argument("--n", type=int, default=64, help="number of prompts")
+    ap.add_argument("--hooks", nargs="+", default=["blocks.*.hook_out"])
+    ap.add_argument("--positions", default="all", choices=["all", "last"])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    args = ap.parse_args(argv)
+
+    from analyses.reporting import save_figure, write_results
+
+    try:
+        if args.model:
+            target = load_model(args.model, device=args.device)
+            keys = ["model"]
+        else:
+            import organism
+
+            base = args.base or organism.checkpoint_path("base")
+            rl = args.rl or organism.checkpoint_path("rl-seed0")
+            target = load_pair(base, rl, device=args.device)
+            keys = ["base", "rl"]
+        prompts = read_prompts(args.prompts, args.n)
+        out = Path(args.out)
+        store = capture(target, prompts, hooks=args.hooks, out=out / "store",
+                        positions=args.positions, batch_size=args.batch_size)
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    results = summarize(store, keys)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, norms in results["residual_norm"].items():
+        ax.plot(range(len(norms)), list(norms.values()), marker="o", label=key)
+    ax.set_xlabel("block")
+    ax.set_ylabel("mean residual norm")
+    ax.set_title("Block-output norms")
+    ax.legend()
+    save_figure(fig, out / "residual_norms.png")
+    lines = [
+        "# Capture", "",
+        f"{store.n_rows} rows from {store.n_examples} examples; hooks: {', '.join(store.hooks)}.",
+        f"Store: `{out / 'store'}` (open with `hooks.ActivationStore.open`).", "",
+    ]
+    if results["cosine_base_rl"]:
+        lines += ["| hook | cosine(base, rl) |", "|---|---|"]
+        lines += [f"| {h} | {c:.3f} |" for h, c in results["cosine_base_rl"].items()]
+    write_results(out, results, "\n".join(lines) + "\n")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
