@@ -1,0 +1,95 @@
+"""Writing a job's outputs by the results contract (DESIGN.md): ``DIR/results.json``,
+``DIR/summary.md`` and PNG plots, each written atomically (temp file + rename), so an
+interrupted job never leaves a half-written file where a finished one was.
+
+    write_results(out_dir, results, summary_md)   # results.json + summary.md
+    save_figure(fig, out_dir / "plot.png")        # PNG, then the figure is closed
+
+``results`` may hold numpy / torch scalars and arrays, tuples, Paths and dataclasses: they are
+converted to plain JSON. Non-finite floats (NaN, inf) become ``null``, since JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["to_jsonable", "write_results", "save_figure", "write_text_atomic"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: dicts with string keys, lists, str, int, float (finite) or None."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if hasattr(obj, "to_dict"):
+            return to_jsonable(obj.to_dict())
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    # numpy and torch scalars / arrays, without importing either here
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return to_jsonable(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return to_jsonable(obj.item())
+    return str(obj)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_results(out_dir: str | os.PathLike, results: Mapping[str, Any], summary_md: str) -> Path:
+    """Write ``out_dir/results.json`` (indented, NaN -> null) and ``out_dir/summary.md``.
+
+    Returns the path of results.json. Both files are replaced atomically.
+    """
+    out = Path(out_dir)
+    text = json.dumps(to_jsonable(results), indent=1, allow_nan=False)
+    path = write_text_atomic(out / "results.json", text + "\n")
+    write_text_atomic(out / "summary.md", summary_md if summary_md.endswith("\n") else summary_md + "\n")
+    return path
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it (frees pyplot's reference)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(fig)
+    return path
