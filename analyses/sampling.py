@@ -1,0 +1,481 @@
+"""The sampling engine: n samples per problem from one model or a family, scored under every
+model of the family, saved as JSONL (one row per sample) and resumable.
+
+Randomness: each (problem id, sample index) draws from its own generator seeded by
+(seed, problem id, sample index) (``hooks.generate`` with ``row_ids``), so a resumed run gives
+exactly the rows an uninterrupted one would, whatever the batch composition. Models sampled
+with the same seed share those random numbers (common random numbers: paired comparisons
+have less noise).
+
+Log-probs are under each model's own next-token distribution (temperature 1, no top-p), from
+one teacher-forced forward of ``model.hf`` over prompt + completion: what the model believes,
+not the tempered sampling distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from analyses.task import Task, TaskProblem, prompt_id
+from hooks.errors import TwinlensError
+
+META_SUFFIX = ".meta.json"
+# Settings that must match for rows on disk to be reused.
+_RESUME_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "task", "scored_with")
+
+
+@dataclass
+class SampleRow:
+    """One sample. Spans are [start, end) in completion tokens."""
+
+    model: str  # label of the model that sampled it
+    problem_id: str
+    sample_index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    logprobs: dict[str, list[float]]  # model label -> log p(token) per completion token
+    finished: bool  # ended with eos (False: cut at max_new_tokens)
+    correct: bool | None = None
+    answer: Any = None
+    reference: Any = None
+    format: str | None = None
+    strategy_spans: list[list] = field(default_factory=list)  # [strategy, start, end]
+    answer_span: list[int] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.model, self.problem_id, self.sample_index)
+
+    def token_labels(self, none: str = "none") -> list[str]:
+        """One label per completion token: its strategy, "answer", or ``none``."""
+        labels = [none] * len(self.completion_ids)
+        for name, s, e in self.strategy_spans:
+            labels[s:e] = [name] * (e - s)
+        if self.answer_span is not None:
+            s, e = self.answer_span
+            labels[s:e] = ["answer"] * (e - s)
+        return labels
+
+
+@dataclass
+class Samples:
+    """Rows of samples (ordered by model, problem, sample index) and the settings used."""
+
+    rows: list[SampleRow]
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r.model for r in self.rows))
+
+    @property
+    def problem_ids(self) -> list[str]:
+        return list(dict.fromkeys(r.problem_id for r in self.rows))
+
+    def for_model(self, model: str) -> Samples:
+        rows = [r for r in self.rows if r.model == model]
+        if not rows:
+            raise TwinlensError(f"No samples from model {model!r}; models present: {self.models}.")
+        return Samples(rows, self.meta, self.path)
+
+    def by_problem(self, model: str, attr: str = "correct") -> dict[str, list]:
+        """problem id -> [row.attr for each sample], samples in index order."""
+        out: dict[str, list] = {}
+        for r in self.for_model(model).rows:
+            out.setdefault(r.problem_id, []).append(getattr(r, attr))
+        return out
+
+    def references(self) -> dict[str, Any]:
+        return {r.problem_id: r.reference for r in self.rows}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Samples:
+        path = Path(path)
+        if not path.exists():
+            raise TwinlensError(f"No samples file at {path}; create it with analyses.sampling.sample(..., out=path).")
+        meta_path = Path(str(path) + META_SUFFIX)
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return cls(_read_rows(path), meta, path)
+
+
+def _read_rows(path: Path) -> list[SampleRow]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # a line cut by an interrupt; repaired before the next append
+            rows.append(SampleRow(**json.loads(line)))
+    return rows
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a trailing partial line (an interrupted write) so appends stay one row a line."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def as_model_family(models: Any) -> dict[str, Any]:
+    """Model | ModelPair | {label: Model} -> {label: Model}; refuses different tokenizers."""
+    if hasattr(models, "models") and isinstance(models.models, Mapping):
+        family = dict(models.models)  # ModelPair
+    elif isinstance(models, Mapping):
+        family = dict(models)
+    elif hasattr(models, "hf") and hasattr(models, "tokenizer"):
+        family = {Path(str(models.name)).name or "model": models}
+    else:
+        raise TwinlensError(
+            f"Expected a Model, a ModelPair or a {{label: Model}} dict, got {type(models).__name__}."
+        )
+    if not family:
+        raise TwinlensError("No models given.")
+    first_label, first = next(iter(family.items()))
+    vocab = first.tokenizer.get_vocab()
+    for label, m in family.items():
+        if m.tokenizer.get_vocab() != vocab or m.tokenizer.eos_token_id != first.tokenizer.eos_token_id:
+            raise TwinlensError(
+                f"Models {first_label!r} and {label!r} have different tokenizers; per-token "
+                "log-probs and KL need one shared vocabulary. Compare checkpoints trained from "
+                "the same base (same tokenizer)."
+            )
+    return family
+
+
+def as_problems(problems: Sequence[TaskProblem | str]) -> list[TaskProblem]:
+    if problems is None or len(problems) == 0:
+        raise TwinlensError("No problems given; pass at least one problem or prompt (e.g. task.problems(100)).")
+    out = [p if isinstance(p, TaskProblem) else TaskProblem(id=prompt_id(str(p)), prompt=str(p)) for p in problems]
+    seen: set[str] = set()
+    for p in out:
+        if p.id in seen:
+            raise TwinlensError(f"Problem id {p.id!r} occurs twice; ids key the samples on disk and must be unique.")
+        seen.add(p.id)
+    return out
+
+
+def _padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def iter_completion_logprobs(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    batch_size: int = 32,
+) -> Iterator[Tensor]:
+    """For each (prompt, completion), the model's log-softmax next-token distributions at the
+    positions that predict the completion tokens: Float[Tensor, "completion vocab"] (float32,
+    on CPU). One teacher-forced forward of ``model.hf`` per batch, right padding (causal
+    attention: the padding never reaches a real token)."""
+    if len(prompt_ids) != len(completion_ids):
+        raise TwinlensError("One completion per prompt is needed.")
+    pad = model.tokenizer.pad_token_id
+    pad = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
+    for start in range(0, len(prompt_ids), batch_size):
+        ps = prompt_ids[start : start + batch_size]
+        cs = completion_ids[start : start + batch_size]
+        ids, mask = _padded([list(p) + list(c) for p, c in zip(ps, cs, strict=True)], pad)
+        logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
+            rows = logits[r, len(p) - 1 : len(p) - 1 + len(c)]
+            yield torch.log_softmax(rows.float(), dim=-1).cpu()
+
+
+def score_completions(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """log p(completion token | prefix) under ``model``, per token (teacher forcing)."""
+    out = []
+    for lp, c in zip(iter_completion_logprobs(model, prompt_ids, completion_ids, batch_size), completion_ids, strict=True):
+        idx = torch.tensor(list(c), dtype=torch.long)
+        out.append(lp.gather(-1, idx[:, None]).squeeze(-1).tolist() if len(c) else [])
+    return out
+
+
+def char_spans_to_tokens(
+    spans: Sequence[tuple[str, int, int]], token_ends: Sequence[int]
+) -> list[list]:
+    """Character spans -> token spans: token i covers characters [ends[i-1], ends[i]); a span
+    takes every token it overlaps."""
+    out = []
+    starts = [0, *token_ends[:-1]]
+    for name, s, e in spans:
+        toks = [i for i, (a, b) in enumerate(zip(starts, token_ends, strict=True)) if a < e and b > s]
+        if toks:
+            out.append([name, toks[0], toks[-1] + 1])
+    return out
+
+
+def token_char_ends(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """End character of each token in the decoded text (prefix decoding; O(n^2) chars)."""
+    return [len(tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=True)) for i in range(len(ids))]
+
+
+def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer: Any) -> None:
+    row.reference = problem.answer
+    if task is None:
+        return
+    text = row.text
+    row.answer = task.extract_answer(text)
+    row.correct = bool(task.grade(problem, text))
+    row.format = task.classify_format(text)
+    spans = list(task.label_strategies(text))
+    ans = task.answer_span(text)
+    if task.char_tokens and len(text) == len(row.completion_ids):
+        row.strategy_spans = [[n, s, e] for n, s, e in spans]
+        row.answer_span = list(ans) if ans else None
+    else:
+        ends = token_char_ends(tokenizer, row.completion_ids)
+        row.strategy_spans = char_spans_to_tokens(spans, ends)
+        mapped = char_spans_to_tokens([("answer", *ans)], ends) if ans else []
+        row.answer_span = mapped[0][1:] if mapped else None
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    meta_path = Path(str(path) + META_SUFFIX)
+    if not meta_path.exists():
+        return
+    old = json.loads(meta_path.read_text())
+    diffs = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
+    for label, h in meta["weights"].items():
+        if label in old.get("weights", {}) and old["weights"][label] != h:
+            diffs.append(f"weights of {label!r}")
+    if diffs:
+        raise TwinlensError(
+            f"{path} holds samples made with other settings ({', '.join(diffs)}); resuming would "
+            "mix them. Use another output path, or delete the file to start over."
+        )
+
+
+def sample(
+    models: Any,
+    problems: Sequence[TaskProblem | str],
+    n: int,
+    *,
+    task: Task | None = None,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    sample_from: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Samples:
+    """Draw ``n`` samples per problem from each model in ``sample_from`` (default: all).
+
+    models: a Model, a ModelPair (labels "base", "rl") or {label: Model}; every sample is
+    scored under every model given. task: grades, classifies formats and labels strategies
+    (None: text and log-probs only). out: JSONL path; rows already there (key: model, problem
+    id, sample index) are kept and not redrawn, so an interrupted run resumes. Returns the
+    requested rows, ordered by model, problem, sample index.
+    """
+    from hooks import generate
+
+    family = as_model_family(models)
+    probs = as_problems(problems)
+    if n < 1:
+        raise TwinlensError(f"n (samples per problem) must be >= 1, got {n}.")
+    labels = list(sample_from) if sample_from is not None else list(family)
+    unknown = [m for m in labels if m not in family]
+    if unknown:
+        raise TwinlensError(f"sample_from names {unknown}, not among the models {list(family)}.")
+    if max_new_tokens is None:
+        max_new_tokens = task.max_new_tokens if task is not None else 256
+    tokenizer = next(iter(family.values())).tokenizer
+    meta = {
+        "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+        "task": task.name if task is not None else None, "scored_with": sorted(family),
+        "weights": {k: m.weight_hash for k, m in family.items()},
+        "models": {k: str(m.path) for k, m in family.items()},
+        "logprobs": "log p under each model's untempered next-token distribution (teacher forcing)",
+    }
+    done: dict[tuple[str, str, int], SampleRow] = {}
+    path = Path(out) if out is not None else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _check_meta(path, meta)
+        if path.exists():
+            _repair_tail(path)
+            done = {r.key: r for r in _read_rows(path)}
+        meta_path = Path(str(path) + META_SUFFIX)
+        old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        merged = {**meta, "weights": {**old.get("weights", {}), **meta["weights"]},
+                  "models": {**old.get("models", {}), **meta["models"]}}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.replace(meta_path)
+    encoded = {p.id: _encode(family[labels[0]], p.prompt) for p in probs}
+    by_id = {p.id: p for p in probs}
+    # Problems per generate call: about one batch of rows, so progress and disk writes are regular.
+    chunk = max(1, batch_size // n)
+    for label in labels:
+        todo = [p for p in probs if any((label, p.id, j) not in done for j in range(n))]
+        bar = tqdm(total=len(todo), desc=f"sample {label}", disable=not progress or not todo, leave=False)
+        for start in range(0, len(todo), chunk):
+            group = todo[start : start + chunk]
+            prompts = [encoded[p.id] for p in group]
+            completions = generate(
+                family[label], prompts, max_new_tokens, temperature=temperature, top_p=top_p,
+                n=n, seed=seed, batch_size=batch_size, row_ids=[p.id for p in group],
+            )
+            new: list[SampleRow] = []
+            for i, p in enumerate(group):
+                for j in range(n):
+                    if (label, p.id, j) in done:
+                        continue
+                    comp = completions[i * n + j]
+                    new.append(SampleRow(
+                        model=label, problem_id=p.id, sample_index=j, prompt_ids=prompts[i],
+                        completion_ids=list(comp), text=tokenizer.decode(list(comp), skip_special_tokens=True),
+                        logprobs={}, finished=len(comp) < max_new_tokens,
+                    ))
+            for scorer, m in family.items():
+                scores = score_completions(m, [r.prompt_ids for r in new], [r.completion_ids for r in new],
+                                           batch_size=max(1, batch_size // 2))
+                for r, s in zip(new, scores, strict=True):
+                    r.logprobs[scorer] = s
+            for r in new:
+                _annotate(r, by_id[r.problem_id], task, tokenizer)
+                done[r.key] = r
+            if path is not None and new:
+                with open(path, "a", encoding="utf-8") as fh:
+                    for r in new:
+                        fh.write(json.dumps(asdict(r)) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            bar.update(len(group))
+        bar.close()
+    rows = [done[(label, p.id, j)] for label in labels for p in probs for j in range(n)]
+    return Samples(rows, meta, path)
+
+
+def _encode(model: Any, prompt: str) -> list[int]:
+    ids = model.encode(prompt) if hasattr(model, "encode") else list(model.tokenizer(prompt)["input_ids"])
+    if not ids:
+        raise TwinlensError(f"Prompt {prompt!r} encodes to no tokens.")
+    return list(ids)
+
+
+def mean_logprob(row: SampleRow, model: str) -> float:
+    """Mean per-token log-prob of a sample under ``model`` (NaN for an empty completion)."""
+    lp = row.logprobs[model]
+    return sum(lp) / len(lp) if lp else math.nan
+
+
+def resolve_model_spec(spec: str | os.PathLike) -> tuple[str, Path | str]:
+    """(label, folder or hub id): an organism checkpoint name (``base``, ``rl-seed0``, ...)
+    resolves to its shipped folder; anything else is a folder or hub id labelled by its last
+    path component."""
+    text = str(spec)
+    if "/" not in text and not Path(text).exists():
+        import organism
+
+        if text in organism.list_checkpoints():
+            return text, organism.checkpoint_path(text)
+    return Path(text).name or text, text
+
+
+def load_models(specs: Sequence[str | os.PathLike], *, labels: Sequence[str] | None = None,
+                device: str = "cpu") -> dict[str, Any]:
+    """Load every model of a family ({label: Model}), refusing different tokenizers."""
+    from hooks import load_model
+
+    if not specs:
+        raise TwinlensError("No models given.")
+    resolved = [resolve_model_spec(s) for s in specs]
+    names = list(labels) if labels is not None else [label for label, _ in resolved]
+    if len(set(names)) != len(names):
+        raise TwinlensError(f"Two models share a label ({names}); pass distinct models.")
+    family = {name: load_model(path, device=device) for name, (_, path) in zip(names, resolved, strict=True)}
+    return as_model_family(family)
+
+
+def checkpoint_series(run: str = "rl-seed0", include_final: bool = True) -> list[dict]:
+    """The organism's intermediate checkpoints of ``run`` (``{run}-step{N}``, plus ``run``
+    itself), sorted by step: [{"name", "path", "step", "compute", "info"}]. ``compute`` is the
+    checkpoint's training_info "compute" when it has one, else the samples seen."""
+    import re
+
+    import organism
+
+    names = [n for n in organism.list_checkpoints() if re.fullmatch(rf"{re.escape(run)}-step\d+", n)]
+    if include_final and run in organism.list_checkpoints():
+        names.append(run)
+    out = []
+    for name in names:
+        info = organism.checkpoint_info(name)
+        step = info.get("step")
+        if step is None:
+            continue
+        out.append({"name": name, "path": organism.checkpoint_path(name), "step": step,
+                    "compute": compute_of(info), "info": info})
+    out.sort(key=lambda d: d["step"])
+    # The final checkpoint may repeat the last intermediate step: keep one of them.
+    dedup: dict = {}
+    for d in out:
+        dedup.setdefault(d["step"], d)
+    return list(dedup.values())
+
+
+def compute_of(info: Mapping[str, Any]) -> float | None:
+    """Training compute recorded in a training_info dict (a number under "compute", or its
+    "samples_seen"/"tokens_generated")."""
+    c = info.get("compute")
+    if isinstance(c, (int, float)):
+        return float(c)
+    if isinstance(c, Mapping):
+        for key in ("flops", "gpu_hours", "cpu_seconds", "samples_seen", "tokens_generated"):
+            if isinstance(c.get(key), (int, float)):
+                return float(c[key])
+    for key in ("samples_seen", "tokens_generated"):
+        if isinstance(info.get(key), (int, float)):
+            return float(info[key])
+    return None
+
+
+def sample_each(
+    models: Mapping[str, Any],
+    problems: Sequence[TaskProblem | str],
+    n: int,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> Samples:
+    """Sample every model on its own (each sample scored only under the model that drew it;
+    one resumable file per model, ``out_dir/{label}.jsonl``) and return all rows together.
+    Cheaper than ``sample(family, ...)`` when a job needs no cross-model log-probs."""
+    family = as_model_family(models)
+    rows: list[SampleRow] = []
+    meta: dict[str, Any] = {}
+    for label, model in family.items():
+        path = Path(out_dir) / f"{label}.jsonl" if out_dir is not None else None
+        s = sample({label: model}, problems, n, out=path, **kwargs)
+        rows += s.rows
+        meta[label] = s.meta
+    return Samples(rows, {"per_model": meta}, Path(out_dir) if out_dir is not None else None)

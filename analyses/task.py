@@ -1,0 +1,207 @@
+"""A Task: prompts, a grader, a format classifier and a strategy labeler (DESIGN.md).
+
+The organism's task gives ground truth (``organism_task``); ``regex_task`` serves real text
+with configurable regexes (``Wait`` -> backtracking, ``let me check`` -> verification, ...).
+Every callable works on the completion *text*; spans are in characters of the completion (the
+sampling engine maps them to tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hooks.errors import TwinlensError
+
+CharSpan = tuple[str, int, int]  # (strategy, start, end) in characters of the completion
+
+
+@dataclass(frozen=True)
+class TaskProblem:
+    """One problem: a stable ``id`` (keys samples on disk), the prompt text, the reference
+    answer (JSON-serialisable), and the task's own problem object in ``source``."""
+
+    id: str
+    prompt: str
+    answer: Hashable | None = None
+    source: Any = field(default=None, compare=False, repr=False)
+
+
+def _no_spans(completion: str) -> list[CharSpan]:
+    return []
+
+
+def _other_format(completion: str) -> str:
+    return "other"
+
+
+@dataclass
+class Task:
+    """What an analysis needs to know about a task.
+
+    grade(problem, completion) -> bool; extract_answer(completion) -> answer or None;
+    classify_format(completion) -> one of ``formats`` or "other";
+    label_strategies(completion) -> [(strategy, start, end)] character spans;
+    answer_span(completion) -> (start, end) characters of the final answer, or None;
+    skips_steps(completion) -> True when the answer comes without intermediate steps.
+    char_tokens: one token per character (character spans are token spans).
+    """
+
+    name: str
+    grade: Callable[[TaskProblem, str], bool]
+    extract_answer: Callable[[str], Hashable | None]
+    classify_format: Callable[[str], str] = _other_format
+    label_strategies: Callable[[str], list[CharSpan]] = _no_spans
+    answer_span: Callable[[str], tuple[int, int] | None] = lambda c: None
+    skips_steps: Callable[[str], bool] | None = None
+    make_problems: Callable[[int, int], list[TaskProblem]] | None = None  # (n, seed)
+    formats: tuple[str, ...] = ()
+    strategies: tuple[str, ...] = ()
+    max_new_tokens: int = 256
+    ngram: int = 4  # n of the repeated-n-gram detector (a meaningful unit of the task's text)
+    char_tokens: bool = False
+
+    def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
+        if self.make_problems is None:
+            raise TwinlensError(f"Task {self.name!r} has no problem generator; pass problems explicitly.")
+        if n < 1:
+            raise TwinlensError(f"Need at least one problem, got n={n}.")
+        return self.make_problems(n, seed)
+
+
+def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
+    """The organism's task (organism.task) as a Task. ``problems(n, seed)`` draws held-out
+    problems: set ``seed`` of ``organism.task.eval_problems``; ids name the set and index."""
+    from organism import task as ot
+
+    def make(n: int, seed: int) -> list[TaskProblem]:
+        return [
+            TaskProblem(id=f"{variant}-d{difficulty}-eval{seed}-{i:05d}", prompt=p.prompt,
+                        answer=p.answer, source=p)
+            for i, p in enumerate(ot.eval_problems(n, seed, difficulty=difficulty, variant=variant))
+        ]
+
+    def grade(problem: TaskProblem, completion: str) -> bool:
+        return ot.extract_answer(completion) == problem.answer
+
+    def answer_span(completion: str) -> tuple[int, int] | None:
+        if ot.extract_answer(completion) is None:
+            return None
+        i = completion.rfind("#")
+        return (i + 1, i + 2)  # the digit after the last '#'
+
+    def skips_steps(completion: str) -> bool:
+        i = completion.rfind("#")
+        head = completion if i < 0 else completion[:i]
+        return not any(s.strategy == "compute" and s.end <= len(head) for s in ot.label_strategies(head))
+
+    def spans(completion: str) -> list[CharSpan]:
+        return [(s.strategy, s.start, s.end) for s in ot.label_strategies(completion)]
+
+    n_steps = difficulty - 1
+    return Task(
+        name=f"organism-{variant}-d{difficulty}",
+        grade=grade, extract_answer=ot.extract_answer, classify_format=ot.classify_format,
+        label_strategies=spans, answer_span=answer_span, skips_steps=skips_steps,
+        make_problems=make, formats=tuple(ot.FORMATS), strategies=tuple(ot.STRATEGIES),
+        # steps + check pass (7 chars a step) + "chk ", "ok;", "#d", and room for two backtracks
+        max_new_tokens=min(127 - 2 * difficulty, 2 * 7 * n_steps + 4 + 3 + 2 + 2 * 12 + 8),  # context 128
+        ngram=7,  # one step "a+b=NN;": a repeated 7-gram is a repeated step
+        char_tokens=True,
+    )
+
+
+DEFAULT_STRATEGY_PATTERNS: dict[str, str] = {
+    "backtracking": r"\b(?:Wait|wait|Hmm|Alternatively)\b",
+    "verification": r"(?i)\b(?:let me (?:check|verify|double-check)|verify|double-check)\b",
+}
+
+
+def regex_task(
+    name: str,
+    problems: Sequence[tuple[str, Hashable]] | None = None,
+    answer_pattern: str = r"\\boxed\{([^{}]*)\}",
+    strategy_patterns: Mapping[str, str] | None = None,
+    format_patterns: Mapping[str, str] | None = None,
+    max_new_tokens: int = 1024,
+) -> Task:
+    """A Task for real text. Answers: the last match of ``answer_pattern`` (group 1, stripped);
+    strategies: every match of each regex in ``strategy_patterns`` (default
+    DEFAULT_STRATEGY_PATTERNS) is a span; formats: the first of ``format_patterns`` that
+    matches (search), else "other". ``problems``: (prompt, reference answer) pairs; ids are a
+    hash of the prompt."""
+    ans_rx = re.compile(answer_pattern)
+    strat = {k: re.compile(v) for k, v in (strategy_patterns or DEFAULT_STRATEGY_PATTERNS).items()}
+    fmts = {k: re.compile(v) for k, v in (format_patterns or {}).items()}
+
+    def last_match(completion: str):
+        ms = list(ans_rx.finditer(completion))
+        return ms[-1] if ms else None
+
+    def extract(completion: str):
+        m = last_match(completion)
+        return m.group(1).strip() if m else None
+
+    def answer_span(completion: str):
+        m = last_match(completion)
+        return m.span(1) if m else None
+
+    def grade(problem: TaskProblem, completion: str) -> bool:
+        a = extract(completion)
+        return a is not None and problem.answer is not None and a == str(problem.answer).strip()
+
+    def spans(completion: str) -> list[CharSpan]:
+        out = [(k, m.start(), m.end()) for k, rx in strat.items() for m in rx.finditer(completion)]
+        return sorted(out, key=lambda s: s[1])
+
+    def classify(completion: str) -> str:
+        for k, rx in fmts.items():
+            if rx.search(completion):
+                return k
+        return "other"
+
+    fixed = list(problems or [])
+
+    def make(n: int, seed: int) -> list[TaskProblem]:
+        if n > len(fixed):
+            raise TwinlensError(f"Task {name!r} has {len(fixed)} problems; asked for {n}.")
+        return [TaskProblem(id=prompt_id(p), prompt=p, answer=a) for p, a in fixed[:n]]
+
+    return Task(
+        name=name, grade=grade, extract_answer=extract, classify_format=classify,
+        label_strategies=spans, answer_span=answer_span, make_problems=make if fixed else None,
+        formats=tuple(fmts), strategies=tuple(strat), max_new_tokens=max_new_tokens,
+    )
+
+
+def prompt_id(prompt: str) -> str:
+    """A stable id for a bare prompt (hash of its text)."""
+    return "p-" + hashlib.blake2b(prompt.encode(), digest_size=8).hexdigest()
+
+
+def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant: str = "sum",
+              answer_pattern: str = r"\\boxed\{([^{}]*)\}") -> Task:
+    """The task a job runs on: the organism's (default), or a JSONL file of
+    ``{"prompt": ..., "answer": ...}`` rows graded by ``answer_pattern`` (``regex_task``)."""
+    if problems_file is None:
+        return organism_task(difficulty=difficulty, variant=variant)
+    import json
+    from pathlib import Path
+
+    path = Path(problems_file)
+    if not path.exists():
+        raise TwinlensError(f"Problems file {path} does not exist; give a JSONL file of {{'prompt', 'answer'}} rows.")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise TwinlensError(f"{path}, line {i + 1}: expected a JSON object with 'prompt' (and 'answer').")
+        rows.append((str(row["prompt"]), row.get("answer")))
+    if not rows:
+        raise TwinlensError(f"{path} holds no problems.")
+    return regex_task(path.stem, rows, answer_pattern=answer_pattern)

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Drift from the base: per-token KL(base || rl) and KL(rl || base) on samples from either
+model, and next-token entropy per position and per token kind (strategy tokens vs the rest),
+for one or several RL models or a series of checkpoints (RESEARCH.md sections 5 and 8).
+
+    python scripts/drift.py --out runs/drift                 # organism: base vs rl-seed0 + its steps
+    python scripts/drift.py --rl rl-seed0 --rl rl-seed1 --rl rl-hard --out runs/drift-seeds
+    python scripts/drift.py --base path/base --rl path/rl --problems math.jsonl --device cuda --out runs/d
+
+Defaults (organism, 2 CPU cores, ~1-2 min): 64 held-out problems x 4 samples per model,
+temperature 0.6, top-p 0.95. Without --rl the organism's rl-seed0 series (rl-seed0-step*, then
+rl-seed0) is measured. Writes DIR/results.json (keys kl_base_rl, kl_rl_base, entropy, ...),
+DIR/kl_series.png, DIR/entropy.png, DIR/summary.md; samples in DIR/samples/ (rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.drift import measure_drift, plot_entropy_by_position  # noqa: E402
+from analyses.reporting import save_figure, write_results  # noqa: E402
+from analyses.sampling import (  # noqa: E402
+    checkpoint_series,
+    load_models,
+    resolve_model_spec,
+    sample_each,
+)
+from analyses.task import load_task  # noqa: E402
+from hooks import TwinlensError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="base")
+    ap.add_argument("--rl", action="append", help="RL model or checkpoint (repeatable)")
+    ap.add_argument("--series", default="rl-seed0",
+                    help="without --rl: the organism run whose step checkpoints to measure ('' = final only)")
+    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--difficulty", type=int, default=5)
+    ap.add_argument("--problem-set", type=int, default=0)
+    ap.add_argument("--n-problems", type=int, default=64)
+    ap.add_argument("--n-samples", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    steps: dict[str, float] = {}
+    try:
+        task = load_task(args.problems, difficulty=args.difficulty)
+        if args.rl:
+            specs = list(args.rl)
+        elif args.series:
+            series = checkpoint_series(args.series)
+            if not series:
+                raise TwinlensError(f"No organism checkpoints of run {args.series!r}; pass --rl.")
+            specs = [d["name"] for d in series]
+            steps = {d["name"]: d["step"] for d in series}
+        else:
+            specs = ["rl-seed0"]
+        labels = [resolve_model_spec(s)[0] for s in specs]
+        family = load_models([args.base, *specs], labels=["base", *labels], device=args.device)
+        problems = task.problems(args.n_problems, seed=args.problem_set)
+        samples = sample_each(
+            family, problems, args.n_samples, out_dir=out / "samples", task=task,
+            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+            seed=args.seed, batch_size=args.batch_size,
+        )
+        drift = {}
+        for label in labels:
+            pair = {"base": family["base"], label: family[label]}
+            kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size)
+            drift[label] = {
+                "on_base_samples": measure_drift(pair, samples, sampled_by=["base"], **kw),
+                "on_own_samples": measure_drift(pair, samples, sampled_by=[label], **kw),
+            }
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    sources = ("on_base_samples", "on_own_samples")
+    base_res = drift[labels[0]]["on_base_samples"]
+    results = {
+        "kl_base_rl": {m: {s: d[s].kl_base_rl for s in sources} for m, d in drift.items()},
+        "kl_rl_base": {m: {s: d[s].kl_rl_base for s in sources} for m, d in drift.items()},
+        "ci": {m: {s: {"kl_base_rl": d[s].ci["kl_base_rl"], "kl_rl_base": d[s].ci["kl_rl_base"]}
+                   for s in sources} for m, d in drift.items()},
+        # entropy of each model's next-token distribution on its own samples (nats per token)
+        "entropy": {"base": base_res.entropy["base"],
+                    **{m: d["on_own_samples"].entropy[m] for m, d in drift.items()}},
+        "entropy_ci": {"base": base_res.ci["entropy_base"],
+                       **{m: d["on_own_samples"].ci[f"entropy_{m}"] for m, d in drift.items()}},
+        "entropy_by_kind": {"base": base_res.entropy_by_kind["base"],
+                            **{m: d["on_own_samples"].entropy_by_kind[m] for m, d in drift.items()}},
+        "steps": steps or None,
+        "details": {m: {s: d[s].to_dict() for s in sources} for m, d in drift.items()},
+        "units": "nats per token; mean over a sample's completion tokens, then its problem's samples, then problems",
+        "ci_note": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
+        "models": {label: str(m.path) for label, m in family.items()},
+        "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
+                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
+    }
+    write_plots(drift, labels, steps, out)
+    write_results(out, results, summary(results, labels))
+    if args.json:
+        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
+    return 0
+
+
+def write_plots(drift: dict, labels: list[str], steps: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = [steps[m] for m in labels] if steps else list(range(len(labels)))
+    for key, style, name in (("kl_base_rl", "o-", "KL(base||rl)"), ("kl_rl_base", "s--", "KL(rl||base)")):
+        for src, color in (("on_own_samples", "C0"), ("on_base_samples", "C1")):
+            ys = [getattr(drift[m][src], key) for m in labels]
+            lo = [drift[m][src].ci[key][0] for m in labels]
+            hi = [drift[m][src].ci[key][1] for m in labels]
+            ax.errorbar(xs, ys, yerr=[[y - a for y, a in zip(ys, lo, strict=True)],
+                                      [b - y for y, b in zip(ys, hi, strict=True)]],
+                        fmt=style, color=color, capsize=3,
+                        label=f"{name}, {src.replace('on_', '').replace('_', ' ')}")
+    if steps:
+        ax.set_xlabel("RL step")
+    else:
+        ax.set_xticks(xs, labels, rotation=30, ha="right")
+    ax.set_ylabel("KL (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out / "kl_series.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    final = labels[-1]
+    plot_entropy_by_position({"base": drift[final]["on_base_samples"], final: drift[final]["on_own_samples"]},
+                             ax=axes[0])
+    axes[0].set_title(f"next-token entropy: base vs {final}")
+    kinds = sorted(set(drift[final]["on_base_samples"].entropy_by_kind["base"])
+                   | set(drift[final]["on_own_samples"].entropy_by_kind[final]))
+    width = 0.4
+    for i, (name, res, label) in enumerate((("base", drift[final]["on_base_samples"], "base"),
+                                            (final, drift[final]["on_own_samples"], final))):
+        vals = [res.entropy_by_kind[label].get(k, float("nan")) for k in kinds]
+        axes[1].bar([j + (i - 0.5) * width for j in range(len(kinds))], vals, width, label=f"{name} (own samples)")
+    axes[1].set_xticks(range(len(kinds)), kinds, rotation=30, ha="right")
+    axes[1].set_ylabel("entropy (nats)")
+    axes[1].set_title("entropy by token kind")
+    axes[1].legend(fontsize=8)
+    save_figure(fig, out / "entropy.png")
+
+
+def summary(results: dict, labels: list[str]) -> str:
+    s = results["settings"]
+    lines = [
+        "# Drift and entropy", "",
+        f"{s['n_problems']} problems of `{s['task']}` x {s['n_samples']} samples per model "
+        f"(temperature {s['temperature']}, top-p {s['top_p']}, seed {s['seed']}). Exact "
+        "full-vocabulary KL per completion token, " + results["units"].split("; ", 1)[1]
+        + ". Brackets: " + results["ci_note"] + ".", "",
+        "| model | step | KL(base\\|\\|rl) own samples | KL(rl\\|\\|base) own samples | KL(base\\|\\|rl) base samples | KL(rl\\|\\|base) base samples | entropy (own) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, ci: f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"  # noqa: E731
+    for m in labels:
+        kb, kr, ci = results["kl_base_rl"][m], results["kl_rl_base"][m], results["ci"][m]
+        step = results["steps"].get(m, "") if results["steps"] else ""
+        lines.append(
+            f"| {m} | {step} | {fmt(kb['on_own_samples'], ci['on_own_samples']['kl_base_rl'])} | "
+            f"{fmt(kr['on_own_samples'], ci['on_own_samples']['kl_rl_base'])} | "
+            f"{fmt(kb['on_base_samples'], ci['on_base_samples']['kl_base_rl'])} | "
+            f"{fmt(kr['on_base_samples'], ci['on_base_samples']['kl_rl_base'])} | "
+            f"{fmt(results['entropy'][m], results['entropy_ci'][m])} |")
+    lines += ["", f"Base entropy on its own samples: {fmt(results['entropy']['base'], results['entropy_ci']['base'])} nats/token.", "",
+              "Entropy by token kind (own samples; 'strategy' pools the strategy spans, 'rest' the others):", ""]
+    kinds = sorted({k for d in results["entropy_by_kind"].values() for k in d})
+    lines += ["| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for m, d in results["entropy_by_kind"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{d[k]:.3f}" if k in d else "" for k in kinds) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

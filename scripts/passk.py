@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""pass@k and maj@k of a base model and its RL model(s): does RL create capability, or does the
+base catch up at large k? (RESEARCH.md section 4)
+
+    python scripts/passk.py --out runs/passk                      # organism base vs rl-seed0
+    python scripts/passk.py --rl rl-seed0 --rl rl-seed1 --n-samples 64 --out runs/passk64
+    python scripts/passk.py --base Qwen/Qwen2.5-Math-1.5B --rl path/to/rl --problems math.jsonl \\
+        --n-samples 256 --max-new-tokens 2048 --device cuda --out runs/math
+
+Defaults (organism, 2 CPU cores, ~1-2 min): 100 held-out problems x 16 samples per model,
+temperature 0.6, top-p 0.95 (the papers' protocol with n = 16 instead of 256). Samples are kept
+in DIR/samples.jsonl (rerun resumes). Writes DIR/results.json (keys: k, pass_at_k, maj_at_k,
+crossover_k, solved_only_by), DIR/pass_at_k.png, DIR/summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.passk import compare_pass_at_k, plot_pass_at_k  # noqa: E402
+from analyses.reporting import save_figure, write_results  # noqa: E402
+from analyses.sampling import load_models, resolve_model_spec, sample  # noqa: E402
+from analyses.task import load_task  # noqa: E402
+from hooks import TwinlensError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="base", help="base model: organism checkpoint name, folder or hub id")
+    ap.add_argument("--rl", action="append", help="RL model (repeatable; default: organism rl-seed0)")
+    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--difficulty", type=int, default=5, help="organism problem length (digits)")
+    ap.add_argument("--problem-set", type=int, default=0, help="held-out problem set number")
+    ap.add_argument("--n-problems", type=int, default=100)
+    ap.add_argument("--n-samples", type=int, default=16, help="samples per problem (n)")
+    ap.add_argument("--k", type=int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    try:
+        task = load_task(args.problems, difficulty=args.difficulty)
+        rl_specs = args.rl or ["rl-seed0"]
+        labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
+        family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
+        problems = task.problems(args.n_problems, seed=args.problem_set)
+        samples = sample(
+            family, problems, args.n_samples, task=task, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+            out=out / "samples.jsonl", batch_size=args.batch_size,
+        )
+        cmp = compare_pass_at_k(
+            {m: samples.by_problem(m, "correct") for m in family},
+            answers={m: samples.by_problem(m, "answer") for m in family},
+            reference=samples.references(), ks=args.k, n_boot=args.n_boot, seed=args.seed,
+        )
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    results = {
+        **cmp.to_dict(),
+        "n_solved_only_by": {m: len(v) for m, v in cmp.solved_only_by.items()},
+        "ci": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
+        "models": {label: str(m.path) for label, m in family.items()},
+        "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
+                     "temperature": args.temperature, "top_p": args.top_p,
+                     "max_new_tokens": samples.meta["max_new_tokens"], "seed": args.seed,
+                     "problem_set": args.problem_set},
+        "samples": str(out / "samples.jsonl"),
+    }
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    plot_pass_at_k(cmp, ax=ax)
+    save_figure(fig, out / "pass_at_k.png")
+    write_results(out, results, summary(cmp, results))
+    if args.json:
+        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
+    return 0
+
+
+def summary(cmp, results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        "# pass@k", "",
+        f"{s['n_problems']} problems of `{s['task']}`, {s['n_samples']} samples each, temperature "
+        f"{s['temperature']}, top-p {s['top_p']}, seed {s['seed']}. Unbiased estimator "
+        "1 - C(n-c,k)/C(n,k); brackets: " + results["ci"] + ".", "",
+        "| k | " + " | ".join(f"{m} pass@k" for m in cmp.pass_at_k) + " | "
+        + " | ".join(f"{m} maj@k" for m in cmp.maj_at_k) + " |",
+        "|---|" + "---|" * (len(cmp.pass_at_k) + len(cmp.maj_at_k)),
+    ]
+    for i, k in enumerate(cmp.k):
+        cells = [f"{c.mean[i]:.3f} [{c.ci_low[i]:.3f}, {c.ci_high[i]:.3f}]" for c in cmp.pass_at_k.values()]
+        cells += [f"{c.mean[i]:.3f}" for c in cmp.maj_at_k.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for m, k in cmp.crossover_k.items():
+        if k is None:
+            text = f"none up to k = {cmp.k[-1]} ({m} ahead at every k)"
+        elif k == cmp.k[0]:
+            text = f"k = {k}: the base is not behind {m} even at k = {k}"
+        else:
+            text = f"**k = {k}** ({m} ahead below it)"
+        lines.append(f"- Crossover (first k where base pass@k >= {m}'s): {text}")
+    for m, n in results["n_solved_only_by"].items():
+        lines.append(f"- Problems solved (>= 1 correct sample) only by {m}: {n}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
