@@ -1,0 +1,277 @@
+"""The whole MI-peaks comparison for a family of models on one problem set.
+
+Two kinds of text per model:
+
+- ``own``: each model's own greedy completions (the paper's protocol). A model that answers
+  without reasoning has trajectories too short for peaks (< 4 tokens); they are counted.
+- ``reference``: every model reads the SAME teacher-forced reference solutions that contain the
+  task's strategies (for the organism: a wrong step, ``wait;`` and the correction, then the
+  ``chk`` pass). This separates "the model has MI peaks at strategy tokens when it reads them"
+  from "the model writes strategy tokens" -- the question whether RL creates the peaks or the
+  base already has them.
+
+Gold text (for both): prompt + a correct step-by-step solution (ends with the answer digit).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from analyses.mi_peaks.comparison import (
+    STRATEGIES_OF_INTEREST,
+    ModelMiSummary,
+    compute_mi,
+    label_trajectories,
+    paired_difference,
+    summarise_model,
+)
+from analyses.mi_peaks.estimators import PAPER_SIGMA
+from analyses.mi_peaks.interventions import (
+    peak_token_suppression,
+    random_token_string,
+    thinking_token_scaling,
+)
+from analyses.mi_peaks.peaks import DEFAULT_TOP_K
+from analyses.mi_peaks.trajectories import Trajectory, collect_trajectories, greedy_trajectories
+from analyses.task import Task, TaskProblem
+from hooks import Model, TwinlensError
+
+TEXT_KINDS = ("own", "reference")
+PAIRED_KEYS = ("mi_mean", "mi_std", "n_peaks", "peak_ratio", "aom")
+
+
+@dataclass
+class MiProblemSet:
+    """What the comparison needs from a task: problems, gold texts, optional reference texts."""
+
+    task: Task
+    problems: list[TaskProblem]
+    gold_texts: list[str]  # reference solution text per problem (prompt + worked solution)
+    reference_completions: list[str] | None = None  # teacher-forced texts with strategies
+    append_texts: tuple[str, ...] = ()  # thinking tokens for test-time scaling
+
+
+def organism_problem_set(n: int, seed: int = 0, difficulty: int = 5, variant: str = "sum") -> MiProblemSet:
+    """Held-out organism problems; gold = prompt + correct step solution; reference = the verify
+    format with one wrong step followed by ``wait;`` and its correction (both strategies)."""
+    from analyses.task import organism_task
+    from organism import task as ot
+
+    task = organism_task(difficulty=difficulty, variant=variant)
+    problems = task.problems(n, seed)
+    rng = random.Random(f"mi-peaks-reference/{seed}")
+    gold, refs = [], []
+    for p in problems:
+        src = p.source
+        gold.append(p.prompt + ot.write_completion(src, "step"))
+        step = rng.randrange(len(src.digits) - 1)
+        # The true value of that step, to pick a different wrong one.
+        value = src.digits[0]
+        for d in src.digits[1 : step + 1]:
+            value = ot.apply_op(value, d, src.variant) % 10
+        true = ot.apply_op(value, src.digits[step + 1], src.variant)
+        wrong = rng.choice([v for v in range(19 if src.variant == "sum" else 10) if v != true])
+        refs.append(ot.write_completion(src, "verify", wrong_step=step, wrong_value=wrong, backtrack=True))
+    return MiProblemSet(task=task, problems=problems, gold_texts=gold, reference_completions=refs,
+                        append_texts=("wait;", "chk "))
+
+
+@dataclass
+class MiPeaksConfig:
+    layer: int | None = None  # None = last block, before the final norm
+    method: str = "hsic_paper"
+    sigma: float = PAPER_SIGMA
+    top_k: int = DEFAULT_TOP_K
+    max_new_tokens: int | None = None  # None = the task's
+    texts: tuple[str, ...] = TEXT_KINDS
+    strategies: tuple[str, ...] = STRATEGIES_OF_INTEREST
+    n_boot: int = 2000
+    n_permutations: int = 10000
+    hsic_permutations: int = 200
+    interventions: bool = True
+    n_ban: int = 3  # peak-token types banned in the suppression test
+    n_random_bans: int = 3
+    seed: int = 0
+
+
+@dataclass
+class MiPeaksResult:
+    config: MiPeaksConfig
+    models: dict[str, str]  # label -> model name/path
+    summaries: dict[str, dict[str, ModelMiSummary | None]]  # text kind -> label -> summary
+    paired: dict[str, dict[str, dict[str, Any]]]  # text kind -> "rl-base" -> key -> Estimate
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)  # why a summary is None
+    trajectories: dict[str, dict[str, list[Trajectory]]] = field(repr=False, default_factory=dict)
+    interventions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def model_trajectories(
+    model: Model, problem_set: MiProblemSet, kind: str, cfg: MiPeaksConfig
+) -> list[Trajectory]:
+    """Trajectories (MI filled, labelled, graded) of one model on one kind of text."""
+    ps = problem_set
+    prompts = [model.encode(p.prompt) for p in ps.problems]
+    ids = [p.id for p in ps.problems]
+    max_new = cfg.max_new_tokens or ps.task.max_new_tokens
+    if kind == "own":
+        trajs = greedy_trajectories(model, prompts, ps.gold_texts, cfg.layer, max_new, problem_ids=ids)
+    elif kind == "reference":
+        if ps.reference_completions is None:
+            raise TwinlensError("texts='reference' needs reference completions in the problem set.")
+        comps = [model.tokenizer(c, add_special_tokens=False)["input_ids"] for c in ps.reference_completions]
+        trajs = collect_trajectories(model, prompts, comps, ps.gold_texts, cfg.layer, None, ids)
+    else:
+        raise TwinlensError(f"Unknown text kind {kind!r}; valid: {TEXT_KINDS}.")
+    label_trajectories(trajs, model.tokenizer, ps.task.label_strategies, ps.task.char_tokens,
+                       ps.task.answer_span)
+    if kind == "own":  # a reference text is correct by construction: nothing to grade
+        for t, p in zip(trajs, ps.problems, strict=True):
+            t.correct = bool(ps.task.grade(p, t.text))
+    compute_mi(trajs, cfg.method, cfg.sigma)
+    return trajs
+
+
+def run_mi_peaks(
+    models: Mapping[str, Model],
+    problem_set: MiProblemSet,
+    cfg: MiPeaksConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MiPeaksResult:
+    """Trajectories, peaks, controls and (optionally) interventions for each model; paired
+    differences of every model against the first one (the base)."""
+    cfg = cfg or MiPeaksConfig()
+    say = progress or (lambda msg: None)
+    labels = list(models)
+    if not labels:
+        raise TwinlensError("No models given.")
+    summaries: dict[str, dict[str, ModelMiSummary | None]] = {}
+    errors: dict[str, dict[str, str]] = {}
+    all_trajs: dict[str, dict[str, list[Trajectory]]] = {}
+    for kind in cfg.texts:
+        summaries[kind], all_trajs[kind], errors[kind] = {}, {}, {}
+        for label in labels:
+            say(f"{kind} texts: {label}")
+            trajs = model_trajectories(models[label], problem_set, kind, cfg)
+            all_trajs[kind][label] = trajs
+            try:
+                summaries[kind][label] = summarise_model(
+                    label, models[label], trajs, cfg.method, cfg.sigma, cfg.top_k, cfg.strategies,
+                    cfg.n_boot, cfg.n_permutations, cfg.hsic_permutations, cfg.seed,
+                )
+            except TwinlensError as exc:  # e.g. every trajectory too short: reported, not fatal
+                summaries[kind][label] = None
+                errors[kind][label] = str(exc)
+    paired = {
+        kind: {
+            f"{label}-{labels[0]}": {
+                key: asdict(paired_difference(summaries[kind][labels[0]], summaries[kind][label], key,
+                                              cfg.n_boot, cfg.seed))
+                for key in PAIRED_KEYS
+            }
+            for label in labels[1:]
+            if summaries[kind][labels[0]] is not None and summaries[kind][label] is not None
+        }
+        for kind in cfg.texts
+    }
+    result = MiPeaksResult(config=cfg, models={k: m.name for k, m in models.items()},
+                           summaries=summaries, paired=paired, errors=errors, trajectories=all_trajs)
+    if cfg.interventions and "own" in cfg.texts:
+        for label in labels:
+            if summaries["own"][label] is None:
+                result.interventions[label] = {"skipped": errors["own"][label]}
+                continue
+            say(f"interventions: {label}")
+            result.interventions[label] = run_interventions(
+                models[label], problem_set, all_trajs["own"][label], summaries["own"][label], cfg
+            )
+    return result
+
+
+def run_interventions(
+    model: Model, problem_set: MiProblemSet, trajs: Sequence[Trajectory], summary: ModelMiSummary,
+    cfg: MiPeaksConfig,
+) -> dict[str, Any]:
+    """Peak-token suppression and thinking-token scaling on one model's own greedy texts."""
+    ps = problem_set
+    prompts = [model.encode(p.prompt) for p in ps.problems]
+
+    def grade(i: int, text: str) -> bool:
+        return bool(ps.task.grade(ps.problems[i], text))
+
+    max_new = cfg.max_new_tokens or ps.task.max_new_tokens
+    eos = model.tokenizer.eos_token_id
+    vocab_used = sorted({t for tr in trajs for t in tr.completion_ids})
+    # Peak tokens by frequency (ids, from the emitted tokens at IQR peaks).
+    from analyses.mi_peaks.peaks import find_peaks_iqr
+
+    counts: dict[int, int] = {}
+    for tr in trajs:
+        if tr.length < 4:
+            continue
+        for i in find_peaks_iqr(tr.mi):
+            tok = tr.emitted_ids[int(i)]
+            if tok != eos:
+                counts[tok] = counts.get(tok, 0) + 1
+    out: dict[str, Any] = {}
+    top = [t for t, _ in sorted(counts.items(), key=lambda kv: -kv[1])[: cfg.n_ban]]
+    if top and len(vocab_used) > len(top):
+        out["suppression"] = asdict(peak_token_suppression(
+            model, prompts, grade, top, vocab_used, max_new, cfg.n_random_bans, cfg.seed))
+    else:
+        out["suppression"] = {"skipped": "no non-eos peak tokens or too few other token types"}
+    completions = [tr.completion_ids for tr in trajs]
+    scaling = {}
+    for text in ps.append_texts:
+        scaling[text] = asdict(thinking_token_scaling(model, prompts, completions, grade, text, max_new,
+                                                      ps.task.extract_answer))
+        n_tok = len(model.encode(text))
+        ctrl = random_token_string(model, vocab_used, n_tok, cfg.seed)
+        scaling[f"control:{text}"] = asdict(
+            thinking_token_scaling(model, prompts, completions, grade, ctrl, max_new, ps.task.extract_answer))
+    out["thinking_token_scaling"] = scaling
+    return out
+
+
+SERIES_KEYS = ("mi_mean", "mi_std", "peaks_per_trajectory", "peak_ratio", "aom")
+
+
+def summary_scalars(summary: ModelMiSummary | None) -> dict[str, Any]:
+    """The headline numbers of a summary (for series over checkpoints)."""
+    if summary is None:
+        return {}
+    d = summary.to_dict()
+    out = {k: d[k] for k in SERIES_KEYS}
+    out.update({f"{k}_ci": d[f"{k}_ci"] for k in SERIES_KEYS})
+    e = summary.peaks_at_strategy_tokens
+    out.update(strategy_share=e.share, strategy_chance=e.chance, strategy_p=e.p_permutation,
+               marker_share=summary.peaks_at_strategy_markers.share,
+               marker_chance=summary.peaks_at_strategy_markers.chance,
+               n_used=summary.n_used, n_too_short=summary.n_too_short,
+               accuracy=summary.accuracy.value if summary.accuracy else None)
+    return out
+
+
+def checkpoint_series(
+    checkpoints: Sequence[tuple[int, str, Model]], problem_set: MiProblemSet,
+    cfg: MiPeaksConfig, progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Headline numbers per (step, name, model), for every text kind, in step order. Cheaper
+    controls than the main comparison (no population HSIC; 1000 bootstrap draws)."""
+    say = progress or (lambda msg: None)
+    out = []
+    for step, name, model in sorted(checkpoints, key=lambda c: c[0]):
+        row: dict[str, Any] = {"step": step, "name": name}
+        for kind in cfg.texts:
+            say(f"checkpoint {name}: {kind} texts")
+            trajs = model_trajectories(model, problem_set, kind, cfg)
+            try:
+                summ = summarise_model(name, model, trajs, cfg.method, cfg.sigma, cfg.top_k,
+                                       cfg.strategies, 1000, 2000, 0, cfg.seed)
+                row[kind] = summary_scalars(summ)
+            except TwinlensError as exc:
+                row[kind] = {"error": str(exc)}
+        out.append(row)
+    return out

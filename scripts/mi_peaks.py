@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""Mutual-information peaks (Qian et al. 2025; RESEARCH.md section 10) of a base model and its RL
+twin: does RL create MI peaks at thinking tokens, or does the base already have them?
+
+    python scripts/mi_peaks.py --out runs/mi_peaks                       # organism base vs rl-seed0
+    python scripts/mi_peaks.py --base B --rl R --problems probs.jsonl --out DIR --json
+    python scripts/mi_peaks.py --out DIR --sigma-grid 50 100 200 400 --checkpoints none
+
+Per model: greedy trajectories ("own" texts) and the same teacher-forced reference solutions with
+strategies ("reference" texts); MI of each token's state with the gold state (``--method``,
+``--sigma``, ``--layer``; default the last block before the final norm), IQR peaks, AOM, peak
+tokens, peaks at strategy tokens vs chance, paired RL - base differences, intermediate RL
+checkpoints, and the paper's interventions (peak-token suppression, thinking-token scaling).
+
+--problems (for non-organism models): JSONL rows {"prompt", "answer", "gold"[, "reference"]};
+"gold" is the reference solution text whose last token's state is the gold representation.
+
+Writes DIR/results.json, DIR/summary.md, DIR/mi_trajectories_<texts>.png, DIR/peak_tokens_<texts>.png
+and DIR/checkpoints.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hooks import TwinlensError, load_model, load_pair  # noqa: E402
+
+HEADLINE = ("mi_mean", "mi_std", "peaks_per_trajectory", "peak_ratio", "aom")
+
+
+def problem_set_from_args(args):
+    from analyses.mi_peaks import MiProblemSet, organism_problem_set
+
+    if args.problems is None:
+        return organism_problem_set(args.n_problems, seed=args.eval_set)
+    from analyses.task import regex_task
+
+    path = Path(args.problems)
+    if not path.exists():
+        raise TwinlensError(f"--problems {args.problems!r}: no such file; give a JSONL file.")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][: args.n_problems]
+    missing = [i for i, r in enumerate(rows) if not all(k in r for k in ("prompt", "answer", "gold"))]
+    if missing or not rows:
+        raise TwinlensError(f"{path}: every row needs 'prompt', 'answer' and 'gold' (rows {missing[:5]}).")
+    task = regex_task(path.stem, problems=[(r["prompt"], r["answer"]) for r in rows],
+                      answer_pattern=args.answer_pattern)
+    refs = [r["reference"] for r in rows] if all("reference" in r for r in rows) else None
+    return MiProblemSet(task=task, problems=task.problems(len(rows)), gold_texts=[r["gold"] for r in rows],
+                        reference_completions=refs, append_texts=tuple(args.append or ("Wait",)))
+
+
+def resolve_checkpoints(args) -> list[tuple[int, str, str]]:
+    """(step, name, path) of the intermediate checkpoints to follow."""
+    if args.checkpoints == ["none"]:
+        return []
+    if args.checkpoints:
+        out = []
+        for i, c in enumerate(args.checkpoints):
+            m = re.search(r"step(\d+)$", str(c).rstrip("/"))
+            out.append((int(m.group(1)) if m else i, Path(c).name, str(c)))
+        return out
+    if args.rl is not None:
+        return []
+    import organism
+
+    out = []
+    for name in organism.list_checkpoints():
+        m = re.fullmatch(r"rl-seed0-step(\d+)", name)
+        if m:
+            out.append((int(m.group(1)), name, str(organism.checkpoint_path(name))))
+    return out
+
+
+def fmt(d: dict, key: str, digits: int = 4) -> str:
+    v, ci = d.get(key), d.get(f"{key}_ci")
+    if v is None:
+        return "n/a"
+    if ci and None not in ci:
+        return f"{v:.{digits}g} [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
+    return f"{v:.{digits}g}"
+
+
+def summary_markdown(results: dict) -> str:
+    cfg = results["config"]
+    labels = list(results["models"])
+    lines = [
+        f"# MI peaks: {' vs '.join(labels)}", "",
+        f"{cfg['n_problems']} problems; estimator `{cfg['method']}` (sigma {cfg['sigma']}), layer "
+        f"{cfg['layer']} (block output before the final norm), peaks by Q3 + 1.5 IQR; means over "
+        f"problems with 95% bootstrap CIs (seed {cfg['seed']}).", "",
+    ]
+    for kind in cfg["texts"]:
+        title = {"own": "Own greedy completions (the paper's protocol)",
+                 "reference": "The same teacher-forced reference solutions (with `wait;` and `chk`)"}[kind]
+        lines += [f"## {title}", "", "| model | used / too short | accuracy | " + " | ".join(HEADLINE)
+                  + " | peaks at strategy tokens (chance, p) | at markers (chance, p) |",
+                  "|---" * (5 + len(HEADLINE)) + "|"]
+        for lab in labels:
+            s = results["models"][lab]["texts"].get(kind) or {}
+            if "error" in s:
+                lines.append(f"| {lab} | {s['error']} |")
+                continue
+            e, m = s["peaks_at_strategy_tokens"], s["peaks_at_strategy_markers"]
+            share = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+            lines.append(
+                f"| {lab} | {s['n_used']} / {s['n_too_short']} | {fmt(s, 'accuracy', 3)} | "
+                + " | ".join(fmt(s, k) for k in HEADLINE)
+                + f" | {share(e['share'])} ({share(e['chance'])}, {share(e['p_permutation'])})"
+                + f" | {share(m['share'])} ({share(m['chance'])}, {share(m['p_permutation'])}) |")
+        for pair, diffs in results["paired"].get(kind, {}).items():
+            n = next(iter(diffs.values()))["n"] if diffs else 0
+            lines += ["", f"Paired difference {pair} (same {n} problems): " + "; ".join(
+                f"{k} {d['value']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]" for k, d in diffs.items())]
+        kinds = sorted({k for lab in labels for k in (results["models"][lab]["texts"].get(kind) or {})
+                        .get("relative_mi_by_kind", {})})
+        if kinds:
+            lines += ["", "MI by token kind: mean robust z = (MI - median) / IQR of its trajectory "
+                      "[95% CI]; share of peaks / share of tokens:", "",
+                      "| kind | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+            for k in kinds:
+                cells = []
+                for lab in labels:
+                    s = results["models"][lab]["texts"].get(kind) or {}
+                    e = s.get("relative_mi_by_kind", {}).get(k)
+                    sh = s.get("peak_share_by_kind", {}).get(k.removeprefix("marker:") if not k.startswith("marker:") else "", None)
+                    cell = "n/a" if not e or e["value"] is None else f"{e['value']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
+                    if sh:
+                        cell += f"; {sh['peaks']:.2f} / {sh['tokens']:.2f}"
+                    cells.append(cell)
+                lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines += ["", "Peak tokens (emitted token at each peak; count / all occurrences of that token):", ""]
+        for lab in labels:
+            s = results["models"][lab]["texts"].get(kind) or {}
+            if "peak_tokens" in s:
+                top = list(s["peak_tokens"].items())[:10]
+                lines.append(f"- {lab}: " + ", ".join(
+                    f"{t!r} {n}/{s['token_counts'].get(t, 0)}" for t, n in top))
+                dec = list(s["peak_decoded_tokens"].items())[:6]
+                lines.append("  - decoded from the peak states: " + ", ".join(f"{t!r} {n}" for t, n in dec))
+        lines.append("")
+    if results.get("interventions"):
+        lines += ["## Interventions (own greedy completions)", ""]
+        for lab, iv in results["interventions"].items():
+            sup = iv.get("suppression", {})
+            if "accuracy_peak_banned" in sup:
+                rnd = ", ".join(f"{a['value']:.3f}" for a in sup["accuracy_random_banned"])
+                lines.append(
+                    f"- {lab}: banning peak tokens {sup['banned_peak_tokens']}: accuracy "
+                    f"{sup['accuracy_unbanned']['value']:.3f} -> {sup['accuracy_peak_banned']['value']:.3f}; "
+                    f"same number of random tokens: {rnd} (mean {sup['accuracy_random_mean']:.3f})")
+            else:
+                lines.append(f"- {lab}: suppression skipped ({sup.get('skipped', iv.get('skipped'))})")
+            for text, r in iv.get("thinking_token_scaling", {}).items():
+                lines.append(
+                    f"  - append {r['appended']!r}{' (control for ' + text.split(':', 1)[1] + ')' if text.startswith('control:') else ''}: "
+                    f"accuracy {r['accuracy_before']['value']:.3f} -> {r['accuracy_after']['value']:.3f} "
+                    f"(fixed {r['fixed']}, broken {r['broken']}, McNemar p {r['p_mcnemar']:.3g}; "
+                    f"{r['n_no_new_answer']} without a new answer, {r['n_no_room']} without room)")
+        lines.append("")
+    if results.get("checkpoints"):
+        lines += ["## Over RL training (intermediate checkpoints)", "",
+                  "| step | texts | accuracy | mi_mean | peak_ratio | aom | share at strategy (chance) |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in results["checkpoints"]:
+            for kind in cfg["texts"]:
+                s = row.get(kind, {})
+                if not s or "error" in s:
+                    lines.append(f"| {row['step']} | {kind} | {s.get('error', 'n/a')} |")
+                    continue
+                acc = "n/a" if s.get("accuracy") is None else f"{s['accuracy']:.3f}"
+                sh = "n/a" if s["strategy_share"] is None else f"{s['strategy_share']:.3f}"
+                ch = "n/a" if s["strategy_chance"] is None else f"{s['strategy_chance']:.3f}"
+                lines.append(f"| {row['step']} | {kind} | {acc} | {fmt(s, 'mi_mean')} | "
+                             f"{fmt(s, 'peak_ratio')} | {fmt(s, 'aom')} | {sh} ({ch}) |")
+        lines.append("")
+    if results.get("sigma_grid"):
+        lines += ["## Bandwidth grid (hsic_paper sigma)", "", "| sigma | texts | model | mi_mean | peak_ratio | aom |",
+                  "|---|---|---|---|---|---|"]
+        for sigma, kinds in results["sigma_grid"].items():
+            for kind, by_model in kinds.items():
+                for lab, s in by_model.items():
+                    lines.append(f"| {sigma} | {kind} | {lab} | {fmt(s, 'mi_mean')} | {fmt(s, 'peak_ratio')} | {fmt(s, 'aom')} |")
+        lines.append("")
+    lines.append(f"Wall time {results['wall_seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", help="base model folder or hub id (default: organism base)")
+    ap.add_argument("--rl", help="RL model folder or hub id (default: organism rl-seed0)")
+    ap.add_argument("--checkpoints", nargs="+",
+                    help="intermediate RL checkpoints (folders; 'stepN' at the end of a name gives its "
+                         "step); default: the organism's rl-seed0-step* when --rl is not given; 'none' skips")
+    ap.add_argument("--problems", help="JSONL problems for non-organism models (see the docstring)")
+    ap.add_argument("--answer-pattern", default=r"\\boxed\{([^{}]*)\}", help="answer regex for --problems")
+    ap.add_argument("--append", nargs="+", help="thinking tokens for test-time scaling (default organism: "
+                    "'wait;' 'chk '; else 'Wait')")
+    ap.add_argument("--n-problems", type=int, default=64)
+    ap.add_argument("--eval-set", type=int, default=0, help="organism held-out problem set number")
+    ap.add_argument("--layer", type=int, default=None, help="block index (default: the last block)")
+    ap.add_argument("--method", default="hsic_paper", choices=["hsic_paper", "hsic_paper_median"])
+    ap.add_argument("--sigma", type=float, default=50.0, help="hsic_paper kernel bandwidth (paper: 50)")
+    ap.add_argument("--sigma-grid", type=float, nargs="+", help="also summarise at these bandwidths")
+    ap.add_argument("--top-k", type=int, default=20, help="the notebook's top-k peak rule")
+    ap.add_argument("--texts", nargs="+", default=["own", "reference"], choices=["own", "reference"])
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--no-interventions", action="store_true")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    args = ap.parse_args(argv)
+
+    from analyses.mi_peaks import MiPeaksConfig, compute_mi, run_mi_peaks, summarise_model
+    from analyses.mi_peaks.pipeline import checkpoint_series, summary_scalars
+    from analyses.mi_peaks.plotting import plot_checkpoint_series, plot_model_rows, plot_peak_tokens
+    from analyses.reporting import save_figure, to_jsonable, write_results
+
+    t0 = time.time()
+    out = Path(args.out)
+    say = lambda msg: print(f"[mi_peaks {time.time() - t0:5.1f}s] {msg}", file=sys.stderr)  # noqa: E731
+    try:
+        if args.base is None or args.rl is None:
+            import organism
+
+            base_path = args.base or organism.checkpoint_path("base")
+            rl_path = args.rl or organism.checkpoint_path("rl-seed0")
+        else:
+            base_path, rl_path = args.base, args.rl
+        if args.problems is None and (args.base is not None) != (args.rl is not None):
+            say("note: one model given, the other is the organism's")
+        pair = load_pair(base_path, rl_path, device=args.device)
+        models = {"base": pair.base, "rl": pair.rl}
+        problem_set = problem_set_from_args(args)
+        if args.append:
+            problem_set.append_texts = tuple(args.append)
+        cfg = MiPeaksConfig(
+            layer=args.layer, method=args.method, sigma=args.sigma, top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens, texts=tuple(args.texts),
+            n_boot=args.n_boot, interventions=not args.no_interventions, seed=args.seed,
+        )
+        result = run_mi_peaks(models, problem_set, cfg, progress=say)
+        ckpts = resolve_checkpoints(args)
+        series = []
+        if ckpts:
+            loaded = [(step, name, load_model(path, device=args.device)) for step, name, path in ckpts]
+            series = checkpoint_series(loaded, problem_set, cfg, progress=say)
+        grid = {}
+        for sigma in args.sigma_grid or []:
+            grid[str(sigma)] = {}
+            for kind, by_label in result.trajectories.items():
+                grid[str(sigma)][kind] = {}
+                for lab, trajs in by_label.items():
+                    compute_mi(trajs, "hsic_paper", sigma)
+                    try:
+                        s = summarise_model(lab, models[lab], trajs, "hsic_paper", sigma, cfg.top_k,
+                                            cfg.strategies, 1000, 2000, 0, cfg.seed)
+                        grid[str(sigma)][kind][lab] = summary_scalars(s)
+                    except TwinlensError as exc:
+                        grid[str(sigma)][kind][lab] = {"error": str(exc)}
+            say(f"sigma grid: {sigma} done")
+        if args.sigma_grid:  # the plots show the main estimator: restore it
+            for by_label in result.trajectories.values():
+                for trajs in by_label.values():
+                    compute_mi(trajs, cfg.method, cfg.sigma)
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    resolved_layer = next(iter(next(iter(result.trajectories.values())).values()))[0].layer
+    results = {
+        "config": {**to_jsonable(cfg), "layer": resolved_layer, "n_problems": len(problem_set.problems),
+                   "task": problem_set.task.name, "gold_text": "prompt + correct step-by-step solution"
+                   if args.problems is None else "the 'gold' field"},
+        "models": {},
+        "paired": result.paired,
+        "interventions": result.interventions,
+        "checkpoints": series,
+        "sigma_grid": grid,
+    }
+    for lab, model in models.items():
+        texts = {}
+        for kind in cfg.texts:
+            s = result.summaries[kind][lab]
+            texts[kind] = s.to_dict() if s is not None else {"error": result.errors[kind][lab]}
+        primary = texts[cfg.texts[0]]
+        results["models"][lab] = {
+            "path": str(model.path), "weight_hash": model.weight_hash,
+            "primary_texts": cfg.texts[0],
+            # the headline numbers of the primary texts at the top, as the results contract asks
+            **{k: primary.get(k) for k in (*HEADLINE, *(f"{h}_ci" for h in HEADLINE), "aom_n_defined",
+                                           "peak_tokens", "peak_decoded_tokens", "peaks_at_strategy_tokens",
+                                           "accuracy", "accuracy_ci", "n_used", "n_too_short", "error")
+               if k in primary},
+            "texts": texts,
+        }
+    results["wall_seconds"] = time.time() - t0
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    tok = pair.base.tokenizer
+    for kind, by_label in result.trajectories.items():
+        name = "own greedy completions" if kind == "own" else "shared reference solutions"
+        save_figure(plot_model_rows(by_label, tok, suptitle=f"MI trajectories, {name}"),
+                    out / f"mi_trajectories_{kind}.png")
+        tables = {lab: results["models"][lab]["texts"][kind].get("peak_tokens", {}) for lab in models}
+        save_figure(plot_peak_tokens(tables, title=f"Tokens at MI peaks ({name})"), out / f"peak_tokens_{kind}.png")
+    if series:
+        kind = cfg.texts[-1]
+        rows = [{"step": r["step"], **r.get(kind, {})} for r in series]
+        save_figure(plot_checkpoint_series(rows, ["mi_mean", "peak_ratio", "aom", "strategy_share"],
+                                           title=f"MI peaks over RL steps ({kind} texts)"), out / "checkpoints.png")
+    write_results(out, results, summary_markdown(to_jsonable(results)))
+    say(f"wrote {out / 'results.json'}")
+    if args.json:
+        print(json.dumps(to_jsonable(results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
