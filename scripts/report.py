@@ -93,21 +93,34 @@ def verdict_strategies(out: Path) -> Verdict:
     return v
 
 
+def _value_ci(x: Any) -> tuple[Any, Any]:
+    """Numbers with a CI are stored as {"value": v, "ci": [lo, hi]}; plain numbers have none."""
+    if isinstance(x, dict):
+        return x.get("value", x.get("mean")), x.get("ci")
+    return x, None
+
+
 def verdict_hybrid(out: Path) -> Verdict:
     v = Verdict(1, "A hybrid routing few tokens recovers most of the base-to-RL gap", "route")
     r = _load(out, "route")
     d = _get(r, "routers", "disagree") if r else None
-    rnd = _get(r, "routers", "random") if r else None
     if not d:
         return v
-    gap, ci, frac = _get(d, "gap_recovered"), _get(d, "ci"), _get(d, "fraction_routed")
-    v.shows = "gap recovered by the disagree token-routing hybrid, fraction of tokens routed"
+    gap, ci = _value_ci(_get(d, "gap_recovered"))
+    frac = _get(d, "fraction_routed")
+    rnd = _get(d, "random_control") or {}
+    rgap, rci = _value_ci(_get(rnd, "gap_recovered"))
+    v.shows = (f"gap recovered by the disagree token-routing hybrid (base acc {_fmt(_get(d, 'accuracy_base'))}, "
+               f"RL {_fmt(_get(d, 'accuracy_rl'))}), fraction of tokens routed")
     v.number = f"{_fmt(gap)} (CI {_fmt(ci)}) at {_fmt(frac)} routed"
     if rnd:
-        v.control = f"random routing at the same budget: {_fmt(_get(rnd, 'gap_recovered'))} (CI {_fmt(_get(rnd, 'ci'))})"
-        rci = _get(rnd, "ci")
+        v.control = f"random routing at the same budget: {_fmt(rgap)} (CI {_fmt(rci)}) at {_fmt(_get(rnd, 'fraction_routed'))} routed"
         if isinstance(gap, (int, float)) and isinstance(frac, (int, float)) and ci and rci:
             v.holds = _holds(gap >= 0.7 and frac <= 0.2 and ci[0] > rci[1])
+    steered = _get(r, "routers", "steered_disagree")
+    if steered:
+        sg, sci = _value_ci(_get(steered, "gap_recovered"))
+        v.control += f"; steered hybrid (base + strategy vectors): {_fmt(sg)} (CI {_fmt(sci)})"
     return v
 
 
