@@ -48,7 +48,7 @@ def test_verdicts_come_from_results_json_and_images_are_embedded(tmp_path):
     route.mkdir()
     # Odd numbers nobody would type: the table must show exactly these.
     (route / "results.json").write_text(json.dumps({"routers": {"disagree": {
-        "gap_recovered": {"value": 0.8765, "ci": [0.8123, 0.9345]}, "fraction_routed": 0.0431,
+        "gap_recovered": {"value": 0.8771, "ci": [0.8123, 0.9345]}, "fraction_routed": 0.0431,
         "random_control": {"gap_recovered": {"value": 0.1111, "ci": [0.0512, 0.1733]}, "fraction_routed": 0.0431},
     }}}))
     (route / "summary.md").write_text("# Routing\n\n| router | gap |\n|---|---|\n| disagree | 0.88 |\n")
