@@ -22,11 +22,9 @@ correlation with KL are reported beside it: read both.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,21 +110,6 @@ def greedy_accuracy(hf: torch.nn.Module, variant: str, n: int, difficulty: int =
     return float(np.mean([grade(p, t) for p, t in zip(probs, texts, strict=True)]))
 
 
-@contextlib.contextmanager
-def _corpus_variant(variant: str) -> Iterator[None]:
-    """organism.training.train_supervised draws its corpus with ``make_corpus(n, seed, mix)``
-    (the task's default variant). To reuse that trainer unchanged on another variant, its
-    module's ``make_corpus`` is bound to ``variant`` for the duration, and restored after."""
-    import organism.training as tr
-
-    original = tr.make_corpus
-    tr.make_corpus = functools.partial(original, variant=variant)
-    try:
-        yield
-    finally:
-        tr.make_corpus = original
-
-
 def finetune_copy(checkpoint: Checkpoint, *, variant: str, steps: int, seed: int, lr: float,
                   batch_size: int) -> torch.nn.Module:
     """A fresh fp32 copy of ``checkpoint`` fine-tuned for ``steps`` on ``variant`` (correct
@@ -138,13 +121,9 @@ def finetune_copy(checkpoint: Checkpoint, *, variant: str, steps: int, seed: int
         raise TwinlensError(f"The fine-tuning budget must be at least 1 step, got {steps}; a zero budget "
                             "measures no learning.")
     model = load_fp32(checkpoint.path)
-    cfg = SupervisedConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=0, seed=seed, mix=SFT_MIX)
-    if "variant" in {f.name for f in dataclasses.fields(SupervisedConfig)}:
-        cfg = dataclasses.replace(cfg, variant=variant)
-        train_supervised(model, cfg, desc=f"finetune {checkpoint.name}", progress=False)
-    else:
-        with _corpus_variant(variant):
-            train_supervised(model, cfg, desc=f"finetune {checkpoint.name}", progress=False)
+    cfg = SupervisedConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=0, seed=seed,
+                           mix=SFT_MIX, variant=variant)
+    train_supervised(model, cfg, desc=f"finetune {checkpoint.name}", progress=False)
     return model
 
 

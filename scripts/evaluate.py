@@ -1,0 +1,158 @@
+"""Accuracy (greedy and sampled, 95% Wilson CIs), format mix and strategy frequencies of
+organism checkpoints on held-out problems (the eval partition, disjoint from training).
+
+    python scripts/evaluate.py --checkpoints base sft rl-seed0 rl-seed1 --n 500 --out runs/eval
+    python scripts/evaluate.py --checkpoints path/to/hf-folder --n 100 --json
+
+Writes DIR/results.json, DIR/summary.md and DIR/accuracy.png, DIR/formats.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import organism  # noqa: E402
+from hooks import generate, load_model  # noqa: E402
+from organism.evaluation import CheckpointEval, evaluate_model  # noqa: E402
+from organism.task import FORMATS, STRATEGIES, eval_problems  # noqa: E402
+
+DEFAULT = ["base", "sft", "rl-seed0", "rl-seed1", "rl-hard"]
+
+
+def resolve(name: str) -> Path:
+    p = Path(name)
+    if p.is_dir() and (p / "config.json").exists():
+        return p
+    return organism.checkpoint_path(name)
+
+
+def write_plots(results: list[CheckpointEval], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in results]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
+    for off, mode in ((-0.2, "greedy"), (0.2, "sampled")):
+        vals = [getattr(r, mode).accuracy for r in results]
+        ax.bar([i + off for i in x], [v.value for v in vals], width=0.4, label=mode,
+               yerr=[[max(0.0, v.value - v.low) for v in vals],
+                     [max(0.0, v.high - v.value) for v in vals]], capsize=3)
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% Wilson CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
+    bottom = [0.0] * len(names)
+    for f in (*FORMATS, "other"):
+        vals = [r.sampled.formats[f].value for r in results]
+        ax.bar(list(x), vals, bottom=bottom, label=f)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylabel("format share (sampled, T=1)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "formats.png", dpi=120)
+    plt.close(fig)
+
+
+def summary_markdown(results: list[CheckpointEval], args) -> str:
+    lines = [f"# Organism evaluation: {args.n} held-out problems (eval set {args.eval_set}), "
+             f"seed {args.seed}", "",
+             "Rates with 95% Wilson intervals. Sampled = temperature 1, one sample per problem.", "",
+             "| checkpoint | greedy acc | sampled acc | " + " | ".join(f"{f} (s)" for f in FORMATS)
+             + " | " + " | ".join(f"{s} (s)" for s in STRATEGIES) + " | mean len (s) |",
+             "|---" * (4 + len(FORMATS) + len(STRATEGIES)) + "|"]
+    for r in results:
+        cells = [r.name, str(r.greedy.accuracy), str(r.sampled.accuracy)]
+        cells += [str(r.sampled.formats[f]) for f in FORMATS]
+        cells += [str(r.sampled.strategies[s]) for s in STRATEGIES]
+        cells += [f"{r.sampled.mean_length:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Greedy format mix:", "",
+              "| checkpoint | " + " | ".join(FORMATS) + " | other | " + " | ".join(STRATEGIES) + " |",
+              "|---" * (2 + len(FORMATS) + len(STRATEGIES)) + "|"]
+    for r in results:
+        cells = [r.name] + [f"{r.greedy.formats[f].value:.3f}" for f in (*FORMATS, "other")]
+        cells += [f"{r.greedy.strategies[s].value:.3f}" for s in STRATEGIES]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Example sampled completions:", ""]
+    for r in results:
+        lines.append(f"- **{r.name}**: " + "; ".join(f"`{e}`" for e in r.sampled.examples[:3]))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", nargs="+", default=None,
+                    help="shipped names (organism.list_checkpoints()) or HF folders; default: "
+                    + " ".join(DEFAULT))
+    ap.add_argument("--n", type=int, default=500, help="held-out problems")
+    ap.add_argument("--eval-set", type=int, default=0, help="held-out set number k")
+    ap.add_argument("--difficulty", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--samples", type=int, default=1, help="samples per problem at T=1")
+    ap.add_argument("--max-new-tokens", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
+    try:
+        paths = {n: resolve(n) for n in names}  # fail before any work on a wrong name
+    except LookupError as e:
+        ap.error(str(e.args[0]) + " (or give a folder holding config.json)")
+    problems = eval_problems(args.n, args.eval_set, args.difficulty)
+    results: list[CheckpointEval] = []
+    for name, path in paths.items():
+        t0 = time.time()
+        model = load_model(str(path), device="cpu", dtype=torch.float32)
+
+        def gen(prompts, temperature, n, seed, model=model):
+            ids = [model.encode(p) for p in prompts]
+            out = generate(model, ids, args.max_new_tokens, temperature=temperature, n=n,
+                           seed=seed, batch_size=256)
+            return [model.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+
+        r = evaluate_model(model.hf, model.tokenizer, problems, name=name, seed=args.seed,
+                           samples=args.samples, generate_fn=gen)
+        results.append(r)
+        print(f"{name}: greedy {r.greedy.accuracy}  sampled {r.sampled.accuracy}  "
+              f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"generation": "hooks.generate (HF model, KV cache, token ids, no BOS)",
+               "n_problems": args.n, "eval_set": args.eval_set, "difficulty": args.difficulty,
+               "seed": args.seed, "samples_per_problem": args.samples,
+               "checkpoints": {r.name: r.to_dict() for r in results},
+               "paths": {n: str(p) for n, p in paths.items()}}
+    (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / "summary.md").write_text(summary_markdown(results, args))
+    write_plots(results, args.out)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(summary_markdown(results, args))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
