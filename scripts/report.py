@@ -130,7 +130,6 @@ def verdict_sparsity(out: Path) -> Verdict:
     if r is None:
         return v
     frac = _get(r, "updated_fraction", "atol")
-    frac = _get(frac, "overall", default=frac) if isinstance(frac, dict) else frac
     rank = _get(r, "update_rank_mean")
     ov = _get(r, "overlap", 0, default={}) or {}
     v.shows = "updated fraction (|delta| > 1e-5), mean update rank, seed overlap"
@@ -141,57 +140,96 @@ def verdict_sparsity(out: Path) -> Verdict:
     return v
 
 
+def _ci_text(ci: Any) -> str:
+    return f" (CI {_fmt(ci)})" if ci else ""
+
+
+def _rl_key(d: dict) -> str | None:
+    """The RL model's key in a per-model dict (the first that is not the base)."""
+    return next((k for k in d if k != "base"), None) if isinstance(d, dict) else None
+
+
 def verdict_formats(out: Path) -> Verdict:
     v = Verdict(3, "Outputs collapse onto one format early in RL", "formats")
     r = _load(out, "formats")
     if r is None:
         return v
-    step = _get(r, "collapse_step")
-    v.shows = "first RL step where one format exceeds 90% of outputs"
-    v.number = str(step)
-    v.control = "format shares of the base (step 0), in the formats section"
-    v.holds = _holds(step is not None)
+    share, ckpts = _get(r, "share", default={}), _get(r, "checkpoints", default=[])
+    if not ckpts:
+        return v
+    first, last = share.get(ckpts[0], {}), share.get(ckpts[-1], {})
+    top = max(last, key=last.get) if last else None
+    v.shows = f"format shares first -> last checkpoint; step where one format first exceeds {_get(r, 'threshold', default=0.9):.0%}"
+    v.number = (f"{top}: {_fmt(first.get(top))} -> {_fmt(last.get(top))}; collapse step {_get(r, 'collapse_step')}"
+                if top else "-")
+    v.control = "share of the same format in the base (step 0)"
+    v.holds = _holds(_get(r, "collapse_step") is not None)
     return v
 
 
 def verdict_passk(out: Path) -> Verdict:
-    v = Verdict(4, "RL beats base at every k (no crossover) — vs base overtakes at large k", "passk")
+    v = Verdict(4, "RL beats base at every k (ProRL) rather than base overtaking at large k (Yue et al.)", "passk")
     r = _load(out, "passk")
     if r is None:
         return v
-    k = _get(r, "crossover_k")
-    ks = _get(r, "k", default=[])
-    v.shows = "crossover k (first k where base pass@k >= RL pass@k)"
-    v.number = f"crossover at k={k}" if k is not None else f"no crossover up to k={ks[-1] if ks else '?'}"
-    v.control = "base pass@k curve with bootstrap CIs"
+    curves = _get(r, "pass_at_k", default={})
+    rl = _rl_key(curves)
+    if rl is None:
+        return v
+    ks, b, q = _get(r, "k", default=[]), curves["base"]["mean"], curves[rl]["mean"]
+    k = _get(r, "crossover_k", rl)
+    v.shows = f"pass@k base vs {rl} at k = {ks[0]} and {ks[-1]}; first k where base >= RL"
+    v.number = f"pass@{ks[0]} {_fmt(b[0])} vs {_fmt(q[0])}; pass@{ks[-1]} {_fmt(b[-1])} vs {_fmt(q[-1])}; crossover k = {k}"
+    v.control = f"problems solved by one model only: {_get(r, 'n_solved_only_by')}"
+    if k is not None and k in ks and b[ks.index(k)] == q[ks.index(k)]:
+        v.number += " (a tie: both solve every problem there)"
     v.holds = _holds(k is None)
     return v
 
 
+def _last_checkpoint(d: dict) -> str | None:
+    return list(d)[-1] if isinstance(d, dict) and d else None
+
+
 def verdict_drift(out: Path) -> Verdict:
-    v = Verdict(5, "Drift from the base: per-token KL between RL and base", "drift")
+    v = Verdict(5, "RL drifts from the base: per-token KL, on samples from either model", "drift")
     r = _load(out, "drift")
     if r is None:
         return v
-    kl_br, kl_rb = _get(r, "kl_base_rl"), _get(r, "kl_rl_base")
-    kl_br = _get(kl_br, "mean", default=kl_br) if isinstance(kl_br, dict) else kl_br
-    kl_rb = _get(kl_rb, "mean", default=kl_rb) if isinstance(kl_rb, dict) else kl_rb
-    v.shows = "mean per-token KL(base||rl), KL(rl||base) in nats"
-    v.number = f"{_fmt(kl_br)} / {_fmt(kl_rb)}"
-    v.control = "KL of a model with itself is 0 (tested)"
+    last = _last_checkpoint(_get(r, "kl_base_rl"))
+    if last is None:
+        return v
+    fw, bw = _get(r, "kl_base_rl", last), _get(r, "kl_rl_base", last)
+    v.shows = f"KL(base||rl) and KL(rl||base), nats/token, {last}, on base samples / on RL samples"
+    v.number = (f"{_fmt(fw.get('on_base_samples'))} / {_fmt(fw.get('on_own_samples'))} and "
+                f"{_fmt(bw.get('on_base_samples'))} / {_fmt(bw.get('on_own_samples'))}")
+    v.control = "step 0 (the base itself): " + _fmt(_get(r, "kl_base_rl", list(r["kl_base_rl"])[0], "on_base_samples"))
     v.holds = "measured"
     return v
 
 
 def verdict_shortcuts(out: Path) -> Verdict:
-    v = Verdict(6, "Training on too-hard problems teaches shortcuts (length collapse)", "formats")
-    r = _load(out, "formats")
-    sc = _get(r, "shortcuts") if r else None
-    if not sc:
+    v = Verdict(6, "Training on too-hard problems teaches shortcuts (length collapse, skipped steps)", "evaluate")
+    r = _load(out, "evaluate")
+    rows = _get(r, "checkpoints", default={}) if r else {}
+    base, hard = rows.get("base"), rows.get("rl-hard")
+    if not base or not hard:
         return v
-    v.shows = "response length and answers without steps, rl-hard vs base"
-    v.number = json.dumps(sc)[:160]
-    v.holds = "measured"
+
+    def pick(row: dict, *keys: str) -> Any:
+        return _get(row, "sampled", *keys)
+
+    v.shows = "rl-hard (RL on problems the base never solves) vs base, sampled: direct answers, mean length, accuracy"
+    v.number = (f"direct {_fmt(pick(base, 'formats', 'direct', 'value'))} -> {_fmt(pick(hard, 'formats', 'direct', 'value'))}; "
+                f"length {_fmt(pick(base, 'mean_length'), 1)} -> {_fmt(pick(hard, 'mean_length'), 1)}; "
+                f"accuracy {_fmt(pick(base, 'accuracy', 'value'))} -> {_fmt(pick(hard, 'accuracy', 'value'))}")
+    ref = rows.get("rl-seed0")
+    if ref:
+        v.control = (f"rl-seed0 (RL on solvable problems): direct {_fmt(pick(ref, 'formats', 'direct', 'value'))}, "
+                     f"length {_fmt(pick(ref, 'mean_length'), 1)}")
+    lb, lh = pick(base, "mean_length"), pick(hard, "mean_length")
+    if isinstance(lb, (int, float)) and isinstance(lh, (int, float)):
+        v.holds = _holds(lh < 0.5 * lb)
     return v
 
 
@@ -200,79 +238,82 @@ def verdict_calibration(out: Path) -> Verdict:
     r = _load(out, "calibrate")
     if r is None:
         return v
-    ece_b, ece_r = _get(r, "ece", "base"), _get(r, "ece", "rl")
-    ece_b = _get(ece_b, "value", default=ece_b) if isinstance(ece_b, dict) else ece_b
-    ece_r = _get(ece_r, "value", default=ece_r) if isinstance(ece_r, dict) else ece_r
-    v.shows = "ECE (10 bins) base -> RL; Brier and AUROC in the section"
-    v.number = f"{_fmt(ece_b)} -> {_fmt(ece_r)}"
-    v.control = "reliability diagrams of both"
-    if isinstance(ece_b, (int, float)) and isinstance(ece_r, (int, float)):
-        v.holds = _holds(ece_r > ece_b)
+    rl = _rl_key(_get(r, "ece"))
+    if rl is None:
+        return v
+    eb, er = _get(r, "ece", "base"), _get(r, "ece", rl)
+    cb, cr = _get(r, "ci", "base", "ece"), _get(r, "ci", rl, "ece")
+    v.shows = "ECE (10 equal-width bins), base -> RL; confidence = probability of the model's own answer"
+    v.number = f"{_fmt(eb)}{_ci_text(cb)} -> {_fmt(er)}{_ci_text(cr)}"
+    v.control = (f"Brier {_fmt(_get(r, 'brier', 'base'))} -> {_fmt(_get(r, 'brier', rl))}; AUROC "
+                 f"{_fmt(_get(r, 'auroc', 'base'))} -> {_fmt(_get(r, 'auroc', rl))}")
+    if cb and cr:
+        v.holds = _holds(cr[0] > cb[1])  # RL's ECE CI entirely above the base's
     return v
 
 
 def verdict_entropy(out: Path) -> Verdict:
     v = Verdict(8, "RL on a structured task lowers output entropy", "drift")
     r = _load(out, "drift")
-    ent = _get(r, "entropy") if r else None
-    if not ent:
+    ent, ci = (_get(r, "entropy"), _get(r, "entropy_ci")) if r else (None, None)
+    last = _last_checkpoint(ent)
+    if not ent or "base" not in ent or last is None:
         return v
-    eb = _get(ent, "base", "mean", default=_get(ent, "base"))
-    er = _get(ent, "rl", "mean", default=_get(ent, "rl"))
-    v.shows = "mean next-token entropy on samples, base -> RL (nats)"
-    v.number = f"{_fmt(eb)} -> {_fmt(er)}"
-    if isinstance(eb, (int, float)) and isinstance(er, (int, float)):
-        v.holds = _holds(er < eb)
+    v.shows = f"mean next-token entropy on each model's own samples, base -> {last} (nats)"
+    v.number = f"{_fmt(ent['base'])}{_ci_text(ci.get('base'))} -> {_fmt(ent[last])}{_ci_text(ci.get(last))}"
+    v.control = "entropy by token kind in the drift section"
+    if ci and ci.get("base") and ci.get(last):
+        v.holds = _holds(ci[last][1] < ci["base"][0])
     return v
 
 
 def verdict_scaling(out: Path) -> Verdict:
     v = Verdict(9, "RL performance follows a sigmoid in compute", "scaling")
     r = _load(out, "scaling")
-    if r is None:
+    if r is None or _get(r, "A") is None:
         return v
-    a, b, c = (_get(r, k) for k in ("A", "B", "C_mid"))
-    a = _get(a, "value", default=a) if isinstance(a, dict) else a
-    b = _get(b, "value", default=b) if isinstance(b, dict) else b
-    c = _get(c, "value", default=c) if isinstance(c, dict) else c
-    v.shows = "fitted asymptote A, efficiency B, midpoint C_mid over RL checkpoints"
-    v.number = f"A={_fmt(a)}, B={_fmt(b)}, C_mid={_fmt(c, 1)}"
-    v.control = "bootstrap CIs in the section"
-    v.holds = "measured" if a is not None else NOT_MEASURED
+    ci = _get(r, "ci", default={})
+    v.shows = "fit of R(C) = R0 + (A - R0)/(1 + (C_mid/C)^B) over RL checkpoints (compute = samples seen)"
+    v.number = (f"A={_fmt(r['A'])}{_ci_text(ci.get('A'))}, B={_fmt(r['B'], 2)}{_ci_text(ci.get('B'))}, "
+                f"C_mid={_fmt(r['C_mid'], 0)}")
+    v.control = f"fit RMSE {_fmt(_get(r, 'fit', 'rmse'))} over {_get(r, 'fit', 'n_points')} points"
+    v.holds = "measured"
     return v
 
 
 def verdict_mi(out: Path) -> Verdict:
-    v = Verdict(10, "Reasoning training creates sharper MI peaks than the base has", "mi_peaks")
+    v = Verdict(10, "RL creates sharper MI peaks than the base has (same text read by both)", "mi_peaks")
     r = _load(out, "mi_peaks")
-    if r is None:
+    d = _get(r, "paired", "reference", "rl-base") if r else None
+    if not d:
         return v
-    mb, mr = _get(r, "base", "mi_mean"), _get(r, "rl", "mi_mean")
-    ab, ar = _get(r, "base", "aom"), _get(r, "rl", "aom")
-    mb = _get(mb, "value", default=mb) if isinstance(mb, dict) else mb
-    mr = _get(mr, "value", default=mr) if isinstance(mr, dict) else mr
-    ab = _get(ab, "value", default=ab) if isinstance(ab, dict) else ab
-    ar = _get(ar, "value", default=ar) if isinstance(ar, dict) else ar
-    v.shows = "mean MI and AOM, base -> RL"
-    v.number = f"MI {_fmt(mb)} -> {_fmt(mr)}; AOM {_fmt(ab)} -> {_fmt(ar)}"
-    v.control = "peaks at strategy tokens vs chance, in the section"
-    if all(isinstance(x, (int, float)) for x in (mb, mr)):
-        v.holds = _holds(mr > mb)
+    mi, aom, npk = d.get("mi_mean", {}), d.get("aom", {}), d.get("n_peaks", {})
+    v.shows = "paired RL - base on a shared reference solution: mean MI, AOM, peaks per trajectory"
+    v.number = (f"MI {_fmt(mi.get('value'), 4)} [{_fmt(mi.get('low'), 4)}, {_fmt(mi.get('high'), 4)}]; "
+                f"AOM {_fmt(aom.get('value'), 2)} [{_fmt(aom.get('low'), 2)}, {_fmt(aom.get('high'), 2)}]; "
+                f"peaks {_fmt(npk.get('value'), 2)}")
+    base = _get(r, "models", "base", "peaks_at_strategy_tokens", default={}) or {}
+    v.control = "peaks at strategy tokens vs chance, bootstrap CIs over problems (section)"
+    if base:
+        v.control = f"base peaks at strategy tokens {_fmt(base.get('share'))} vs chance {_fmt(base.get('chance'))}"
+    if isinstance(aom.get("low"), (int, float)):
+        v.holds = _holds(aom["low"] > 0)
     return v
 
 
 def verdict_mechanism(out: Path) -> Verdict:
     v = Verdict(2, "RL mostly suppresses wrong trajectories (NSR) rather than amplifying right ones", "mechanism")
     r = _load(out, "mechanism")
-    if r is None:
+    if r is None or _get(r, "suppression_share") is None:
         return v
-    share = _get(r, "suppression_share")
-    share = _get(share, "value", default=share) if isinstance(share, dict) else share
-    v.shows = "share of moved probability mass that lowered incorrect base samples"
-    v.number = _fmt(share)
-    v.control = "delta log p of correct vs incorrect samples, in the section"
-    if isinstance(share, (int, float)):
-        v.holds = _holds(share > 0.5)
+    share, ci = _get(r, "suppression_share"), _get(r, "suppression_share_ci")
+    dc, di = _get(r, "delta_logp", "correct", default={}), _get(r, "delta_logp", "incorrect", default={})
+    v.shows = "share of the moved probability mass that lowered incorrect base samples (0.5 = balanced)"
+    v.number = f"{_fmt(share)}{_ci_text(ci)}"
+    v.control = (f"delta log p correct {_fmt(dc.get('mean'), 2)}{_ci_text(dc.get('ci'))}, "
+                 f"incorrect {_fmt(di.get('mean'), 2)}{_ci_text(di.get('ci'))}")
+    if ci:
+        v.holds = _holds(ci[0] > 0.5)
     return v
 
 
