@@ -292,10 +292,10 @@ def verdict_mi(out: Path) -> Verdict:
     v.number = (f"MI {_fmt(mi.get('value'), 4)} [{_fmt(mi.get('low'), 4)}, {_fmt(mi.get('high'), 4)}]; "
                 f"AOM {_fmt(aom.get('value'), 2)} [{_fmt(aom.get('low'), 2)}, {_fmt(aom.get('high'), 2)}]; "
                 f"peaks {_fmt(npk.get('value'), 2)}")
-    base = _get(r, "models", "base", "peaks_at_strategy_tokens", default={}) or {}
-    v.control = "peaks at strategy tokens vs chance, bootstrap CIs over problems (section)"
-    if base:
-        v.control = f"base peaks at strategy tokens {_fmt(base.get('share'))} vs chance {_fmt(base.get('chance'))}"
+    shares = {m: _get(r, "models", m, "texts", "reference", "peaks_at_strategy_tokens", default={}) or {}
+              for m in ("base", "rl")}
+    v.control = "share of peaks on strategy spans vs chance (their share of tokens): " + "; ".join(
+        f"{m} {_fmt(x.get('share'))} vs {_fmt(x.get('chance'))}" for m, x in shares.items() if x)
     if isinstance(aom.get("low"), (int, float)):
         v.holds = _holds(aom["low"] > 0)
     return v
