@@ -44,7 +44,7 @@ JOBS = [
     Job("calibrate", "calibrate.py"),
     Job("formats", "formats.py", models=()),
     Job("scaling", "scaling.py", models=()),
-    Job("mi_peaks", "mi_peaks.py"),
+    Job("mi_peaks", "mi_peaks.py", ["--n-problems", "32"]),
     Job("mechanism", "mechanism.py"),
 ]
 
