@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models: one thread is faster than two (thread sync costs more than the matmuls).
 torch.set_num_threads(1)
+# Same for numpy's BLAS (scikit-learn fits): on a shared 2-core box a second thread only spins.
+threadpool_limits(limits=1)
 
 CHARS = list("0123456789+-=;:#abcdefghijklmnopqrstuvwxyz ")
 

@@ -1,0 +1,286 @@
+"""Strategy vectors: difference of means (Venhoff et al., arXiv 2506.18167) and probe weights.
+
+Difference of means, per layer, exactly as RESEARCH.md section 1:
+1. for each labelled segment `[start, end)` of the strategy, average the activation over the
+   positions `[start - 1, min(end - 1, start + 10))` (the position that decides to open the
+   segment, then its first tokens);
+2. average those segment means over segments;
+3. subtract the mean over the whole reasoning span (each example's reasoning-span mean,
+   averaged over examples, as the authors' code does);
+4. rescale the difference to the norm of that overall mean.
+
+A `StrategyVector` is a direction + layer + provenance, saved as safetensors with JSON metadata;
+`vector.apply(model, alpha)` is the scoped steering intervention (`hooks.add_to_residual`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from hooks.errors import TwinlensError
+from probes.datasets import ProbeDataset
+
+__all__ = [
+    "StrategyVector",
+    "diff_of_means_vectors",
+    "probe_weight_vectors",
+    "random_vector_like",
+    "vector_cosines",
+    "save_vectors",
+    "load_vectors",
+    "SEGMENT_WINDOW",
+]
+
+SEGMENT_WINDOW = 10  # tokens after the segment start that enter its mean (RESEARCH.md s.1)
+_FORMAT = "twinlens.strategy_vectors/1"
+
+
+@dataclass
+class StrategyVector:
+    """A steering/reading direction for one strategy at one layer.
+
+    direction: `[d_model]` float32, in the residual stream's units (not unit norm:
+        difference-of-means vectors carry the norm of the mean activation, so alpha = 1 adds an
+        activation-sized step, as in the paper).
+    layer: block index (`blocks.{layer}.hook_out`).
+    method: "diff_of_means" | "probe_weight" | "random".
+    provenance: model_name, weight_hash (of the model the vector was read from), labels_source.
+    """
+
+    direction: Float[Tensor, " d"]
+    layer: int
+    method: str
+    strategy: str
+    model_name: str = ""
+    weight_hash: str = ""
+    labels_source: str = ""
+    n_segments: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.direction = torch.as_tensor(self.direction, dtype=torch.float32).detach().cpu()
+        if self.direction.ndim != 1:
+            raise TwinlensError(
+                f"A StrategyVector direction must be 1-D [d_model], got {tuple(self.direction.shape)}."
+            )
+        self.layer = int(self.layer)
+
+    @property
+    def norm(self) -> float:
+        return float(self.direction.norm())
+
+    @property
+    def unit(self) -> Tensor:
+        return self.direction / self.direction.norm().clamp_min(1e-12)
+
+    def metadata(self) -> dict:
+        meta = asdict(self)
+        meta.pop("direction")
+        return meta
+
+    def check_fits(self, model) -> None:
+        """Clear errors for a vector that does not fit `model` (width, layer)."""
+        if self.direction.shape[0] != model.d_model:
+            raise TwinlensError(
+                f"The {self.strategy!r} vector has width {self.direction.shape[0]} but the model "
+                f"{getattr(model, 'name', '')!r} has d_model {model.d_model}; use a vector found on "
+                "a model of the same width (the base model of this pair)."
+            )
+        if not 0 <= self.layer < model.n_layers:
+            raise TwinlensError(
+                f"The {self.strategy!r} vector is for layer {self.layer}, but the model has "
+                f"{model.n_layers} blocks (0-{model.n_layers - 1}); pick a vector of an existing layer."
+            )
+
+    def apply(self, model, alpha: float = 1.0, positions: Tensor | None = None):
+        """Context manager: add `alpha * direction` to block `layer`'s output of `model.hf`
+        (all positions by default); hooks are removed on exit, also on an exception."""
+        from hooks import add_to_residual
+
+        self.check_fits(model)
+        return add_to_residual(model, self.layer, self.direction, alpha=alpha, positions=positions)
+
+    def save(self, path: str | Path) -> Path:
+        return save_vectors(path, [self])
+
+    @classmethod
+    def load(cls, path: str | Path) -> StrategyVector:
+        vectors = load_vectors(path)
+        if len(vectors) != 1:
+            raise TwinlensError(
+                f"{path} holds {len(vectors)} vectors; use probes.load_vectors to read them all."
+            )
+        return vectors[0]
+
+
+def save_vectors(path: str | Path, vectors: Sequence[StrategyVector]) -> Path:
+    """Save vectors to one safetensors file; their metadata go in its JSON header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"vector.{i}": v.direction.contiguous() for i, v in enumerate(vectors)}
+    meta = {"format": _FORMAT, "vectors": json.dumps([v.metadata() for v in vectors])}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_vectors(path: str | Path) -> list[StrategyVector]:
+    path = Path(path)
+    if not path.exists():
+        raise TwinlensError(f"No vector file at {path}.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise TwinlensError(
+                f"{path} is not a twinlens strategy-vector file (format {meta.get('format')!r})."
+            )
+        infos = json.loads(meta["vectors"])
+        return [StrategyVector(direction=f.get_tensor(f"vector.{i}"), **info) for i, info in enumerate(infos)]
+
+
+# ------------------------------------------------------------------ difference of means
+def _examples_of(ds: ProbeDataset, examples) -> list[int]:
+    ids = sorted(ds.spans) if examples is None else [int(e) for e in np.unique(examples)]
+    unknown = [e for e in ids if e not in ds.spans]
+    if unknown:
+        raise TwinlensError(f"Examples {unknown[:5]} are not in this dataset.")
+    return ids
+
+
+def segment_windows(
+    ds: ProbeDataset, strategy: str, examples=None, window: int = SEGMENT_WINDOW
+) -> list[np.ndarray]:
+    """Rows of each segment's window `[start-1, min(end-1, start+window))`, one array per
+    segment (segments whose window is empty or not stored are an error)."""
+    out = []
+    for e in _examples_of(ds, examples):
+        for span in ds.spans[e].spans_of(strategy):
+            lo, hi = span.start - 1, min(span.end - 1, span.start + window)
+            if lo < 0:
+                raise TwinlensError(
+                    f"Example {e}: a {strategy!r} segment starts at position 0, so the position "
+                    "before it (start - 1) does not exist; keep the prompt in the stored sequence."
+                )
+            rows = np.array([ds.row(e, p) for p in range(lo, hi)], dtype=np.int64)
+            if (rows < 0).any():
+                raise TwinlensError(
+                    f"Example {e}: positions {lo}..{hi - 1} of a {strategy!r} segment were not "
+                    "captured; capture with positions='all'."
+                )
+            out.append(rows)
+    return out
+
+
+def overall_mean(ds: ProbeDataset, examples=None) -> Tensor:
+    """`[L, d]`: each example's mean over its reasoning span, averaged over examples."""
+    means = []
+    for e in _examples_of(ds, examples):
+        rows = np.nonzero((ds.example == e) & ds.reasoning)[0]
+        if rows.size:
+            means.append(ds.X[:, rows].double().mean(1))
+    if not means:
+        raise TwinlensError("No reasoning rows in these examples; nothing to average.")
+    return torch.stack(means).mean(0)
+
+
+def diff_of_means_vectors(
+    ds: ProbeDataset, strategy: str, examples=None, window: int = SEGMENT_WINDOW
+) -> list[StrategyVector]:
+    """One difference-of-means vector per layer of `ds` (see the module docstring).
+
+    examples: example ids to use (e.g. the training split), default all."""
+    windows = segment_windows(ds, strategy, examples, window)
+    if not windows:
+        raise TwinlensError(
+            f"No {strategy!r} segment in these examples; a strategy vector needs labelled "
+            "segments. Use more examples or a strategy that occurs."
+        )
+    seg_means = torch.stack([ds.X[:, rows].double().mean(1) for rows in windows])  # [S, L, d]
+    strategy_mean = seg_means.mean(0)
+    base = overall_mean(ds, examples)
+    diff = strategy_mean - base
+    scale = base.norm(dim=-1, keepdim=True) / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    vecs = (diff * scale).float()
+    return [
+        StrategyVector(
+            direction=vecs[i],
+            layer=layer,
+            method="diff_of_means",
+            strategy=strategy,
+            model_name=ds.model_name,
+            weight_hash=ds.weight_hash,
+            labels_source=ds.label_source,
+            n_segments=len(windows),
+            extra={"window": window, "model_key": ds.model},
+        )
+        for i, layer in enumerate(ds.layers)
+    ]
+
+
+def probe_weight_vectors(
+    ds: ProbeDataset, strategy: str, probe, examples=None
+) -> list[StrategyVector]:
+    """The probe's weight direction per layer (from a binary all-layer `LinearProbe` fitted on
+    `ds`'s layers), rescaled to the norm of the overall mean so that alpha means the same as for
+    difference-of-means vectors."""
+    coef = torch.as_tensor(np.asarray(probe.coef_), dtype=torch.float64)
+    if coef.ndim != 3 or coef.shape[1] != 1 or coef.shape[0] != len(ds.layers):
+        raise TwinlensError(
+            f"probe_weight_vectors needs a binary probe fitted on all {len(ds.layers)} layers of "
+            f"the dataset (coef_ [n_layers, 1, d]); got coef_ of shape {tuple(coef.shape)}."
+        )
+    w = coef[:, 0]
+    norm = overall_mean(ds, examples).norm(dim=-1, keepdim=True)
+    vecs = (w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm).float()
+    return [
+        StrategyVector(
+            direction=vecs[i],
+            layer=layer,
+            method="probe_weight",
+            strategy=strategy,
+            model_name=ds.model_name,
+            weight_hash=ds.weight_hash,
+            labels_source=ds.label_source,
+            extra={"C": getattr(probe, "C", None), "model_key": ds.model},
+        )
+        for i, layer in enumerate(ds.layers)
+    ]
+
+
+def random_vector_like(vector: StrategyVector, seed: int = 0) -> StrategyVector:
+    """A Gaussian random direction with the same norm and layer (the steering control)."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(vector.direction.shape[0], generator=g, dtype=torch.float64)
+    r = (r / r.norm() * vector.norm).float()
+    return StrategyVector(
+        direction=r,
+        layer=vector.layer,
+        method="random",
+        strategy=vector.strategy,
+        model_name=vector.model_name,
+        weight_hash=vector.weight_hash,
+        labels_source=vector.labels_source,
+        extra={"seed": int(seed), "matched_to": vector.method},
+    )
+
+
+def vector_cosines(a: Sequence[StrategyVector], b: Sequence[StrategyVector]) -> np.ndarray:
+    """Cosine similarity of two per-layer vector lists, matched by layer -> `[n_layers]`."""
+    by_layer = {v.layer: v for v in b}
+    if sorted(by_layer) != sorted(v.layer for v in a):
+        raise TwinlensError("vector_cosines needs the same layers on both sides.")
+    return np.array(
+        [float(torch.nn.functional.cosine_similarity(v.direction, by_layer[v.layer].direction, 0))
+         for v in a]
+    )

@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Steer the base model with strategy vectors (RESEARCH.md section 1): add alpha * v to one
+layer's output at every position while it generates, and measure each strategy's frequency,
+the task accuracy and the output length, beside the same sweep with a random vector of equal
+norm (seeded). Sweeps alpha and layer.
+
+    python scripts/steer.py --out runs/steer                       # organism base, all layers
+    python scripts/steer.py --vectors runs/probe/vectors.safetensors --layers chosen --out runs/steer2
+    python scripts/steer.py --base path/base --problems qa.jsonl --labels probes/default_labels.json \\
+        --alphas=-1,0,1 --device cuda --out runs/steer-real
+
+Vectors: read from --vectors (written by scripts/probe.py; difference-of-means vectors of the
+base model are used) or found here: sample traces from the base model, capture its block
+outputs, difference of means per layer (RESEARCH.md section 1). Layers: `all`, `chosen` (the
+attribution-chosen layer of each strategy) or a comma list. Frequency = share of samples that
+use the strategy at least once (task labels); CIs: 95% percentile bootstrap over prompts; the
+vector and its random control share the sampling seed (alpha = 0 is the same samples).
+"Passes" at an alpha > 0: the strategy's frequency rises by >= 3x the change the random vector
+causes, and the two frequency CIs do not overlap.
+Writes DIR/results.json (per strategy: layer, alpha, frequency, random_frequency, accuracy, ...),
+DIR/steering.png (dose-response with CIs), DIR/summary.md. Defaults (organism, 2 CPU cores):
+about 2-3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from analyses.reporting import save_figure, write_results  # noqa: E402
+from analyses.sampling import resolve_model_spec  # noqa: E402
+from analyses.task import load_task  # noqa: E402
+from hooks import TwinlensError, capture, load_model  # noqa: E402
+from probes.attribution import attribute_layers  # noqa: E402
+from probes.datasets import build_dataset  # noqa: E402
+from probes.labels import RegexLabeler, labels_from_char_spans  # noqa: E402
+from probes.steering import steering_experiment  # noqa: E402
+from probes.traces import sample_traces  # noqa: E402
+from probes.vectors import diff_of_means_vectors, load_vectors, save_vectors  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
+    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
+    ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
+    ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
+    ap.add_argument("--layers", default="all", help="'all', 'chosen' (attribution) or a comma list")
+    ap.add_argument("--alphas", default="-1,0,0.5,1,2", help="steering coefficients (must include 0)")
+    ap.add_argument("--n-problems", type=int, default=24, help="steering prompts (held-out set)")
+    ap.add_argument("--n-samples", type=int, default=4, help="samples per prompt and alpha")
+    ap.add_argument("--vector-problems", type=int, default=300, help="problems for finding the vectors")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--n-bootstrap", type=int, default=1000)
+    ap.add_argument("--factor", type=float, default=3.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-seed", type=int, default=1000, help="seed of the random control vectors")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1; 0 = torch's default)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--json", action="store_true")
+    return ap.parse_args(argv)
+
+
+def find_vectors(model, task, args, max_new: int):
+    """Difference-of-means vectors of every strategy and layer, from the base model's own traces;
+    returns (vectors, labels) so the attribution can use the same traces."""
+    problems = task.problems(args.vector_problems, seed=args.seed + 2)
+    prompts = [model.encode(p.prompt) for p in problems]
+    if args.labels:
+        labeler = RegexLabeler.from_json(args.labels)
+    elif args.problems:
+        labeler = RegexLabeler.from_json(None)
+    else:
+        def labeler(p, c, tok):
+            return labels_from_char_spans(p, c, tok, task.label_strategies, source=task.name)
+    traces = sample_traces({"base": model}, prompts, 1, seed=args.seed + 2, max_new_tokens=max_new,
+                           temperature=args.temperature, labeler=labeler)
+    labels = [t.labels for t in traces]
+    with tempfile.TemporaryDirectory(prefix="twinlens-steer-") as tmp:
+        store = capture(model, [t.token_ids for t in traces], hooks=["blocks.*.hook_out"],
+                        out=Path(tmp) / "acts", positions="all", batch_size=64, progress=False)
+        ds = build_dataset(store, labels, model=None)
+    vectors = []
+    for s in ds.strategies:
+        if sum(len(lab.spans_of(s)) for lab in labels) >= 5:
+            vectors += diff_of_means_vectors(ds, s)
+    return vectors, labels
+
+
+def run(args) -> tuple[dict, dict]:
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
+
+    task = load_task(args.problems)
+    name, path = resolve_model_spec(args.base)
+    model = load_model(path, device=args.device)
+    max_new = args.max_new_tokens or task.max_new_tokens
+    if args.vectors:
+        vectors = [v for v in load_vectors(args.vectors)
+                   if v.method == "diff_of_means" and v.extra.get("model_key", "base") == "base"]
+        if not vectors:
+            raise TwinlensError(f"{args.vectors} holds no base-model difference-of-means vectors.")
+        labels = None
+    else:
+        vectors, labels = find_vectors(model, task, args, max_new)
+        save_vectors(Path(args.out) / "vectors.safetensors", vectors)
+        log(f"found {len(vectors)} vectors")
+    by_strategy: dict[str, dict[int, object]] = {}
+    for v in vectors:
+        by_strategy.setdefault(v.strategy, {})[v.layer] = v
+    strategies = args.strategies.split(",") if args.strategies else list(by_strategy)
+    missing = [s for s in strategies if s not in by_strategy]
+    if missing:
+        raise TwinlensError(f"No vector for strategies {missing}; vectors exist for {sorted(by_strategy)}.")
+    chosen = {}
+    if labels is not None:
+        for s in strategies:
+            att = attribute_layers(model, labels, [by_strategy[s][k] for k in sorted(by_strategy[s])],
+                                   max_segments=200, seed=args.seed)
+            chosen[s] = att.to_dict()
+    selected = []
+    for s in strategies:
+        if args.layers == "all":
+            layers = sorted(by_strategy[s])
+        elif args.layers == "chosen":
+            if s not in chosen:
+                raise TwinlensError("--layers chosen needs the attribution; run without --vectors.")
+            layers = [chosen[s]["chosen_layer"]]
+        else:
+            layers = [int(x) for x in args.layers.split(",")]
+        bad = [k for k in layers if k not in by_strategy[s]]
+        if bad:
+            raise TwinlensError(
+                f"Layer(s) {bad} do not exist for {s!r}: vectors exist for layers {sorted(by_strategy[s])}."
+            )
+        selected += [by_strategy[s][k] for k in layers]
+    alphas = [float(a) for a in args.alphas.split(",")]
+    problems = task.problems(args.n_problems, seed=args.seed + 1)
+    prompts = [model.encode(p.prompt) for p in problems]
+    runs = steering_experiment(
+        model, selected, prompts, alphas, label_fn=task.label_strategies,
+        grade_fn=lambda i, text: task.grade(problems[i], text), strategies=strategies,
+        n_samples=args.n_samples, seed=args.seed, random_seed=args.random_seed,
+        max_new_tokens=max_new, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
+        factor=args.factor, progress=lambda r: log(f"{r.vector.strategy} layer {r.vector.layer} done"),
+    )
+    results: dict = {"strategies": {}}
+    for s in strategies:
+        mine = [r for r in runs if r.vector.strategy == s]
+        per_layer = {str(r.vector.layer): r.to_dict() for r in mine}
+        passing = [(r.comparison.change[i], r.vector.layer, a) for r in mine
+                   for i, a in enumerate(r.comparison.alphas) if r.comparison.passes[i]]
+        best = max(passing) if passing else None
+        best_info = None
+        if best is not None:
+            r = per_layer[str(best[1])]
+            k, k0 = r["alpha"].index(best[2]), r["alpha"].index(0.0)
+            best_info = {
+                "layer": best[1], "alpha": best[2], "change": best[0],
+                "accuracy": r["accuracy"][k], "accuracy_at_0": r["accuracy"][k0],
+                "length": r["length"][k], "length_at_0": r["length"][k0],
+                # The raise comes with broken outputs: accuracy below half of the unsteered one
+                # and completions running to the token limit.
+                "degenerate": bool(r["accuracy"][k] < 0.5 * r["accuracy"][k0]
+                                   and r["length"][k] >= 0.9 * max_new),
+            }
+        results["strategies"][s] = {
+            "layers": per_layer,
+            "attribution": chosen.get(s),
+            "passes": bool(passing),
+            "best": best_info,
+        }
+        if best is not None:  # the headline numbers, flat, at the best passing layer
+            r = per_layer[str(best[1])]
+            results["strategies"][s].update({k: r[k] for k in ("layer", "alpha", "frequency", "random_frequency", "accuracy")})
+    results["model"] = {"name": name, "path": str(path), "weight_hash": model.weight_hash}
+    results["settings"] = {
+        "task": task.name, "alphas": alphas, "n_problems": args.n_problems, "n_samples": args.n_samples,
+        "temperature": args.temperature, "max_new_tokens": max_new, "seed": args.seed,
+        "random_seed": args.random_seed, "factor": args.factor, "layers": args.layers,
+        "vectors": args.vectors or "found here (difference of means, base traces)",
+        "frequency": "share of samples using the strategy at least once",
+        "ci": "95% percentile bootstrap over prompts", "seconds": round(time.time() - t0, 1),
+    }
+    return results, {"runs": runs}
+
+
+def plot(runs, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = list(dict.fromkeys(r.vector.strategy for r in runs))
+    fig, axes = plt.subplots(3, len(strategies), figsize=(4.3 * len(strategies), 9), squeeze=False)
+    for j, s in enumerate(strategies):
+        mine = [r for r in runs if r.vector.strategy == s]
+        for k, r in enumerate(mine):
+            c = f"C{k}"
+            for ax, key in ((axes[0, j], "freq"), (axes[1, j], "acc"), (axes[2, j], "len")):
+                for curve, style in ((r.curve, "o-"), (r.random_curve, "x:")):
+                    y, ci = {"freq": (curve.frequency[s], curve.frequency_ci[s]),
+                             "acc": (curve.accuracy, curve.accuracy_ci),
+                             "len": (curve.length, curve.length_ci)}[key]
+                    lab = f"layer {r.vector.layer}" + (" random" if curve is r.random_curve else "")
+                    ax.plot(curve.alphas, y, style, color=c, label=lab)
+                    if curve is r.curve:
+                        ax.fill_between(curve.alphas, ci[:, 0], ci[:, 1], color=c, alpha=0.15)
+        axes[0, j].set_title(s)
+        axes[0, j].set_ylabel(f"share of samples using {s}")
+        axes[1, j].set_ylabel("task accuracy")
+        axes[2, j].set_ylabel("completion length (tokens)")
+        axes[2, j].set_xlabel("alpha")
+        axes[0, j].legend(fontsize=6)
+    save_figure(fig, out / "steering.png")
+
+
+def summary(results: dict) -> str:
+    st = results["settings"]
+    lines = [
+        "# Steering the base model with strategy vectors", "",
+        f"Model `{results['model']['name']}`, task `{st['task']}`: {st['n_problems']} held-out prompts x "
+        f"{st['n_samples']} samples per alpha (temperature {st['temperature']}, seed {st['seed']}); vectors: "
+        f"{st['vectors']}; control: a Gaussian random vector of equal norm (seed {st['random_seed']} + index). "
+        f"Frequency = {st['frequency']}; brackets: {st['ci']}. Passes: alpha > 0, rise >= {st['factor']}x the "
+        "random vector's change, CIs apart.", "",
+        "| strategy | layer | alpha | frequency [CI] | random [CI] | accuracy | length | passes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s, e in results["strategies"].items():
+        for layer, r in e["layers"].items():
+            for k, a in enumerate(r["alpha"]):
+                f, fc = r["frequency"][k], r["frequency_ci"][k]
+                g, gc = r["random_frequency"][k], r["random_frequency_ci"][k]
+                lines.append(f"| {s} | {layer} | {a:g} | {f:.2f} [{fc[0]:.2f}, {fc[1]:.2f}] | {g:.2f} "
+                             f"[{gc[0]:.2f}, {gc[1]:.2f}] | {r['accuracy'][k]:.2f} | {r['length'][k]:.1f} | "
+                             f"{r['comparison']['passes'][k]} |")
+    lines += ["", "## Verdict", ""]
+    for s, e in results["strategies"].items():
+        att = f" (attribution-chosen layer {e['attribution']['chosen_layer']})" if e.get("attribution") else ""
+        if e["best"]:
+            b = e["best"]
+            note = (f"; but the output degenerates: accuracy {b['accuracy_at_0']:.2f} -> {b['accuracy']:.2f}, "
+                    f"length {b['length_at_0']:.0f} -> {b['length']:.0f} tokens (limit {st['max_new_tokens']})"
+                    if b["degenerate"] else "")
+            lines.append(f"- {s}: passes at layer {b['layer']}, alpha {b['alpha']:g} (frequency "
+                         f"+{b['change']:.2f}){att}{note}.")
+        else:
+            lines.append(f"- {s}: no alpha > 0 raises it by >= {st['factor']}x the random change with CIs apart{att}.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    try:
+        results, extra = run(args)
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    plot(extra["runs"], out)
+    write_results(out, results, summary(results))
+    if args.json:
+        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""scripts/probe.py and scripts/steer.py end to end on the shipped organism, at toy sizes:
+the results contract (results.json keys, plots, summary) and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+organism = pytest.importorskip("organism")
+if not {"base", "rl-seed0"} <= set(organism.list_checkpoints()):
+    pytest.skip("the organism checkpoints are not built", allow_module_level=True)
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_probe_script_writes_the_results_contract(tmp_path):
+    out = tmp_path / "probe"
+    r = _run("probe.py", "--out", str(out), "--n-problems", "40", "--n-samples", "1",
+             "--n-bootstrap", "30", "--steer-problems", "3", "--steer-samples", "2", "--alphas", "0,1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert json.loads(r.stdout) == res
+    probed = [s for s, e in res["strategies"].items() if "base" in e]
+    assert "compute" in probed  # the organism's most frequent strategy is always there
+    e = res["strategies"]["compute"]
+    n_layers = len(res["settings"]["layers"])
+    for m in ("base", "rl"):
+        assert {"best_layer", "auroc", "control_auroc", "accuracy"} <= set(e[m])
+        assert len(e[m]["auroc"]) == len(e[m]["accuracy"]) == n_layers
+    assert set(e["transfer"]) == {"base->rl", "rl->base"}
+    assert len(e["vector_cosine_base_rl"]) == n_layers
+    assert {"alpha", "frequency", "random_frequency", "accuracy"} <= set(e["steering"])
+    assert 0 <= e["attribution"]["chosen_layer"] < n_layers
+    for name in ("probe_layers.png", "preexistence.png", "steering.png", "summary.md", "vectors.safetensors"):
+        assert (out / name).stat().st_size > 0
+    # Strategies too rare at this size are reported as skipped, not silently dropped.
+    assert all("base" in entry or "skipped" in entry for entry in res["strategies"].values())
+
+
+def test_steer_script_refuses_a_layer_that_does_not_exist(tmp_path):
+    r = _run("steer.py", "--out", str(tmp_path / "s"), "--vector-problems", "30", "--layers", "9",
+             "--n-problems", "2", "--n-samples", "1")
+    assert r.returncode == 2
+    assert "Layer(s) [9] do not exist" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,104 @@
+"""Steering with strategy vectors on a tiny random Llama: exact intervention, cleanup, and the
+dose-response sweep against an equal-norm random vector."""
+
+import numpy as np
+import pytest
+import torch
+
+from hooks import TwinlensError, load_model
+from probes.steering import compare_to_random, steering_curve
+from probes.vectors import StrategyVector, random_vector_like
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return load_model(tiny_models["llama"])
+
+
+def _block1_input(model, ids):
+    """What block 1 receives = block 0's output after any edit (read by a pre-hook)."""
+    grab = {}
+
+    def pre(_module, args, kwargs):
+        grab["x"] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+    nxt, _ = model.hf_module("blocks.1.hook_out")
+    handle = nxt.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.hf(torch.tensor([ids]))
+    finally:
+        handle.remove()
+    return grab["x"]
+
+
+def test_apply_adds_alpha_v_at_the_layer_output_and_removes_its_hooks(llama):
+    ids = llama.encode("3+5+8:")
+    v = StrategyVector(torch.randn(llama.d_model), layer=0, method="diff_of_means", strategy="x")
+    clean = _block1_input(llama, ids)
+    with v.apply(llama, alpha=-2.0):
+        steered = _block1_input(llama, ids)
+    torch.testing.assert_close(steered - clean, (-2.0 * v.direction).expand_as(clean),
+                               atol=1e-5, rtol=0)
+    assert all(len(m._forward_hooks) == 0 for m in llama.hf.modules())
+    weights = {k: p.clone() for k, p in llama.hf.state_dict().items()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with v.apply(llama, alpha=1.0):
+            raise RuntimeError("inside")
+    assert all(len(m._forward_hooks) == 0 for m in llama.hf.modules())
+    assert all(torch.equal(weights[k], p) for k, p in llama.hf.state_dict().items())
+    torch.testing.assert_close(_block1_input(llama, ids), clean)
+
+
+def test_vector_of_another_width_is_refused_by_apply(llama):
+    v = StrategyVector(torch.randn(llama.d_model + 1), layer=0, method="diff_of_means", strategy="x")
+    with pytest.raises(TwinlensError, match=f"has d_model {llama.d_model}"):
+        with v.apply(llama, alpha=1.0):
+            pass
+
+
+def _toward_token(model, char: str) -> StrategyVector:
+    """A last-layer direction that raises the logit of `char` (its unembedding row)."""
+    tid = model.encode(char)[0]
+    w = model.hf.get_output_embeddings().weight[tid].detach().float()
+    return StrategyVector(w / w.norm() * 3.0, layer=model.n_layers - 1, method="diff_of_means",
+                          strategy="says-a")
+
+
+def test_steering_toward_a_token_beats_an_equal_norm_random_vector(llama):
+    vec = _toward_token(llama, "a")
+    rand = random_vector_like(vec, seed=0)
+    prompts = [llama.encode(p) for p in ("1+2:", "3+4:", "5+6:", "7+8:", "9+1:", "2+2:")]
+
+    def label_fn(text):  # the "strategy" is: the completion contains an "a"
+        return [("says-a", i, i + 1) for i, c in enumerate(text) if c == "a"]
+
+    def grade_fn(i, text):
+        return text.startswith("#")
+
+    # Random init makes logits nearly flat (weights ~0.02), so sample cold: the test is about
+    # the sweep's bookkeeping and its control, not about the size of the effect.
+    kw = dict(alphas=[0.0, 2.0, 6.0], label_fn=label_fn, grade_fn=grade_fn, n_samples=4, seed=3,
+              max_new_tokens=6, n_bootstrap=200, temperature=0.05)
+    curve = steering_curve(llama, vec, prompts, **kw)
+    control = steering_curve(llama, rand, prompts, **kw)
+    assert curve.frequency["says-a"][0] == control.frequency["says-a"][0]  # same samples at 0
+    assert curve.frequency["says-a"][-1] == 1.0 and curve.length.shape == (3,)
+    cmp = compare_to_random(curve, control)
+    assert cmp.passes[1:].all() and not cmp.passes[0] and cmp.best_alpha == 2.0  # first of a tie
+    again = steering_curve(llama, vec, prompts, **kw)
+    np.testing.assert_array_equal(again.frequency["says-a"], curve.frequency["says-a"])
+    d = curve.to_dict()
+    assert d["alpha"] == [0.0, 2.0, 6.0] and set(d) >= {"frequency", "accuracy", "length"}
+
+
+def test_comparison_needs_alpha_zero_and_equal_alphas(llama):
+    vec = _toward_token(llama, "a")
+    prompts = [llama.encode("1+2:")]
+    kw = dict(label_fn=lambda t: [], n_samples=1, max_new_tokens=2, n_bootstrap=10)
+    a = steering_curve(llama, vec, prompts, alphas=[1.0, 2.0], **kw)
+    with pytest.raises(TwinlensError, match="alpha = 0"):
+        compare_to_random(a, a)
+    b = steering_curve(llama, vec, prompts, alphas=[0.0, 1.0], **kw)
+    with pytest.raises(TwinlensError, match="same alphas"):
+        compare_to_random(a, b)
