@@ -68,27 +68,36 @@ def _holds(ok: bool | None) -> str:
 
 # ------------------------------------------------------------------ one extractor per claim
 def verdict_strategies(out: Path) -> Verdict:
-    v = Verdict(1, "Base models already hold the strategies; RL teaches when (probes, steering)", "probe")
+    v = Verdict(1, "Base models already hold the strategies as linear directions (probes)", "probe")
     r = _load(out, "probe")
-    if r is None:
-        return v
-    strategies = _get(r, "strategies", default={}) or {}
-    rows = []
-    ok = True
-    for name, per_model in strategies.items():
-        base = _get(per_model, "base", default={}) or {}
-        auroc, control = _get(base, "auroc"), _get(base, "control_auroc")
-        if isinstance(auroc, (int, float)) and isinstance(control, (int, float)):
-            rows.append(f"{name}: {auroc:.2f} vs {control:.2f}")
-            ok = ok and auroc >= 0.9 and control <= 0.6
+    acc = _get(r, "acceptance", default={}) if r else {}
+    rows = {k: x for k, x in (acc or {}).items() if isinstance(x, dict) and "auroc" in x}
     if not rows:
         return v
-    v.shows = "best-layer base probe AUROC per strategy (held-out)"
-    v.number = "; ".join(rows)
-    v.control = "shuffled-label probe AUROC (after 'vs')"
-    steer = _load(out, "steer")
-    if steer is not None:
-        v.shows += "; steering vs random vector: see the steering section"
+    v.shows = "best-layer probe AUROC on held-out base traces, per strategy (layer)"
+    v.number = "; ".join(f"{k} {_fmt(x['auroc'], 2)} (L{x.get('best_layer')})" for k, x in rows.items())
+    v.control = "shuffled-label probe: " + "; ".join(f"{k} {_fmt(x.get('control_auroc'), 2)}" for k, x in rows.items())
+    v.holds = _holds(all(x.get("probe_auroc_ge_0.9") and x.get("control_auroc_le_0.6") for x in rows.values()))
+    return v
+
+
+def verdict_steering(out: Path) -> Verdict:
+    v = Verdict(1, "Steering the base with a strategy vector makes it use that strategy", "steer")
+    r = _load(out, "steer")
+    strategies = _get(r, "strategies", default={}) if r else {}
+    if not strategies:
+        return v
+    parts, ok = [], True
+    for name, x in strategies.items():
+        best = x.get("best") or {}
+        if best:
+            parts.append(f"{name}: +{_fmt(best.get('change'), 2)} at L{best.get('layer')} alpha {best.get('alpha')}"
+                         f" (accuracy {_fmt(best.get('accuracy_at_0'), 2)} -> {_fmt(best.get('accuracy'), 2)}"
+                         f"{', degenerate' if best.get('degenerate') else ''})")
+        ok = ok and bool(x.get("passes")) and not best.get("degenerate")
+    v.shows = "largest rise in strategy frequency that beats 3x a random vector of equal norm (CIs apart)"
+    v.number = "; ".join(parts) or "no alpha/layer passes"
+    v.control = "random vector of equal norm, same sampling seeds; degenerate = accuracy collapses"
     v.holds = _holds(ok)
     return v
 
@@ -318,7 +327,7 @@ def verdict_mechanism(out: Path) -> Verdict:
 
 
 EXTRACTORS: list[Callable[[Path], Verdict]] = [
-    verdict_strategies, verdict_hybrid, verdict_sparsity, verdict_mechanism, verdict_formats,
+    verdict_strategies, verdict_steering, verdict_hybrid, verdict_sparsity, verdict_mechanism, verdict_formats,
     verdict_passk, verdict_drift, verdict_shortcuts, verdict_calibration, verdict_entropy,
     verdict_scaling, verdict_mi,
 ]
