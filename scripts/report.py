@@ -413,7 +413,7 @@ def write_report(out: str | Path) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
              "vertical-align:top}img{max-width:100%}.supported{color:#176c2c;font-weight:bold}"
-             ".not-supported{color:#a11;font-weight:bold}")
+             ".not-supported{color:#a11;font-weight:bold}td a{color:inherit}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>twinlens report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     (out / "report.md").write_text("\n".join(md))
