@@ -20,13 +20,10 @@ several runs or --sft, DIR/overlap.png (overlap against the random-subset baseli
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
@@ -38,6 +35,7 @@ from analyses.subnetworks import (  # noqa: E402
     diff_runs,
 )
 from hooks.errors import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def organism_defaults() -> tuple[str, list[str], str | None]:
@@ -58,13 +56,12 @@ def organism_defaults() -> tuple[str, list[str], str | None]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.make_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="base checkpoint (folder, .safetensors file or hub id)")
     ap.add_argument("--rl", action="append", default=None, help="RL checkpoint; repeat for several runs")
     ap.add_argument("--sft", help="SFT checkpoint from the same base, shown beside RL")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    ap.add_argument("--json", action="store_true", help=cli.JSON_HELP)
     ap.add_argument("--tolerance", type=float, default=1e-5, help="atol: unchanged iff |delta| <= tolerance")
     ap.add_argument("--compare-dtype", choices=["native", "float32"], default="native",
                     help="delta in the stored dtype (paper's code on bf16) or in float32")
@@ -206,25 +203,25 @@ def summarize(fam: RunFamilyDiff) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.base is None:
-            if args.rl or args.sft:
-                raise TwinlensError("--rl/--sft given without --base; pass --base too (the organism defaults "
-                                    "apply only when no model is given).")
-            base, rls, sft = organism_defaults()
-        else:
-            if not args.rl:
-                raise TwinlensError("--base given without --rl; pass at least one --rl checkpoint.")
-            base, rls, sft = args.base, args.rl, args.sft
-        fam = diff_runs(base, rls, sft=sft, keep_masks=args.save_masks, progress=not args.no_progress,
-                        tolerance=args.tolerance, compare=args.compare_dtype,
-                        overlap_tolerance=args.overlap_tolerance, rank=not args.no_rank,
-                        rank_method=args.rank_method, spectral=not args.no_spectral,
-                        spectral_k=args.spectral_k, device=args.device)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.base is None:
+        if args.rl or args.sft:
+            raise TwinlensError("--rl/--sft given without --base; pass --base too (the organism defaults "
+                                "apply only when no model is given).")
+        base, rls, sft = organism_defaults()
+    else:
+        if not args.rl:
+            raise TwinlensError("--base given without --rl; pass at least one --rl checkpoint.")
+        base, rls, sft = args.base, args.rl, args.sft
+    fam = diff_runs(base, rls, sft=sft, keep_masks=args.save_masks, progress=not args.no_progress,
+                    tolerance=args.tolerance, compare=args.compare_dtype,
+                    overlap_tolerance=args.overlap_tolerance, rank=not args.no_rank,
+                    rank_method=args.rank_method, spectral=not args.no_spectral,
+                    spectral_k=args.spectral_k, device=args.device)
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = fam.to_dict()
@@ -236,11 +233,7 @@ def main(argv=None) -> int:
         models = list(fam.runs.values()) + ([fam.sft] if fam.sft else [])
         results["masks"] = {m.name: str(m.masks.save(out / f"masks_{m.name}.safetensors")) for m in models}
     write_results(out, results, summarize(fam))
-    if args.json:
-        from analyses.reporting import to_jsonable
-
-        print(json.dumps(to_jsonable(results), indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -16,13 +16,9 @@ DIR/kl_series.png, DIR/entropy.png, DIR/summary.md; samples in DIR/samples/ (rer
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.drift import measure_drift, plot_entropy_by_position  # noqa: E402
@@ -35,72 +31,54 @@ from analyses.sampling import (  # noqa: E402
 )
 from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="base")
-    ap.add_argument("--rl", action="append", help="RL model or checkpoint (repeatable)")
+    ap = cli.make_parser(__doc__)
+    cli.add_model_args(ap, helps={"--base": None, "--rl": "RL model or checkpoint (repeatable)"})
     ap.add_argument("--series", default="rl-seed0",
                     help="without --rl: the organism run whose step checkpoints to measure ('' = final only)")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
-    ap.add_argument("--difficulty", type=int, default=5)
-    ap.add_argument("--problem-set", type=int, default=0)
-    ap.add_argument("--n-problems", type=int, default=64)
-    ap.add_argument("--n-samples", type=int, default=4)
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-new-tokens", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true")
+    cli.add_problem_args(ap, n_problems=64, n_samples=4)
+    cli.add_sampling_args(ap)
+    cli.add_run_args(ap, n_boot=1000)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     steps: dict[str, float] = {}
-    try:
-        task = load_task(args.problems, difficulty=args.difficulty)
-        if args.rl:
-            specs = list(args.rl)
-        elif args.series:
-            series = checkpoint_series(args.series)
-            if not series:
-                raise TwinlensError(f"No organism checkpoints of run {args.series!r}; pass --rl.")
-            specs = [d["name"] for d in series]
-            steps = {d["name"]: d["step"] for d in series}
-        else:
-            specs = ["rl-seed0"]
-        labels = [resolve_model_spec(s)[0] for s in specs]
-        family = load_models([args.base, *specs], labels=["base", *labels], device=args.device)
-        problems = task.problems(args.n_problems, seed=args.problem_set)
-        samples = sample_each(
-            family, problems, args.n_samples, out_dir=out / "samples", task=task,
-            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-            seed=args.seed, batch_size=args.batch_size,
-        )
-        drift = {}
-        for label in labels:
-            pair = {"base": family["base"], label: family[label]}
-            kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size)
-            drift[label] = {
-                "on_base_samples": measure_drift(pair, samples, sampled_by=["base"], **kw),
-                "on_own_samples": measure_drift(pair, samples, sampled_by=[label], **kw),
-            }
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    task = load_task(args.problems, difficulty=args.difficulty)
+    if args.rl:
+        specs = list(args.rl)
+    elif args.series:
+        series = checkpoint_series(args.series)
+        if not series:
+            raise TwinlensError(f"No organism checkpoints of run {args.series!r}; pass --rl.")
+        specs = [d["name"] for d in series]
+        steps = {d["name"]: d["step"] for d in series}
+    else:
+        specs = ["rl-seed0"]
+    labels = [resolve_model_spec(s)[0] for s in specs]
+    family = load_models([args.base, *specs], labels=["base", *labels], device=args.device)
+    problems = task.problems(args.n_problems, seed=args.problem_set)
+    samples = sample_each(
+        family, problems, args.n_samples, out_dir=out / "samples", task=task,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, batch_size=args.batch_size,
+    )
+    drift = {}
+    for label in labels:
+        pair = {"base": family["base"], label: family[label]}
+        kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size)
+        drift[label] = {
+            "on_base_samples": measure_drift(pair, samples, sampled_by=["base"], **kw),
+            "on_own_samples": measure_drift(pair, samples, sampled_by=[label], **kw),
+        }
 
     sources = ("on_base_samples", "on_own_samples")
     base_res = drift[labels[0]]["on_base_samples"]
@@ -126,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_plots(drift, labels, steps, out)
     write_results(out, results, summary(results, labels))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 def write_plots(drift: dict, labels: list[str], steps: dict, out: Path) -> None:

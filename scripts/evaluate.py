@@ -9,15 +9,11 @@ Writes DIR/results.json, DIR/summary.md and DIR/accuracy.png, DIR/formats.png.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
@@ -26,6 +22,7 @@ import organism  # noqa: E402
 from hooks import generate, load_model  # noqa: E402
 from organism.evaluation import CheckpointEval, evaluate_model  # noqa: E402
 from organism.task import FORMATS, STRATEGIES, eval_problems  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 DEFAULT = ["base", "sft", "rl-seed0", "rl-seed1", "rl-hard"]
 
@@ -100,7 +97,7 @@ def summary_markdown(results: list[CheckpointEval], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--checkpoints", nargs="+", default=None,
                     help="shipped names (organism.list_checkpoints()) or HF folders; default: "
                     + " ".join(DEFAULT))
@@ -115,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    cli.apply_threads(args)
     names = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
     try:
         paths = {n: resolve(n) for n in names}  # fail before any work on a wrong name

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.formats import format_collapse, plot_format_shares  # noqa: E402
@@ -40,34 +37,22 @@ from analyses.sampling import (  # noqa: E402
 from analyses.shortcuts import plot_shortcuts, shortcuts_by_checkpoint  # noqa: E402
 from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--series", default="rl-seed0", help="organism run whose checkpoints to track")
     ap.add_argument("--checkpoint", "--rl", dest="checkpoints", action="append",
                     help="a checkpoint (repeatable; replaces --series)")
     ap.add_argument("--step", dest="steps", action="append", type=float,
                     help="its RL step (one per --checkpoint; default: its training_info.json)")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
-    ap.add_argument("--difficulty", type=int, default=5)
-    ap.add_argument("--problem-set", type=int, default=0)
-    ap.add_argument("--n-problems", type=int, default=64)
-    ap.add_argument("--n-samples", type=int, default=8)
+    cli.add_problem_args(ap, n_problems=64, n_samples=8)
     ap.add_argument("--k", type=int, nargs="+", help="k values for pass@k / maj@k (default 1 and n)")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--ngram", type=int, help="n of the repeated n-gram detector (default: the task's)")
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-new-tokens", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true")
+    cli.add_sampling_args(ap)
+    cli.add_run_args(ap, n_boot=1000)
     return ap.parse_args(argv)
 
 
@@ -106,29 +91,24 @@ def resolve_checkpoints(args) -> tuple[list[str], list[str], dict[str, float], d
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    try:
-        task = load_task(args.problems, difficulty=args.difficulty)
-        specs, labels, steps, compute = resolve_checkpoints(args)
-        family = load_models(specs, labels=labels, device=args.device)
-        problems = task.problems(args.n_problems, seed=args.problem_set)
-        samples = sample_each(
-            family, problems, args.n_samples, out_dir=out / "samples", task=task,
-            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-            seed=args.seed, batch_size=args.batch_size,
-        )
-        fc = format_collapse(samples, steps, task.formats, compute=compute, threshold=args.threshold,
-                             ks=args.k, n_boot=args.n_boot, seed=args.seed)
-        shortcuts = shortcuts_by_checkpoint(samples, task, fc.checkpoints, ngram=args.ngram,
-                                            n_boot=args.n_boot, seed=args.seed)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    task = load_task(args.problems, difficulty=args.difficulty)
+    specs, labels, steps, compute = resolve_checkpoints(args)
+    family = load_models(specs, labels=labels, device=args.device)
+    problems = task.problems(args.n_problems, seed=args.problem_set)
+    samples = sample_each(
+        family, problems, args.n_samples, out_dir=out / "samples", task=task,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        seed=args.seed, batch_size=args.batch_size,
+    )
+    fc = format_collapse(samples, steps, task.formats, compute=compute, threshold=args.threshold,
+                         ks=args.k, n_boot=args.n_boot, seed=args.seed)
+    shortcuts = shortcuts_by_checkpoint(samples, task, fc.checkpoints, ngram=args.ngram,
+                                        n_boot=args.n_boot, seed=args.seed)
 
     results = {
         **fc.to_dict(),
@@ -160,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_shortcuts(shortcuts, x=fc.steps, ax=ax, xlabel="RL step")
     save_figure(fig, out / "shortcuts.png")
     write_results(out, results, summary(fc, shortcuts, results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 def summary(fc, shortcuts, results: dict) -> str:

@@ -25,14 +25,10 @@ DIR/phases.png, DIR/plasticity.png, DIR/summary.md; samples in DIR/samples/ (a r
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.drift import measure_drift  # noqa: E402
@@ -43,19 +39,16 @@ from analyses.sampling import checkpoint_series, load_models, sample  # noqa: E4
 from analyses.suppression import measure_suppression, plot_delta_logp  # noqa: E402
 from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="base")
-    ap.add_argument("--rl", default="rl-seed0")
+    ap = cli.make_parser(__doc__)
+    cli.add_model_args(ap, rl_repeatable=False, helps={"--base": None, "--rl": None})
     ap.add_argument("--checkpoint", action="append",
                     help="intermediate checkpoint of the RL run (repeatable; default: the organism's {rl}-step*)")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
-    ap.add_argument("--difficulty", type=int, default=5)
-    ap.add_argument("--problem-set", type=int, default=0)
-    ap.add_argument("--n-problems", type=int, default=64, help="problems for the suppression analysis and KL")
-    ap.add_argument("--n-samples", type=int, default=8, help="base samples per problem")
+    cli.add_problem_args(ap, n_problems=64, n_samples=8, helps={
+        "--n-problems": "problems for the suppression analysis and KL", "--n-samples": "base samples per problem"})
     ap.add_argument("--phase-problems", type=int, default=32)
     ap.add_argument("--phase-samples", type=int, default=4)
     ap.add_argument("--ngram", type=int, default=2, help="n of the strategy n-grams")
@@ -67,15 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ft-batch-size", type=int, default=32)
     ap.add_argument("--n-eval", type=int, default=64, help="held-out problems of the new variant")
     ap.add_argument("--max-new-tokens", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's tiny matrices gain nothing from "
-                         "more, and on shared cores extra threads slow every forward ~10x; 0 = torch's own)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true")
+    cli.add_run_args(ap, n_boot=1000, helps={"--threads": (
+        "torch CPU threads (default 1: the organism's tiny matrices gain nothing from "
+        "more, and on shared cores extra threads slow every forward ~10x; 0 = torch's own)")})
     return ap.parse_args(argv)
 
 
@@ -240,22 +227,10 @@ def _summary(res: dict, supp, phases, plast) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        results = run(args)
-    except TwinlensError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        from analyses.reporting import to_jsonable
-
-        print(json.dumps(to_jsonable(results), indent=1))
-    else:
+    rc = cli.run_main(run, args)
+    if rc == 0 and not args.json:
         print(f"wrote {Path(args.out) / 'results.json'}")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

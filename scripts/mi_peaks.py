@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hooks import TwinlensError, load_model, load_pair  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 HEADLINE = ("mi_mean", "mi_std", "peaks_per_trajectory", "peak_ratio", "aom")
 
@@ -195,8 +193,8 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--base", help="base model folder or hub id (default: organism base)")
     ap.add_argument("--rl", help="RL model folder or hub id (default: organism rl-seed0)")
     ap.add_argument("--checkpoints", nargs="+",
@@ -220,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", action="store_true", help=cli.JSON_HELP)
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
     from analyses.mi_peaks import MiPeaksConfig, compute_mi, run_mi_peaks, summarise_model
     from analyses.mi_peaks.pipeline import checkpoint_series, summary_scalars
     from analyses.mi_peaks.plotting import plot_checkpoint_series, plot_model_rows, plot_peak_tokens
@@ -231,53 +235,49 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     out = Path(args.out)
     say = lambda msg: print(f"[mi_peaks {time.time() - t0:5.1f}s] {msg}", file=sys.stderr)  # noqa: E731
-    try:
-        if args.base is None or args.rl is None:
-            import organism
+    if args.base is None or args.rl is None:
+        import organism
 
-            base_path = args.base or organism.checkpoint_path("base")
-            rl_path = args.rl or organism.checkpoint_path("rl-seed0")
-        else:
-            base_path, rl_path = args.base, args.rl
-        if args.problems is None and (args.base is not None) != (args.rl is not None):
-            say("note: one model given, the other is the organism's")
-        pair = load_pair(base_path, rl_path, device=args.device)
-        models = {"base": pair.base, "rl": pair.rl}
-        problem_set = problem_set_from_args(args)
-        if args.append:
-            problem_set.append_texts = tuple(args.append)
-        cfg = MiPeaksConfig(
-            layer=args.layer, method=args.method, sigma=args.sigma, top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens, texts=tuple(args.texts),
-            n_boot=args.n_boot, interventions=not args.no_interventions, seed=args.seed,
-        )
-        result = run_mi_peaks(models, problem_set, cfg, progress=say)
-        ckpts = resolve_checkpoints(args)
-        series = []
-        if ckpts:
-            loaded = [(step, name, load_model(path, device=args.device)) for step, name, path in ckpts]
-            series = checkpoint_series(loaded, problem_set, cfg, progress=say)
-        grid = {}
-        for sigma in args.sigma_grid or []:
-            grid[str(sigma)] = {}
-            for kind, by_label in result.trajectories.items():
-                grid[str(sigma)][kind] = {}
-                for lab, trajs in by_label.items():
-                    compute_mi(trajs, "hsic_paper", sigma)
-                    try:
-                        s = summarise_model(lab, models[lab], trajs, "hsic_paper", sigma, cfg.top_k,
-                                            cfg.strategies, 1000, 2000, 0, cfg.seed)
-                        grid[str(sigma)][kind][lab] = summary_scalars(s)
-                    except TwinlensError as exc:
-                        grid[str(sigma)][kind][lab] = {"error": str(exc)}
-            say(f"sigma grid: {sigma} done")
-        if args.sigma_grid:  # the plots show the main estimator: restore it
-            for by_label in result.trajectories.values():
-                for trajs in by_label.values():
-                    compute_mi(trajs, cfg.method, cfg.sigma)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        base_path = args.base or organism.checkpoint_path("base")
+        rl_path = args.rl or organism.checkpoint_path("rl-seed0")
+    else:
+        base_path, rl_path = args.base, args.rl
+    if args.problems is None and (args.base is not None) != (args.rl is not None):
+        say("note: one model given, the other is the organism's")
+    pair = load_pair(base_path, rl_path, device=args.device)
+    models = {"base": pair.base, "rl": pair.rl}
+    problem_set = problem_set_from_args(args)
+    if args.append:
+        problem_set.append_texts = tuple(args.append)
+    cfg = MiPeaksConfig(
+        layer=args.layer, method=args.method, sigma=args.sigma, top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens, texts=tuple(args.texts),
+        n_boot=args.n_boot, interventions=not args.no_interventions, seed=args.seed,
+    )
+    result = run_mi_peaks(models, problem_set, cfg, progress=say)
+    ckpts = resolve_checkpoints(args)
+    series = []
+    if ckpts:
+        loaded = [(step, name, load_model(path, device=args.device)) for step, name, path in ckpts]
+        series = checkpoint_series(loaded, problem_set, cfg, progress=say)
+    grid = {}
+    for sigma in args.sigma_grid or []:
+        grid[str(sigma)] = {}
+        for kind, by_label in result.trajectories.items():
+            grid[str(sigma)][kind] = {}
+            for lab, trajs in by_label.items():
+                compute_mi(trajs, "hsic_paper", sigma)
+                try:
+                    s = summarise_model(lab, models[lab], trajs, "hsic_paper", sigma, cfg.top_k,
+                                        cfg.strategies, 1000, 2000, 0, cfg.seed)
+                    grid[str(sigma)][kind][lab] = summary_scalars(s)
+                except TwinlensError as exc:
+                    grid[str(sigma)][kind][lab] = {"error": str(exc)}
+        say(f"sigma grid: {sigma} done")
+    if args.sigma_grid:  # the plots show the main estimator: restore it
+        for by_label in result.trajectories.values():
+            for trajs in by_label.values():
+                compute_mi(trajs, cfg.method, cfg.sigma)
 
     resolved_layer = next(iter(next(iter(result.trajectories.values())).values()))[0].layer
     results = {
@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                                            title=f"MI peaks over RL steps ({kind} texts)"), out / "checkpoints.png")
     write_results(out, results, summary_markdown(to_jsonable(results)))
     say(f"wrote {out / 'results.json'}")
-    if args.json:
-        print(json.dumps(to_jsonable(results), indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -16,72 +16,51 @@ crossover_k, solved_only_by), DIR/pass_at_k.png, DIR/summary.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.passk import compare_pass_at_k, plot_pass_at_k  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import load_models, resolve_model_spec, sample  # noqa: E402
 from analyses.task import load_task  # noqa: E402
-from hooks import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="base", help="base model: organism checkpoint name, folder or hub id")
-    ap.add_argument("--rl", action="append", help="RL model (repeatable; default: organism rl-seed0)")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
-    ap.add_argument("--difficulty", type=int, default=5, help="organism problem length (digits)")
-    ap.add_argument("--problem-set", type=int, default=0, help="held-out problem set number")
-    ap.add_argument("--n-problems", type=int, default=100)
-    ap.add_argument("--n-samples", type=int, default=16, help="samples per problem (n)")
+    ap = cli.make_parser(__doc__)
+    cli.add_model_args(ap)
+    cli.add_problem_args(ap, n_problems=100, n_samples=16, helps={
+        "--difficulty": "organism problem length (digits)", "--problem-set": "held-out problem set number",
+        "--n-samples": "samples per problem (n)"})
     ap.add_argument("--k", type=int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-new-tokens", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    cli.add_sampling_args(ap)
+    cli.add_run_args(ap, n_boot=1000, helps={"--json": cli.JSON_HELP})
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    try:
-        task = load_task(args.problems, difficulty=args.difficulty)
-        rl_specs = args.rl or ["rl-seed0"]
-        labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
-        family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
-        problems = task.problems(args.n_problems, seed=args.problem_set)
-        samples = sample(
-            family, problems, args.n_samples, task=task, temperature=args.temperature,
-            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-            out=out / "samples.jsonl", batch_size=args.batch_size,
-        )
-        cmp = compare_pass_at_k(
-            {m: samples.by_problem(m, "correct") for m in family},
-            answers={m: samples.by_problem(m, "answer") for m in family},
-            reference=samples.references(), ks=args.k, n_boot=args.n_boot, seed=args.seed,
-        )
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    task = load_task(args.problems, difficulty=args.difficulty)
+    rl_specs = args.rl or ["rl-seed0"]
+    labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
+    family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
+    problems = task.problems(args.n_problems, seed=args.problem_set)
+    samples = sample(
+        family, problems, args.n_samples, task=task, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        out=out / "samples.jsonl", batch_size=args.batch_size,
+    )
+    cmp = compare_pass_at_k(
+        {m: samples.by_problem(m, "correct") for m in family},
+        answers={m: samples.by_problem(m, "answer") for m in family},
+        reference=samples.references(), ks=args.k, n_boot=args.n_boot, seed=args.seed,
+    )
 
     results = {
         **cmp.to_dict(),
@@ -103,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_pass_at_k(cmp, ax=ax)
     save_figure(fig, out / "pass_at_k.png")
     write_results(out, results, summary(cmp, results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 def summary(cmp, results: dict) -> str:

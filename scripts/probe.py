@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
@@ -43,7 +40,7 @@ import numpy as np  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import load_task  # noqa: E402
-from hooks import TwinlensError, capture, load_pair  # noqa: E402
+from hooks import capture, load_pair  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import ExampleSplit, build_dataset, split_examples  # noqa: E402
 from probes.labels import RegexLabeler, labels_from_char_spans  # noqa: E402
@@ -57,22 +54,21 @@ from probes.vectors import (  # noqa: E402
     save_vectors,
     vector_cosines,
 )
+from scripts import _cli as cli  # noqa: E402
 
 MIN_SEGMENTS = 10  # fewer held-out segments than this and a per-strategy number is not reported
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="base", help="base model: organism checkpoint name, folder or hub id")
-    ap.add_argument("--rl", default="rl-seed0", help="RL model (default: organism rl-seed0)")
+    ap = cli.make_parser(__doc__)
+    cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
     ap.add_argument("--labels", help="regex label config (JSON); default: the task's own labels "
                     "(organism ground truth), or probes/default_labels.json for --problems")
     ap.add_argument("--n-problems", type=int, default=400,
                     help="problems (x n-samples x 2 models traces); 400 gives ~50 backtracking segments")
     ap.add_argument("--n-samples", type=int, default=2, help="completions per problem per model")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int)
+    cli.add_sampling_args(ap, temperature=1.0, top_p=None)
     ap.add_argument("--test-fraction", type=float, default=0.25)
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
     ap.add_argument("--class-weight", choices=["balanced", "none"], default="balanced",
@@ -87,14 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--alphas", default="0,0.5,1,2", help="steering coefficients (must include 0)")
     ap.add_argument("--no-steer", action="store_true")
     ap.add_argument("--acts", help="keep the paired activation store in this folder (default: a temp folder)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's small matmuls gain nothing from "
-                    "more on a shared 2-core machine; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    cli.add_run_args(ap, n_boot=None, batch_size=64, helps={"--json": cli.JSON_HELP, "--threads": (
+        "torch CPU threads (default 1: the organism's small matmuls gain nothing from "
+        "more on a shared 2-core machine; 0 = torch's default)")})
     return ap.parse_args(argv)
 
 
@@ -391,24 +382,17 @@ def summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run_and_report, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run_and_report(args) -> dict:
     out = Path(args.out)
-    try:
-        results, extra = run(args)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results, extra = run(args)
     plot_layers(results, extra, out)
     plot_preexistence(extra, out)
     plot_steering(extra["steering"], out)
     write_results(out, results, summary(results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -18,14 +18,10 @@ gap_recovered {value, ci}, fraction_routed, curve), DIR/gap_vs_budget.png, DIR/s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
@@ -45,13 +41,13 @@ from analyses.routing import (  # noqa: E402
 )
 from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import load_task  # noqa: E402
-from hooks import TwinlensError, generate, load_pair  # noqa: E402
+from hooks import generate, load_pair  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="base", help="base model: organism checkpoint name, folder or hub id")
-    ap.add_argument("--rl", default="rl-seed0", help="RL model (default: organism rl-seed0)")
+    ap = cli.make_parser(__doc__)
+    cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
     ap.add_argument("--difficulty", type=int, default=5)
     ap.add_argument("--problem-set", type=int, default=0, help="held-out set to evaluate on")
@@ -66,14 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=1.0, help="steering coefficient")
     ap.add_argument("--temperature", type=float, default=1.0, help="for the sampled run")
     ap.add_argument("--no-probe", action="store_true", help="skip the probe router and steered hybrid")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1: tiny models gain nothing from more on a busy box)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
+    cli.add_run_args(ap, n_boot=2000, batch_size=256, helps={
+        "--threads": "torch CPU threads (1: tiny models gain nothing from more on a busy box)", "--json": cli.JSON_HELP})
     return ap.parse_args(argv)
 
 
@@ -105,68 +95,64 @@ def entry(points: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import torch
+    return cli.run_main(run, parse_args(argv))
 
-    torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    try:
-        task = load_task(args.problems, difficulty=args.difficulty)
-        (_, base_path), (_, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
-        pair = load_pair(base_path, rl_path, device=args.device)
-        base, rl = pair.base, pair.rl
-        max_new = args.max_new_tokens or task.max_new_tokens
-        problems = task.problems(args.n_problems, seed=args.problem_set)
-        prompts = [base.encode(p.prompt) for p in problems]
+    task = load_task(args.problems, difficulty=args.difficulty)
+    (_, base_path), (_, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
+    pair = load_pair(base_path, rl_path, device=args.device)
+    base, rl = pair.base, pair.rl
+    max_new = args.max_new_tokens or task.max_new_tokens
+    problems = task.problems(args.n_problems, seed=args.problem_set)
+    prompts = [base.encode(p.prompt) for p in problems]
 
-        def grade(i: int, text: str) -> bool:
-            return bool(task.grade(problems[i], text))
+    def grade(i: int, text: str) -> bool:
+        return bool(task.grade(problems[i], text))
 
-        def correct_of(model, temperature: float) -> np.ndarray:
-            toks = generate(model, prompts, max_new, temperature=temperature, seed=args.seed,
-                            batch_size=args.batch_size)
-            return np.array([grade(i, model.tokenizer.decode(t)) for i, t in enumerate(toks)])
+    def correct_of(model, temperature: float) -> np.ndarray:
+        toks = generate(model, prompts, max_new, temperature=temperature, seed=args.seed,
+                        batch_size=args.batch_size)
+        return np.array([grade(i, model.tokenizer.decode(t)) for i, t in enumerate(toks)])
 
-        cb, cr = correct_of(base, 0.0), correct_of(rl, 0.0)
-        kw = dict(max_new_tokens=max_new, seed=args.seed, batch_size=args.batch_size,
-                  label_strategies=task.label_strategies, n_bootstrap=args.n_boot)
-        routers: dict[str, dict] = {}
-        routers["disagree"] = entry(budget_curve(base, rl, prompts, grade, [DisagreeRouter()], cb, cr, **kw))
-        routers["entropy"] = entry(budget_curve(
-            base, rl, prompts, grade, [EntropyRouter(t) for t in args.entropy_thresholds], cb, cr, **kw))
-        steered = None
-        if not args.no_probe:
-            layer = args.layer if args.layer is not None else max(0, round(0.37 * base.n_layers))
-            with tempfile.TemporaryDirectory() as tmp:
-                tools = fit_strategy_tools(base, rl, task, layer=layer, strategy=args.strategy,
-                                           n_problems=args.n_problems, problem_set=args.fit_set,
-                                           max_new_tokens=max_new, workdir=Path(tmp) / "acts",
-                                           batch_size=args.batch_size)
-            routers["probe"] = entry(budget_curve(
-                base, rl, prompts, grade,
-                [ProbeRouter(tools.probe, t, layer=layer, strategy=args.strategy) for t in args.probe_thresholds],
-                cb, cr, **kw))
-            steering = Steering(tools.vectors, alpha=args.alpha,
-                                pick=ProjectionPicker(tools.vectors, center={layer: tools.center}))
-            s_res = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), cb, cr, steering=steering, **kw)
-            s_ctrl = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(s_res.fraction_routed, args.seed),
-                                     cb, cr, steering=steering, **kw)
-            steered = {**s_res.to_dict(), "random_control": s_ctrl.to_dict(),
-                       "routed_vector_counts": _vector_counts(base, rl, prompts, steering, max_new, args),
-                       "layer": layer, "alpha": args.alpha,
-                       "vectors": [v.strategy for v in tools.vectors]}
-            routers["steered_disagree"] = steered
-        # sampled: base, RL, disagree hybrid and random at its fraction, same seed per row
-        T = args.temperature
-        sb, sr = correct_of(base, T), correct_of(rl, T)
-        kw_s = {**kw}
-        sd = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), sb, sr, temperature=T, **kw_s)
-        sc = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(sd.fraction_routed, args.seed), sb, sr,
-                             temperature=T, **kw_s)
-        routers["disagree_sampled"] = {**sd.to_dict(), "random_control": sc.to_dict()}
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cb, cr = correct_of(base, 0.0), correct_of(rl, 0.0)
+    kw = dict(max_new_tokens=max_new, seed=args.seed, batch_size=args.batch_size,
+              label_strategies=task.label_strategies, n_bootstrap=args.n_boot)
+    routers: dict[str, dict] = {}
+    routers["disagree"] = entry(budget_curve(base, rl, prompts, grade, [DisagreeRouter()], cb, cr, **kw))
+    routers["entropy"] = entry(budget_curve(
+        base, rl, prompts, grade, [EntropyRouter(t) for t in args.entropy_thresholds], cb, cr, **kw))
+    steered = None
+    if not args.no_probe:
+        layer = args.layer if args.layer is not None else max(0, round(0.37 * base.n_layers))
+        with tempfile.TemporaryDirectory() as tmp:
+            tools = fit_strategy_tools(base, rl, task, layer=layer, strategy=args.strategy,
+                                       n_problems=args.n_problems, problem_set=args.fit_set,
+                                       max_new_tokens=max_new, workdir=Path(tmp) / "acts",
+                                       batch_size=args.batch_size)
+        routers["probe"] = entry(budget_curve(
+            base, rl, prompts, grade,
+            [ProbeRouter(tools.probe, t, layer=layer, strategy=args.strategy) for t in args.probe_thresholds],
+            cb, cr, **kw))
+        steering = Steering(tools.vectors, alpha=args.alpha,
+                            pick=ProjectionPicker(tools.vectors, center={layer: tools.center}))
+        s_res = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), cb, cr, steering=steering, **kw)
+        s_ctrl = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(s_res.fraction_routed, args.seed),
+                                 cb, cr, steering=steering, **kw)
+        steered = {**s_res.to_dict(), "random_control": s_ctrl.to_dict(),
+                   "routed_vector_counts": _vector_counts(base, rl, prompts, steering, max_new, args),
+                   "layer": layer, "alpha": args.alpha,
+                   "vectors": [v.strategy for v in tools.vectors]}
+        routers["steered_disagree"] = steered
+    # sampled: base, RL, disagree hybrid and random at its fraction, same seed per row
+    T = args.temperature
+    sb, sr = correct_of(base, T), correct_of(rl, T)
+    kw_s = {**kw}
+    sd = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), sb, sr, temperature=T, **kw_s)
+    sc = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(sd.fraction_routed, args.seed), sb, sr,
+                         temperature=T, **kw_s)
+    routers["disagree_sampled"] = {**sd.to_dict(), "random_control": sc.to_dict()}
 
     results = {
         "routers": routers,
@@ -181,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     _ = gap_recovered  # re-exported for notebooks; the numbers above come from evaluate_hybrid
     save_figure(plot(routers), out / "gap_vs_budget.png")
     write_results(out, results, summary(results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 def _vector_counts(base, rl, prompts, steering, max_new, args) -> dict[str, int]:

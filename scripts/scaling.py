@@ -18,25 +18,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.scaling import fit_sigmoid, plot_sigmoid_fit  # noqa: E402
 from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--points", help="CSV of compute,score (default: measure the organism series)")
     ap.add_argument("--series", default="rl-seed0")
     ap.add_argument("--r0", type=float, help="fix R0 (default: the step-0 score, or fitted)")
@@ -44,20 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--exclude-below", type=float, help="leave out points with compute below this")
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
     ap.add_argument("--extrapolate", type=float, default=10.0, help="plot up to this x the last compute")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
-    ap.add_argument("--difficulty", type=int, default=5)
-    ap.add_argument("--problem-set", type=int, default=0)
-    ap.add_argument("--n-problems", type=int, default=64)
-    ap.add_argument("--n-samples", type=int, default=8)
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the organism's tiny matmuls gain nothing from more, and on a busy machine extra threads cost ~10x CPU time; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true")
+    cli.add_problem_args(ap, n_problems=64, n_samples=8)
+    cli.add_sampling_args(ap, max_new_tokens=False)
+    cli.add_run_args(ap, n_boot=None)
     return ap.parse_args(argv)
 
 
@@ -108,32 +94,27 @@ def measure_series(args, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     source: dict = {}
-    try:
-        if args.points:
-            compute, score = read_points(args.points)
-            r0 = args.r0
-            source = {"points_file": args.points}
-        else:
-            source = measure_series(args, out)
-            pts = source["checkpoints"]
-            start = [p for p in pts if p["compute"] <= 0]
-            pts = [p for p in pts if p["compute"] > 0]
-            compute, score = [p["compute"] for p in pts], [p["score"] for p in pts]
-            r0 = args.r0
-            if r0 is None and start and not args.free_r0:
-                r0 = start[0]["score"]
-        fit = fit_sigmoid(compute, score, r0=r0, exclude_below=args.exclude_below,
-                          bootstrap=args.bootstrap, seed=args.seed)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.points:
+        compute, score = read_points(args.points)
+        r0 = args.r0
+        source = {"points_file": args.points}
+    else:
+        source = measure_series(args, out)
+        pts = source["checkpoints"]
+        start = [p for p in pts if p["compute"] <= 0]
+        pts = [p for p in pts if p["compute"] > 0]
+        compute, score = [p["compute"] for p in pts], [p["score"] for p in pts]
+        r0 = args.r0
+        if r0 is None and start and not args.free_r0:
+            r0 = start[0]["score"]
+    fit = fit_sigmoid(compute, score, r0=r0, exclude_below=args.exclude_below,
+                      bootstrap=args.bootstrap, seed=args.seed)
 
     d = fit.to_dict()
     results = {
@@ -160,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_title("ScaleRL sigmoid fit and extrapolation")
     save_figure(fig, out / "scaling_fit.png")
     write_results(out, results, summary(fit, results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 def summary(fit, results: dict) -> str:

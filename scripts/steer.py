@@ -25,15 +25,11 @@ about 2-3 minutes.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -47,10 +43,11 @@ from probes.labels import RegexLabeler, labels_from_char_spans  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
 from probes.traces import sample_traces  # noqa: E402
 from probes.vectors import diff_of_means_vectors, load_vectors, save_vectors  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
     ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
     ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
@@ -61,17 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-problems", type=int, default=24, help="steering prompts (held-out set)")
     ap.add_argument("--n-samples", type=int, default=4, help="samples per prompt and alpha")
     ap.add_argument("--vector-problems", type=int, default=300, help="problems for finding the vectors")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int)
+    cli.add_sampling_args(ap, temperature=1.0, top_p=None)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--factor", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--random-seed", type=int, default=1000, help="seed of the random control vectors")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1; 0 = torch's default)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true")
+    cli.add_run_args(ap, seed=False, n_boot=None, batch_size=None,
+                     helps={"--threads": "torch CPU threads (default 1; 0 = torch's default)"})
     return ap.parse_args(argv)
 
 
@@ -268,22 +261,15 @@ def summary(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
+    return cli.run_main(run_and_report, parse_args(argv))
 
-        torch.set_num_threads(args.threads)
+
+def run_and_report(args) -> dict:
     out = Path(args.out)
-    try:
-        results, extra = run(args)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results, extra = run(args)
     plot(extra["runs"], out)
     write_results(out, results, summary(results))
-    if args.json:
-        print(json.dumps(json.loads((out / "results.json").read_text()), indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":
