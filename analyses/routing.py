@@ -38,7 +38,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from hooks.errors import TwinlensError
-from hooks.generation import _sample_rows, forward_step, row_seed
+from hooks.generation import check_generation_args, forward_step, row_seed, sample_next_tokens
 from hooks.interventions import add_to_residual
 
 __all__ = [
@@ -453,14 +453,7 @@ def hybrid_generate(
 
     lazy_rl=False updates the RL cache every step (reference path for tests and benchmarks).
     """
-    if not prompts:
-        raise TwinlensError("No prompts given; pass at least one prompt (list of token ids).")
-    if any(len(p) == 0 for p in prompts):
-        raise TwinlensError("An empty prompt was given; every prompt needs at least one token.")
-    if max_new_tokens < 1:
-        raise TwinlensError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not 0 < top_p <= 1:
-        raise TwinlensError(f"top_p must be in (0, 1], got {top_p}.")
+    check_generation_args(base, prompts, max_new_tokens, top_p)
     if not isinstance(router, Router):
         raise TwinlensError(f"router must be a Router (e.g. DisagreeRouter()), got {type(router).__name__}.")
     check_same_tokenizer(base, rl)
@@ -468,13 +461,6 @@ def hybrid_generate(
     if steering is not None:
         steering.check(base)
         steering.check(rl)  # the picker reads RL activations at the vectors' layers
-    n_ctx = base.n_ctx
-    longest = max(len(p) for p in prompts)
-    if n_ctx is not None and longest + max_new_tokens > n_ctx:
-        raise TwinlensError(
-            f"A prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
-            f"context of {n_ctx}; shorten the prompt or lower max_new_tokens.")
-
     ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
     rows = [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
     tok = base.tokenizer
@@ -541,7 +527,7 @@ def hybrid_generate(
                             base.hf, seq[:, -1:], mask, positions[:, -1:], base_cache)
                     logits = torch.where(route[:, None], steered[:, -1], base_logits)
                 routed_log[:, step] = route.cpu()
-                nxt = _sample_rows(logits, temperature, top_p, gens).to(device)
+                nxt = sample_next_tokens(logits, temperature, top_p, gens).to(device)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
                 n_gen = step + 1
                 if stop_at_eos and eos is not None:

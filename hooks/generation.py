@@ -40,12 +40,32 @@ def forward_step(
     return out.logits, new_cache
 
 
+def check_generation_args(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                          top_p: float) -> None:
+    """The input checks every decoding loop shares, each with the fix in its message."""
+    if not prompts:
+        raise TwinlensError("No prompts given; pass at least one prompt (list of token ids).")
+    if any(len(p) == 0 for p in prompts):
+        raise TwinlensError("An empty prompt was given; every prompt needs at least one token.")
+    if max_new_tokens < 1:
+        raise TwinlensError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if not 0 < top_p <= 1:
+        raise TwinlensError(f"top_p must be in (0, 1], got {top_p}.")
+    n_ctx = model.n_ctx
+    longest = max(len(p) for p in prompts)
+    if n_ctx is not None and longest + max_new_tokens > n_ctx:
+        raise TwinlensError(
+            f"A prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
+            f"context of {n_ctx}; shorten the prompt or lower max_new_tokens."
+        )
+
+
 def row_seed(seed: int, *keys: Any) -> int:
     digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _sample_rows(
+def sample_next_tokens(
     logits: Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
 ) -> Tensor:
     if temperature <= 0:
@@ -82,21 +102,7 @@ def generate(
     """Generate `n` completions per prompt (token ids, eos stripped), prompt-major:
     result[i * n + j]. temperature 0 = greedy. `row_ids` (one per prompt) replace the prompt
     index in the per-row seed, so a problem keeps its samples wherever it sits in a list."""
-    if not prompts:
-        raise TwinlensError("No prompts given; pass at least one prompt (list of token ids).")
-    if any(len(p) == 0 for p in prompts):
-        raise TwinlensError("An empty prompt was given; every prompt needs at least one token.")
-    if max_new_tokens < 1:
-        raise TwinlensError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not 0 < top_p <= 1:
-        raise TwinlensError(f"top_p must be in (0, 1], got {top_p}.")
-    n_ctx = model.n_ctx
-    longest = max(len(p) for p in prompts)
-    if n_ctx is not None and longest + max_new_tokens > n_ctx:
-        raise TwinlensError(
-            f"A prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
-            f"context of {n_ctx}; shorten the prompt or lower max_new_tokens."
-        )
+    check_generation_args(model, prompts, max_new_tokens, top_p)
     ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
     rows = [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
     eos = model.tokenizer.eos_token_id
@@ -124,7 +130,7 @@ def generate(
         for _ in range(max_new_tokens):
             if logits_processor is not None:
                 logits = logits_processor(logits, generated)
-            nxt = _sample_rows(logits, temperature, top_p, gens).to(device)
+            nxt = sample_next_tokens(logits, temperature, top_p, gens).to(device)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             generated = torch.cat([generated, nxt[:, None]], dim=1)
             if stop_at_eos and eos is not None:
