@@ -218,22 +218,14 @@ def score_completions(
 
 
 def char_spans_to_tokens(
-    spans: Sequence[tuple[str, int, int]], token_ends: Sequence[int]
+    tokenizer: Any, ids: Sequence[int], spans: Sequence[tuple[str, int, int]]
 ) -> list[list]:
-    """Character spans -> token spans: token i covers characters [ends[i-1], ends[i]); a span
-    takes every token it overlaps."""
-    out = []
-    starts = [0, *token_ends[:-1]]
-    for name, s, e in spans:
-        toks = [i for i, (a, b) in enumerate(zip(starts, token_ends, strict=True)) if a < e and b > s]
-        if toks:
-            out.append([name, toks[0], toks[-1] + 1])
-    return out
+    """Character spans of the decoded ``ids`` -> ``[name, start, end)`` token spans (a span takes
+    every token it overlaps), through the one mapping the kit has (probes.labels)."""
+    from probes.labels import char_spans_to_token_spans, token_char_offsets
 
-
-def token_char_ends(tokenizer: Any, ids: Sequence[int]) -> list[int]:
-    """End character of each token in the decoded text (prefix decoding; O(n^2) chars)."""
-    return [len(tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=True)) for i in range(len(ids))]
+    _, offsets = token_char_offsets(tokenizer, ids)
+    return [[t.strategy, t.start, t.end] for t in char_spans_to_token_spans(spans, offsets)]
 
 
 def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer: Any) -> None:
@@ -250,9 +242,8 @@ def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer
         row.strategy_spans = [[n, s, e] for n, s, e in spans]
         row.answer_span = list(ans) if ans else None
     else:
-        ends = token_char_ends(tokenizer, row.completion_ids)
-        row.strategy_spans = char_spans_to_tokens(spans, ends)
-        mapped = char_spans_to_tokens([("answer", *ans)], ends) if ans else []
+        row.strategy_spans = char_spans_to_tokens(tokenizer, row.completion_ids, spans)
+        mapped = char_spans_to_tokens(tokenizer, row.completion_ids, [("answer", *ans)]) if ans else []
         row.answer_span = mapped[0][1:] if mapped else None
 
 

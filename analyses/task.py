@@ -114,12 +114,6 @@ def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
     )
 
 
-DEFAULT_STRATEGY_PATTERNS: dict[str, str] = {
-    "backtracking": r"\b(?:Wait|wait|Hmm|Alternatively)\b",
-    "verification": r"(?i)\b(?:let me (?:check|verify|double-check)|verify|double-check)\b",
-}
-
-
 def regex_task(
     name: str,
     problems: Sequence[tuple[str, Hashable]] | None = None,
@@ -129,12 +123,16 @@ def regex_task(
     max_new_tokens: int = 1024,
 ) -> Task:
     """A Task for real text. Answers: the last match of ``answer_pattern`` (group 1, stripped);
-    strategies: every match of each regex in ``strategy_patterns`` (default
-    DEFAULT_STRATEGY_PATTERNS) is a span; formats: the first of ``format_patterns`` that
+    strategies: every match of each regex in ``strategy_patterns`` is a span, or by default
+    the kit's one regex labeler (``probes/default_labels.json`` via probes.labels.RegexLabeler); formats: the first of ``format_patterns`` that
     matches (search), else "other". ``problems``: (prompt, reference answer) pairs; ids are a
     hash of the prompt."""
     ans_rx = re.compile(answer_pattern)
-    strat = {k: re.compile(v) for k, v in (strategy_patterns or DEFAULT_STRATEGY_PATTERNS).items()}
+    strat = {k: re.compile(v) for k, v in (strategy_patterns or {}).items()}
+    if strategy_patterns is None:
+        from probes.labels import RegexLabeler
+
+        default_labeler = RegexLabeler.from_json(None)
     fmts = {k: re.compile(v) for k, v in (format_patterns or {}).items()}
 
     def last_match(completion: str):
@@ -154,6 +152,8 @@ def regex_task(
         return a is not None and problem.answer is not None and a == str(problem.answer).strip()
 
     def spans(completion: str) -> list[CharSpan]:
+        if strategy_patterns is None:
+            return default_labeler.char_spans(completion)
         out = [(k, m.start(), m.end()) for k, rx in strat.items() for m in rx.finditer(completion)]
         return sorted(out, key=lambda s: s[1])
 

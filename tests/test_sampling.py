@@ -117,3 +117,28 @@ def test_resume_with_other_settings_is_refused(family, task, problems, tmp_path)
     with pytest.raises(TwinlensError, match="other settings"):
         sample(family["base"], problems[:1], 1, task=task, max_new_tokens=MAX_NEW, out=out,
                temperature=0.9, progress=False)
+
+
+def test_char_spans_map_to_the_tokens_they_cover():
+    from transformers import AutoTokenizer
+
+    import organism
+    from analyses.sampling import char_spans_to_tokens
+
+    tok = AutoTokenizer.from_pretrained(organism.checkpoint_path("base"))
+    text = "1+2=03;wait;1+2=03;"
+    ids = tok(text)["input_ids"]  # character tokenizer that decodes back to `text`
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    # "wait;" is characters 7-11; an empty span maps to nothing.
+    assert char_spans_to_tokens(tok, ids, [("backtracking", 7, 12), ("x", 0, 0)]) == [["backtracking", 7, 12]]
+
+
+def test_regex_task_uses_the_kits_default_labeler_for_real_text():
+    from analyses.task import regex_task
+    from probes.labels import RegexLabeler
+
+    task = regex_task("real", problems=[("What is 2+2?", "4")])
+    text = "So 2+2 = 5. Wait, that is wrong. The answer is \\boxed{4}."
+    assert task.label_strategies(text) == RegexLabeler.from_json(None).char_spans(text)
+    assert any(name == "backtracking" and text[s:e].startswith("Wait") for name, s, e in task.label_strategies(text))
+    assert task.grade(task.problems(1, seed=0)[0], text)

@@ -94,7 +94,7 @@ def label_trajectories(
     """Fill ``text``, ``token_strategy`` (strategy of each emitted token, ``answer`` on the final
     answer when ``answer_span`` is given, "none" elsewhere and at eos) and ``strategy_marker``
     (the first token of each strategy span) from character spans."""
-    from analyses.sampling import char_spans_to_tokens, token_char_ends
+    from analyses.sampling import char_spans_to_tokens
 
     for t in trajectories:
         text = tokenizer.decode(t.completion_ids, skip_special_tokens=True)
@@ -105,7 +105,7 @@ def label_trajectories(
         if char_tokens and len(text) == len(t.completion_ids):
             tok_spans = [[n, s, e] for n, s, e in spans]
         else:
-            tok_spans = char_spans_to_tokens(spans, token_char_ends(tokenizer, t.completion_ids))
+            tok_spans = char_spans_to_tokens(tokenizer, t.completion_ids, spans)
         labels, marker = ["none"] * t.length, [False] * t.length
         for name, s, e in tok_spans:
             for i in range(s, min(e, len(t.completion_ids))):
