@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,17 +155,38 @@ class _StopForward(Exception):
     """Raised by the last needed hook: layers after it would compute nothing we keep."""
 
 
-def _hf_targets(model: Model, hooks: list[str]) -> list[tuple[str, torch.nn.Module, str]] | None:
-    """(hook, HF module, "output"|"input") for every hook, or None if one has no HF module
+@dataclass(frozen=True)
+class _Plan:
+    """How one model's forward is tapped, decided once per capture (not per batch).
+    targets: (hook, HF module, "output"|"input") per hook, None to use the bridge's hook points;
+    last: the target after which the forward can stop."""
+
+    targets: list[tuple[str, torch.nn.Module, str]] | None
+    last: tuple[str, torch.nn.Module, str] | None
+
+
+def _plan(model: Model, hooks: list[str], engine: str) -> _Plan:
+    """HF module targets when every hook maps to one (engine "auto"/"hf"), else the bridge
     (attention patterns, normalisation scales...: only the bridge exposes those)."""
-    targets = []
-    for h in hooks:
-        try:
-            module, where = model.hf_module(h)
-        except TwinlensError:
-            return None
-        targets.append((h, module, where))
-    return targets
+    if engine not in ("auto", "hf", "bridge"):
+        raise TwinlensError(f"engine={engine!r}: use 'auto', 'hf' or 'bridge'.")
+    targets: list[tuple[str, torch.nn.Module, str]] | None = []
+    if engine != "bridge":
+        for h in hooks:
+            try:
+                module, where = model.hf_module(h)
+            except TwinlensError:
+                targets = None
+                break
+            targets.append((h, module, where))
+    else:
+        targets = None
+    if engine == "hf" and targets is None:
+        raise TwinlensError("engine='hf' cannot reach every requested hook; use engine='bridge'.")
+    if targets is None:
+        return _Plan(None, None)
+    order = {id(m): i for i, m in enumerate(model.hf.modules())}
+    return _Plan(targets, max(targets, key=lambda t: (order[id(t[1])], t[2] == "output")))
 
 
 @torch.no_grad()
@@ -175,21 +197,19 @@ def _forward_capture(
     sel_b: Tensor,
     sel_p: Tensor,
     store_dtype: torch.dtype,
-    engine: str = "auto",
+    plan: _Plan,
 ) -> dict[str, Tensor]:
     """One forward; each hook copies only the selected (batch, position) rows.
 
-    engine "hf": forward hooks on the untouched HF model's modules, located through the bridge
-    (so names are TransformerLens names and no per-architecture table exists), SDPA attention,
-    no LM head, stopping after the last needed module. engine "bridge": the bridge's own hook
-    points (needed for hooks with no HF module). "auto" takes "hf" when every hook maps.
+    With plan.targets: forward hooks on the untouched HF model's modules, located through the
+    bridge (so names are TransformerLens names and no per-architecture table exists), SDPA
+    attention, no LM head, stopping after the last needed module. Without: the bridge's own
+    hook points (needed for hooks with no HF module).
     Right padding needs no attention mask for a causal model: real tokens never attend to the
     pads after them, and their positions are 0..len-1 as in an unpadded forward.
     """
     got: dict[str, Tensor] = {}
-    targets = _hf_targets(model, hooks) if engine in ("auto", "hf") else None
-    if engine == "hf" and targets is None:
-        raise TwinlensError("engine='hf' cannot reach every requested hook; use engine='bridge'.")
+    targets, last = plan.targets, plan.last
 
     def keep(name: str, act: Tensor) -> None:
         if act.shape[:2] != batch.shape:
@@ -200,8 +220,6 @@ def _forward_capture(
         got[name] = act[sel_b, sel_p].to("cpu", dtype=store_dtype)
 
     if targets is not None:
-        order = {id(m): i for i, m in enumerate(model.hf.modules())}
-        last = max(targets, key=lambda t: (order[id(t[1])], t[2] == "output"))
         handles = []
 
         def make(name: str, where: str, is_last: bool):
@@ -267,6 +285,7 @@ def capture(
     token_ids = _tokenize(first, inputs)
     pos = _position_lists(positions, token_ids)
     hook_names = first.resolve_hooks(hooks)
+    plans = {key: _plan(m, hook_names, engine) for key, m in models.items()}  # before writing anything
     store_dtype = store_dtype or first.dtype
     root = Path(out)
     identity = {
@@ -345,7 +364,8 @@ def capture(
             "position": sel_p.clone(),
         }
         for key, m in models.items():
-            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device), store_dtype, engine)
+            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device),
+                                    store_dtype, plans[key])
             rows.update({f"{key}/{h}": a for h, a in acts.items()})
         writer.add(start, end, rows)
         if writer.bytes >= shard_bytes:
