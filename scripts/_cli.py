@@ -127,3 +127,16 @@ def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argpa
 
         print(json.dumps(to_jsonable(results), indent=1))
     return 0
+
+
+def load_base_and_rl(args: argparse.Namespace) -> tuple[Any, dict, list]:
+    """(task, {"base": Model, <rl name>: Model, ...}, problems) from --problems/--difficulty,
+    --base, --rl (repeatable; default organism rl-seed0), --n-problems, --problem-set."""
+    from analyses.sampling import load_models, resolve_model_spec
+    from analyses.task import load_task
+
+    task = load_task(args.problems, difficulty=args.difficulty)
+    rl_specs = args.rl or ["rl-seed0"]
+    labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
+    family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
+    return task, family, task.problems(args.n_problems, seed=args.problem_set)

@@ -32,8 +32,7 @@ from analyses.calibration import (  # noqa: E402
     plot_reliability,
 )
 from analyses.reporting import save_figure, write_results  # noqa: E402
-from analyses.sampling import load_models, resolve_model_spec, sample_each  # noqa: E402
-from analyses.task import load_task  # noqa: E402
+from analyses.sampling import sample_each  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -73,18 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    task = load_task(args.problems, difficulty=args.difficulty)
-    rl_specs = args.rl or ["rl-seed0"]
-    labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
-    family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
-    problems = task.problems(args.n_problems, seed=args.problem_set)
+    task, family, problems = cli.load_base_and_rl(args)
     samples = sample_each(
         family, problems, args.n_samples, out_dir=out / "samples", task=task,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         seed=args.seed, batch_size=args.batch_size,
     )
     reports, left = {}, {}
-    for m in labels:
+    for m in family:
         conf, corr, ids, left[m] = confidences(samples.for_model(m).rows, args.confidence)
         if not conf:
             raise TwinlensError(f"No sample of {m!r} states a confidence; use --confidence answer-prob.")

@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.passk import compare_pass_at_k, plot_pass_at_k  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
-from analyses.sampling import load_models, resolve_model_spec, sample  # noqa: E402
-from analyses.task import load_task  # noqa: E402
+from analyses.sampling import sample  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
 
@@ -46,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    task = load_task(args.problems, difficulty=args.difficulty)
-    rl_specs = args.rl or ["rl-seed0"]
-    labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
-    family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
-    problems = task.problems(args.n_problems, seed=args.problem_set)
+    task, family, problems = cli.load_base_and_rl(args)
     samples = sample(
         family, problems, args.n_samples, task=task, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
