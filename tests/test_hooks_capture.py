@@ -55,8 +55,14 @@ def test_bridge_leaves_the_users_hf_model_generating_like_a_fresh_one(tiny_model
     from hooks import generate
 
     model = load_model(tiny_models["llama"])
+    before = model.hf.config._attn_implementation
+    layer0 = model.hf.model.layers[0]
     _ = model.bridge  # boot it: it rewires its own copy, never model.hf
-    assert model.hf.config._attn_implementation != "eager" or model.bridge.original_model is not model.hf
+    assert model.bridge.original_model.config._attn_implementation == "eager"  # the copy was switched
+    assert model.hf.config._attn_implementation == before != "eager"  # the user's model was not
+    assert model.hf.model.layers[0] is layer0  # nor its modules wrapped
+    # ...while the two share weight storage (no second copy in memory)
+    assert model.bridge.original_model.lm_head.weight.data_ptr() == model.hf.lm_head.weight.data_ptr()
     fresh = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
     prompt = model.encode("3+5+8+2+1:")
     ours = generate(model, [prompt], max_new_tokens=12, stop_at_eos=False)[0]
