@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.subnetworks import (  # noqa: E402
+    ENGINES,
     MODULE_KINDS,
     TOLERANCE_KINDS,
     RunFamilyDiff,
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="exact: matrix_rank; gram: float64 Gram approximation; auto: gram for big matrices")
     ap.add_argument("--spectral-k", type=int, default=8, help="top-k singular subspaces for principal angles")
     ap.add_argument("--device", default="cpu", help="device for rank and SVDs (e.g. cuda)")
+    ap.add_argument("--engine", choices=list(ENGINES), default="auto",
+                    help="change counting: fused numba kernels, the numpy reference, or auto (same numbers)")
     ap.add_argument("--save-masks", action="store_true", help="write DIR/masks_<run>.safetensors")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -220,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
                     tolerance=args.tolerance, compare=args.compare_dtype,
                     overlap_tolerance=args.overlap_tolerance, rank=not args.no_rank,
                     rank_method=args.rank_method, spectral=not args.no_spectral,
-                    spectral_k=args.spectral_k, device=args.device)
+                    spectral_k=args.spectral_k, device=args.device, engine=args.engine)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -236,6 +236,73 @@ def test_threaded_ranges_give_the_same_counts_overlaps_consensus_and_masks():
     assert torch.equal(unpack_mask(many.packed[1], base.shape), (runs[1] - base).float().abs() > 1e-5)
 
 
+_SPECIAL = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-40, -1e-40, 1e-5, -1e-5, 2.0 ** -16,
+            2.0 ** -17, 1.0, 1.0 + 2 ** -10, 999.0, 1000.0, 65504.0, 3e38]
+
+
+def _adversarial_pair(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 base and run with special values, deltas around atol and around the bf16 relative
+    boundary, exact copies and big jumps: every branch of the three tests, and their edges."""
+    special = torch.tensor(_SPECIAL, dtype=torch.float64)
+    pick = lambda: special[torch.randint(0, len(special), (n,), generator=g)]  # noqa: E731
+    base = torch.where(torch.rand(n, generator=g) < 0.25, pick(), torch.randn(n, generator=g, dtype=torch.float64))
+    u = torch.rand(n, generator=g)
+    delta = torch.where(u < 0.3, torch.zeros(n, dtype=torch.float64),
+                        torch.where(u < 0.55, torch.randn(n, generator=g, dtype=torch.float64) * 1e-5,
+                                    torch.where(u < 0.8, base * 1e-3 * (1 + (torch.rand(n, generator=g) - 0.5) * 0.01),
+                                                torch.randn(n, generator=g, dtype=torch.float64))))
+    run = torch.where(torch.rand(n, generator=g) < 0.05, pick(), base + delta)
+    return base, run
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_fused_kernels_equal_the_numpy_reference_on_adversarial_values_for_every_dtype_pair():
+    """The fused numba kernels must give the numpy reference's counts, overlaps, consensus and
+    packed masks bit for bit: NaN / inf / signed zero / subnormal inputs, deltas on both boundaries,
+    every stored dtype pair, both compare modes, every mask tolerance, threads and chunk edges."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(11)
+    dtypes = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
+    checked = 0
+    for dx in dtypes:
+        for dy in dtypes:
+            base, run = _adversarial_pair(4099, g)
+            x = base.to(dx)
+            ys = [run.to(dy), (run * 1.0001).to(dy), x.to(dy)]
+            for compare in ("native", "float32"):
+                for tol, mt in ((1e-5, "atol"), (2.0 ** -16, "exact"), (0.0, "bf16")):
+                    kw = dict(tol=tol, compare=compare, mask_tolerance=mt, n_consensus=3, pack=[True] * 3, chunk=1024)
+                    ref = compare_tensor(x, ys, engine="numpy", **kw)
+                    got = compare_tensor(x, ys, engine="fused", workers=2, **kw)
+                    case = (dx, dy, compare, tol, mt)
+                    assert got.counts == ref.counts, case
+                    assert np.array_equal(got.both, ref.both) and np.array_equal(got.consensus_hist,
+                                                                                 ref.consensus_hist), case
+                    assert all(np.array_equal(a, b) for a, b in zip(got.packed, ref.packed, strict=True)), case
+                    one = compare_tensor(x, ys[:1], engine="fused", tol=tol, compare=compare)  # whole-range call
+                    assert one.counts == ref.counts[:1], case
+                    checked += 1
+    assert checked == 16 * 2 * 3
+    # the cases are not vacuous: every tolerance sees changed and unchanged elements, and they differ
+    c = compare_tensor(base.float(), [run.float()], engine="fused").counts[0]
+    assert 0 < c.atol < c.exact < c.n_params and 0 < c.bf16 < c.exact
+
+
+def test_engine_choice_errors_and_fallback(monkeypatch):
+    from analyses.subnetworks import change_counts
+
+    w = torch.arange(16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        compare_tensor(w, [w], engine="cuda")
+    with pytest.raises(TwinlensError, match="engine must be one of"):
+        DiffSettings(engine="cuda")
+    monkeypatch.setattr(change_counts, "_FUSED_UNAVAILABLE", "ModuleNotFoundError: No module named 'numba'")
+    with pytest.raises(ImportError, match="pip install numba.*engine='numpy'"):
+        compare_tensor(w, [w + 1], engine="fused")
+    assert change_counts.prepare_engine("auto") == "numpy"  # auto falls back to the reference
+    assert compare_tensor(w, [w + 1], engine="auto").counts[0].exact == 16
+
+
 def test_default_atol_is_1e_5_like_the_papers_isclose():
     w = torch.ones(4)
     w2 = w + torch.tensor([2 ** -17, 2 ** -16, 0.0, 1e-5 * 2])  # 7.6e-6 (<=1e-5), 1.5e-5, 0, 2e-5
@@ -352,6 +419,11 @@ def test_planted_overlap_of_two_runs_and_random_baselines_are_exact(tmp_path):
     out = fam.to_dict()
     assert {"o1", "o2", "random_o1", "random_o2", "jaccard", "random_jaccard"} <= set(out["overlap"][0])
     assert set(out["per_run"]) == {"rl-a", "rl-b"}
+    # the same numbers from the numpy reference engine; results.json says which engine ran
+    ref = diff_runs(b, [ra, rb], engine="numpy", **NO_RANK)
+    assert ref.to_dict()["overlap"] == out["overlap"] and ref.to_dict()["per_module"] == out["per_module"]
+    expected = "fused" if importlib.util.find_spec("numba") else "numpy"
+    assert (out["settings"]["engine"], ref.to_dict()["settings"]["engine"]) == (expected, "numpy")
 
 
 def test_consensus_histogram_over_three_runs_and_sft_table(tmp_path):

@@ -10,7 +10,7 @@ Public names:
     diff_weights(base, rl, **settings) -> WeightDiff
     diff_runs(base, [rl0, rl1], sft=None, **settings) -> RunFamilyDiff   (.to_dict(): results.json)
     DiffSettings, WeightDiff, RunFamilyDiff, RunOverlap, Consensus, TensorDiff, TiedEmbeddings,
-    UpdatedCounts, TOLERANCE_KINDS
+    UpdatedCounts, TOLERANCE_KINDS, ENGINES, prepare_engine (load the numba kernels up front)
     SafetensorsCheckpoint(source)                 # tensor-by-tensor reader
     module_kind(name), layer_index(name), MODULE_KINDS
     update_rank, top_singular_subspaces, principal_angles_deg, spectral_shift, SpectralShift
@@ -19,9 +19,11 @@ Public names:
 
 from .change_counts import (
     BF16_RTOL,
+    ENGINES,
     TOLERANCE_KINDS,
     UpdatedCounts,
     compare_tensor,
+    prepare_engine,
     rounded_atol_threshold,
 )
 from .checkpoint_files import (
@@ -61,7 +63,8 @@ from .weight_diff import (
 )
 
 __all__ = [
-    "BF16_RTOL", "TOLERANCE_KINDS", "UpdatedCounts", "compare_tensor", "rounded_atol_threshold",
+    "BF16_RTOL", "ENGINES", "TOLERANCE_KINDS", "UpdatedCounts", "compare_tensor", "prepare_engine",
+    "rounded_atol_threshold",
     "CheckpointNotFoundError", "SafetensorsCheckpoint", "resolve_checkpoint_files",
     "PackedMasks", "load_masks", "pack_mask", "patch", "read_mask_metadata", "save_masks", "unpack_mask",
     "SpectralShift", "principal_angles_deg", "singular_values", "spectral_shift", "top_singular_subspaces",

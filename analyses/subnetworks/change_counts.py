@@ -13,11 +13,13 @@ The boundaries are inclusive, and a NaN delta counts as changed at every toleran
 ``compare="float32"`` delta is the float32 difference of the exactly up-cast values. For nearby
 values (within 2x) the two are identical (Sterbenz); they can differ only for large deltas.
 
-Work happens on chunks of ``chunk`` elements in preallocated buffers (a few MB), so memory is the
-stored tensors plus O(chunk), never a float copy of a whole tensor. The chunk loop runs in numpy,
-single-threaded: on a shared CPU, torch's intra-op thread pool made these memory-bound element-wise
-ops up to 100x slower (threads waiting on each other), and numpy's comparisons and
-``count_nonzero`` were ~3x faster than torch's even on one thread (measured 2026-11-27, 2 cores).
+Two engines give identical numbers (tested on adversarial values). "fused" (``fused_kernels``,
+numba) tests each element at all three tolerances in one vectorised pass over the stored bytes:
+memory-bound, ~9x the numpy loop. "numpy" is the reference: chunks of ``chunk`` elements in
+preallocated buffers, a dozen element-wise passes each. Either way memory is the stored tensors
+plus O(chunk) buffers, never a float copy of a whole tensor. Both run single-threaded per range:
+on a shared CPU, torch's intra-op thread pool made these memory-bound element-wise ops up to 100x
+slower (threads waiting on each other); ``workers`` splits a large tensor into ranges instead.
 bf16 is widened to float32 by a bit shift (bf16 is the top half of a float32).
 
 The native 16-bit delta is never materialised: torch computes a bf16/fp16 difference in float32
@@ -30,6 +32,7 @@ there). The exact and bf16 rules give the same answer on the rounded and unround
 from __future__ import annotations
 
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TOLERANCE_KINDS", "BF16_RTOL", "UpdatedCounts", "TensorComparison", "compare_tensor",
-           "rounded_atol_threshold"]
+__all__ = ["TOLERANCE_KINDS", "BF16_RTOL", "ENGINES", "UpdatedCounts", "TensorComparison", "compare_tensor",
+           "prepare_engine", "resolve_engine", "rounded_atol_threshold"]
 
 TOLERANCE_KINDS = ("exact", "atol", "bf16")
 BF16_RTOL = 1e-3
@@ -132,9 +135,62 @@ def _as_float(src: np.ndarray, is_bf16: bool, s: int, e: int, buf: np.ndarray) -
     return buf[:c]
 
 
+ENGINES = ("auto", "fused", "numpy")
+_NO_MASK = np.empty(0, np.uint8)
+_FUSED_UNAVAILABLE: str | None = None  # why the fused kernels could not be loaded, once known
+
+
+def fused_kernels():
+    """The numba module ``fused_kernels``, or None when numba cannot be imported (reason kept)."""
+    global _FUSED_UNAVAILABLE
+    if _FUSED_UNAVAILABLE is not None:
+        return None
+    try:
+        from . import fused_kernels as fk
+    except ImportError as exc:  # numba missing, or too old / new for this numpy or Python
+        _FUSED_UNAVAILABLE = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"numba is not usable ({_FUSED_UNAVAILABLE}): weight diffs use the numpy engine "
+                      "(same numbers, ~8x slower); `pip install numba` for the fused kernels",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return fk
+
+
+def resolve_engine(engine: str):
+    """The fused-kernel module for "fused" (or "auto" when numba imports), None for "numpy"."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numpy":
+        return None
+    fk = fused_kernels()
+    if fk is None and engine == "fused":
+        raise ImportError(f"the fused weight-diff kernels need numba ({_FUSED_UNAVAILABLE}); "
+                          "`pip install numba`, or pass engine='numpy' (same numbers, ~8x slower)")
+    return fk
+
+
+def prepare_engine(engine: str = "auto") -> str:
+    """Load the fused kernels now (numba import, LLVM start-up, cached machine code: ~0.4 s once
+    per process, several seconds the first time they compile) rather than inside the first diff.
+    Returns the engine that diffs will use: "fused" or "numpy"."""
+    fk = resolve_engine(engine)
+    if fk is None:
+        return "numpy"
+    for dtype in (np.uint16, np.float32, np.float64):  # bf16 bits, and the float compute types
+        ft = np.float64 if dtype == np.float64 else np.float32
+        x = np.zeros(8, dtype)
+        fk.count_changed(x, x, ft(0), ft(0), 0, np.empty(8, np.uint8))
+    return "fused"
+
+
 @dataclass
 class _RangeJob:
-    """The chunk loop of ``compare_tensor`` over elements [lo, hi), with its own buffers."""
+    """The chunk loop of ``compare_tensor`` over elements [lo, hi), with its own buffers.
+
+    Per chunk, every run's changed counts (and, when overlaps, consensus or packed masks are
+    wanted, its mask at ``mask_tolerance``) come from ``_fused_chunk`` (numba, one pass per run)
+    or ``_numpy_chunk`` (the reference: numpy element-wise passes); the rest is shared.
+    """
 
     src_x: np.ndarray
     src_r: list[np.ndarray]
@@ -146,71 +202,126 @@ class _RangeJob:
     n_consensus: int
     packed: list[np.ndarray | None]
     chunk: int
+    fused: object = None  # the fused_kernels module, or None for the numpy reference
+
+    @property
+    def need_masks(self) -> bool:
+        return len(self.src_r) > 1 or any(p is not None for p in self.packed) or self.n_consensus > 1
+
+    def _raw_ok(self, k: int) -> bool:
+        """Can the fused kernel read run k and the base as stored (no widening into buffers)?"""
+        dx, dr = self.src_x.dtype, self.src_r[k].dtype
+        return dx == dr and ((dx == np.uint16 and self.bf_x and self.bf_r[k] and self.ft == np.float32)
+                             or dx == self.ft)
 
     def run(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ft, c_max, k_runs, n_consensus = self.ft, self.chunk, len(self.src_r), self.n_consensus
-        mask_tolerance, packed = self.mask_tolerance, self.packed
-        x, ax, y, t, d = (np.empty(c_max, ft) for _ in range(5))
-        ok = np.empty(c_max, bool)
-        need_masks = k_runs > 1 or any(p is not None for p in packed) or n_consensus > 1
-        masks = [np.empty(c_max, bool) for _ in range(k_runs)] if need_masks else []
+        k_runs, n_consensus, packed = len(self.src_r), self.n_consensus, self.packed
+        need_masks = self.need_masks
+        c_max = self.chunk
+        if self.fused is not None and not need_masks and all(self._raw_ok(k) for k in range(k_runs)):
+            c_max = max(hi - lo, 1)  # nothing to buffer: one kernel call over the whole range
+        masks = [np.empty(c_max, np.uint8 if self.fused is not None else bool) for _ in range(k_runs)] \
+            if need_masks else []
+        widen = self.fused is None or not all(self._raw_ok(k) for k in range(k_runs))
+        scratch = _Scratch(c_max if widen else 0, self.ft, fused=self.fused is not None)
         both_buf = np.empty(c_max, bool) if k_runs > 1 else None
         csum = np.empty(c_max, np.uint8) if n_consensus > 1 else None
         counts = np.zeros((k_runs, 3), dtype=np.int64)
         both = np.zeros((k_runs, k_runs), dtype=np.int64)
         hist = np.zeros(max(n_consensus, 0) + 1, dtype=np.int64)
-        rtol = ft(BF16_RTOL)
-        for s in range(lo, hi, c_max):
-            e = min(s + c_max, hi)
-            c = e - s
-            xs = _as_float(self.src_x, self.bf_x, s, e, x)
-            axs = ax[:c]
-            np.abs(xs, out=axs)
-            oks, ds, ts = ok[:c], d[:c], t[:c]
-            for k in range(k_runs):
-                ys = _as_float(self.src_r[k], self.bf_r[k], s, e, y)
-                np.subtract(ys, xs, out=ds)
-                np.abs(ds, out=ds)
-                counts[k, 0] += np.count_nonzero(ds)  # NaN != 0: counted as changed
-                if need_masks and mask_tolerance == "exact":
-                    np.not_equal(ds, 0, out=masks[k][:c])
-                thr, inclusive = self.thresholds[k]
-                (np.less_equal if inclusive else np.less)(ds, thr, out=oks)  # NaN: not unchanged
-                counts[k, 1] += c - np.count_nonzero(oks)
-                if need_masks and mask_tolerance == "atol":
-                    np.logical_not(oks, out=masks[k][:c])
-                np.abs(ys, out=ts)
-                np.maximum(ts, axs, out=ts)
-                np.multiply(ts, rtol, out=ts)
-                np.less_equal(ds, ts, out=oks)
-                counts[k, 2] += c - np.count_nonzero(oks)
-                if need_masks and mask_tolerance == "bf16":
-                    np.logical_not(oks, out=masks[k][:c])
-                if packed[k] is not None:
-                    packed[k][s // 8:(e + 7) // 8] = np.packbits(masks[k][:c])
-            if k_runs > 1:
-                for i in range(k_runs):
-                    for j in range(i + 1, k_runs):
-                        np.logical_and(masks[i][:c], masks[j][:c], out=both_buf[:c])
-                        both[i, j] += np.count_nonzero(both_buf[:c])
-            if csum is not None:
-                cs = csum[:c]
-                cs.fill(0)
-                for k in range(n_consensus):
-                    np.add(cs, masks[k][:c], out=cs, casting="unsafe")
-                hist += np.bincount(cs, minlength=n_consensus + 1)
+        chunk_fn = self._fused_chunk if self.fused is not None else self._numpy_chunk
+        with np.errstate(invalid="ignore"):  # inf - inf = NaN: counted as changed, on purpose
+            for s in range(lo, hi, c_max):
+                e = min(s + c_max, hi)
+                c = e - s
+                ms = [m[:c] for m in masks]
+                counts += chunk_fn(s, e, ms, scratch)
+                for k in range(k_runs):
+                    if packed[k] is not None:
+                        packed[k][s // 8:(e + 7) // 8] = np.packbits(ms[k])
+                if k_runs > 1:
+                    for i in range(k_runs):
+                        for j in range(i + 1, k_runs):
+                            np.logical_and(ms[i], ms[j], out=both_buf[:c])
+                            both[i, j] += np.count_nonzero(both_buf[:c])
+                if csum is not None:
+                    cs = csum[:c]
+                    cs.fill(0)
+                    for k in range(n_consensus):
+                        np.add(cs, ms[k], out=cs, casting="unsafe")
+                    hist += np.bincount(cs, minlength=n_consensus + 1)
         return counts, both, hist
+
+    def _fused_chunk(self, s: int, e: int, masks: list[np.ndarray], sc: _Scratch) -> np.ndarray:
+        fk, ft = self.fused, self.ft
+        out = np.zeros((len(self.src_r), 3), dtype=np.int64)
+        rtol = ft(BF16_RTOL)
+        xs_w = None
+        for k, src in enumerate(self.src_r):
+            if self._raw_ok(k):
+                xs, ys = self.src_x[s:e], src[s:e]
+            else:  # mixed or fp16 storage: widen exactly into the compute dtype first
+                if xs_w is None:
+                    xs_w = _as_float(self.src_x, self.bf_x, s, e, sc.x)
+                xs, ys = xs_w, _as_float(src, self.bf_r[k], s, e, sc.y)
+            thr = fk.strict_to_inclusive(*self.thresholds[k], ft)
+            kind, mask = (TOLERANCE_KINDS.index(self.mask_tolerance), masks[k]) if masks else (-1, _NO_MASK)
+            out[k] = fk.count_changed(xs, ys, thr, rtol, kind, mask)
+        return out
+
+    def _numpy_chunk(self, s: int, e: int, masks: list[np.ndarray], sc: _Scratch) -> np.ndarray:
+        c = e - s
+        out = np.zeros((len(self.src_r), 3), dtype=np.int64)
+        rtol = self.ft(BF16_RTOL)
+        mask_tolerance = self.mask_tolerance
+        xs = _as_float(self.src_x, self.bf_x, s, e, sc.x)
+        axs = sc.ax[:c]
+        np.abs(xs, out=axs)
+        oks, ds, ts = sc.ok[:c], sc.d[:c], sc.t[:c]
+        for k in range(len(self.src_r)):
+            ys = _as_float(self.src_r[k], self.bf_r[k], s, e, sc.y)
+            np.subtract(ys, xs, out=ds)
+            np.abs(ds, out=ds)
+            out[k, 0] = np.count_nonzero(ds)  # NaN != 0: counted as changed
+            if masks and mask_tolerance == "exact":
+                np.not_equal(ds, 0, out=masks[k])
+            thr, inclusive = self.thresholds[k]
+            (np.less_equal if inclusive else np.less)(ds, thr, out=oks)  # NaN: not unchanged
+            out[k, 1] = c - np.count_nonzero(oks)
+            if masks and mask_tolerance == "atol":
+                np.logical_not(oks, out=masks[k])
+            np.abs(ys, out=ts)
+            np.maximum(ts, axs, out=ts)
+            np.multiply(ts, rtol, out=ts)
+            np.less_equal(ds, ts, out=oks)
+            out[k, 2] = c - np.count_nonzero(oks)
+            if masks and mask_tolerance == "bf16":
+                np.logical_not(oks, out=masks[k])
+        return out
+
+
+class _Scratch:
+    """Per-thread buffers of one chunk: widened inputs (both engines), temporaries (numpy only)."""
+
+    def __init__(self, c_max: int, ft: type, fused: bool):
+        self.x, self.y = np.empty(c_max, ft), np.empty(c_max, ft)
+        if not fused:
+            self.ax, self.t, self.d = np.empty(c_max, ft), np.empty(c_max, ft), np.empty(c_max, ft)
+            self.ok = np.empty(c_max, bool)
 
 
 def compare_tensor(base: Tensor, runs: list[Tensor], *, tol: float = 1e-5, compare: str = "native",
                    mask_tolerance: str = "atol", n_consensus: int = 0, pack: list[bool] | None = None,
-                   chunk: int = 1 << 16, workers: int = 1) -> TensorComparison:
+                   chunk: int = 1 << 18, workers: int = 1, engine: str = "auto") -> TensorComparison:
     """Compare one stored tensor of the base with the same tensor of K runs (same shape).
 
     ``mask_tolerance`` picks the mask used for overlaps, the consensus histogram and packing.
     ``workers`` > 1 splits a large tensor into that many contiguous ranges compared in threads
-    (numpy releases the GIL inside its loops); results do not depend on it.
+    (numpy and the fused kernels release the GIL); results do not depend on it.
+    ``engine``: "fused" (numba kernels, one pass per run), "numpy" (the reference, several
+    passes per chunk) or "auto" (fused when numba imports); results do not depend on it.
     """
+    fused = resolve_engine(engine)
     if compare not in ("native", "float32"):
         raise ValueError(f"compare must be 'native' or 'float32', got {compare!r}")
     if mask_tolerance not in TOLERANCE_KINDS:
@@ -239,7 +350,7 @@ def compare_tensor(base: Tensor, runs: list[Tensor], *, tol: float = 1e-5, compa
         bf_r=[r.dtype == torch.bfloat16 for r in runs], ft=ft, thresholds=thresholds,
         mask_tolerance=mask_tolerance, n_consensus=n_consensus,
         packed=[np.zeros((n + 7) // 8, dtype=np.uint8) if p else None for p in pack],
-        chunk=max(8, min(chunk, -(-n // 8) * 8)))
+        chunk=max(8, min(chunk, -(-n // 8) * 8)), fused=fused)
     # contiguous ranges, multiples of 8 so packed bytes never straddle two ranges
     n_ranges = max(1, min(workers, n // (4 * job.chunk)))
     step = max(8, -(-n // (8 * n_ranges)) * 8)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from hooks.errors import TwinlensError
 
-from .change_counts import TOLERANCE_KINDS, UpdatedCounts, compare_tensor
+from .change_counts import ENGINES, TOLERANCE_KINDS, UpdatedCounts, compare_tensor, prepare_engine
 from .checkpoint_files import SafetensorsCheckpoint
 from .masks import PackedMasks
 from .matrix_spectra import (
@@ -66,7 +66,8 @@ class DiffSettings:
     overlaps, consensus and saved masks. ``rank`` / ``spectral``: whole-matrix measures (slow on
     big models). ``rank_method``: "exact" (matrix_rank), "gram" (float64 Gram approximation) or
     "auto" (gram above ``gram_threshold`` elements). ``device``: where rank/SVD run.
-    ``workers``: threads comparing one large tensor (None: up to 4, capped by the usable CPUs)."""
+    ``workers``: threads comparing one large tensor (None: up to 4, capped by the usable CPUs).
+    ``engine``: "fused" (numba kernels), "numpy" (reference) or "auto"; the numbers are identical."""
 
     tolerance: float = 1e-5
     compare: str = "native"
@@ -79,6 +80,7 @@ class DiffSettings:
     chunk: int = 1 << 16
     workers: int | None = None
     device: str = "cpu"
+    engine: str = "auto"
 
     def __post_init__(self):
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
@@ -93,6 +95,8 @@ class DiffSettings:
             raise TwinlensError(f"spectral_k must be >= 1, got {self.spectral_k}.")
         if self.chunk < 8 or self.chunk % 8:
             raise TwinlensError(f"chunk must be a positive multiple of 8, got {self.chunk}.")
+        if self.engine not in ENGINES:
+            raise TwinlensError(f"engine must be one of {ENGINES}, got {self.engine!r}.")
         if self.workers is not None and self.workers < 1:
             raise TwinlensError(f"workers must be >= 1, got {self.workers}.")
 
@@ -360,6 +364,7 @@ class RunFamilyDiff:
     consensus: Consensus | None
     tied: TiedEmbeddings
     skipped: list[tuple[str, str]]
+    engine: str = "numpy"  # which change-counting engine ran: "fused" or "numpy"
 
     @property
     def primary(self) -> WeightDiff:
@@ -370,7 +375,7 @@ class RunFamilyDiff:
         (``primary_run``); ``per_run`` holds every run when there are several."""
         prim = self.primary
         out = {"base": self.base_source, "runs": {k: v.source for k, v in self.runs.items()},
-               "primary_run": prim.name, "settings": self.settings.to_dict(),
+               "primary_run": prim.name, "settings": {**self.settings.to_dict(), "engine": self.engine},
                "tied_embeddings": self.tied.to_dict(),
                "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
         out.update(prim.to_dict(per_tensor=True))
@@ -531,6 +536,7 @@ def diff_runs(base: Source, runs: Sequence[Source] | Mapping[str, Source], sft: 
 def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_sft: bool, st: DiffSettings,
                keep_masks: bool, progress: bool, prefetch: bool) -> RunFamilyDiff:
     ck_base = cks["__base__"]
+    engine = prepare_engine(st.engine)
     others = run_names + (["sft"] if has_sft else [])
     tied = _decide_tied(list(cks.values()), st.chunk)
     order, skipped = _plan(cks, tied)
@@ -558,7 +564,7 @@ def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_
             ws = [cks[k].load(name) for k in others]
             cmp = compare_tensor(w0, ws, tol=st.tolerance, compare=st.compare, mask_tolerance=st.overlap_tolerance,
                                  n_consensus=n_cons, pack=[keep_masks] * len(others), chunk=st.chunk,
-                                 workers=st.n_workers)
+                                 workers=st.n_workers, engine=engine)
             both += cmp.both
             hist += cmp.consensus_hist
             total += w0.numel()
@@ -606,7 +612,7 @@ def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_
                               [diffs[k].overall.n_updated(st.overlap_tolerance) / total if total else float("nan")
                                for k in run_names])
     return RunFamilyDiff(ck_base.source, st, {k: diffs[k] for k in run_names}, diffs["sft"] if has_sft else None,
-                         overlaps, sft_overlaps, consensus, tied, skipped)
+                         overlaps, sft_overlaps, consensus, tied, skipped, engine)
 
 
 def _delta_matrix(w0: torch.Tensor, w1: torch.Tensor, st: DiffSettings) -> torch.Tensor:
