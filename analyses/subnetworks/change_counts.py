@@ -180,6 +180,7 @@ def prepare_engine(engine: str = "auto") -> str:
         ft = np.float64 if dtype == np.float64 else np.float32
         x = np.zeros(8, dtype)
         fk.count_changed(x, x, ft(0), ft(0), 0, np.empty(8, np.uint8))
+    fk.tally_masks(np.zeros((2, 8), np.uint8), 8, 2, np.zeros((2, 2), np.int64), np.zeros(3, np.int64))
     return "fused"
 
 
@@ -220,16 +221,17 @@ class _RangeJob:
         c_max = self.chunk
         if self.fused is not None and not need_masks and all(self._raw_ok(k) for k in range(k_runs)):
             c_max = max(hi - lo, 1)  # nothing to buffer: one kernel call over the whole range
-        masks = [np.empty(c_max, np.uint8 if self.fused is not None else bool) for _ in range(k_runs)] \
-            if need_masks else []
-        widen = self.fused is None or not all(self._raw_ok(k) for k in range(k_runs))
-        scratch = _Scratch(c_max if widen else 0, self.ft, fused=self.fused is not None)
-        both_buf = np.empty(c_max, bool) if k_runs > 1 else None
-        csum = np.empty(c_max, np.uint8) if n_consensus > 1 else None
+        fused = self.fused is not None
+        # one row per run; uint8 0/1 for the kernels, bool for numpy
+        masks = np.empty((k_runs if need_masks else 0, c_max), np.uint8 if fused else bool)
+        widen = not fused or not all(self._raw_ok(k) for k in range(k_runs))
+        scratch = _Scratch(c_max if widen else 0, self.ft, fused=fused)
+        both_buf = np.empty(c_max, bool) if k_runs > 1 and not fused else None
+        csum = np.empty(c_max, np.uint8) if n_consensus > 1 and not fused else None
         counts = np.zeros((k_runs, 3), dtype=np.int64)
         both = np.zeros((k_runs, k_runs), dtype=np.int64)
         hist = np.zeros(max(n_consensus, 0) + 1, dtype=np.int64)
-        chunk_fn = self._fused_chunk if self.fused is not None else self._numpy_chunk
+        chunk_fn = self._fused_chunk if fused else self._numpy_chunk
         with np.errstate(invalid="ignore"):  # inf - inf = NaN: counted as changed, on purpose
             for s in range(lo, hi, c_max):
                 e = min(s + c_max, hi)
@@ -239,6 +241,9 @@ class _RangeJob:
                 for k in range(k_runs):
                     if packed[k] is not None:
                         packed[k][s // 8:(e + 7) // 8] = np.packbits(ms[k])
+                if fused and (k_runs > 1 or n_consensus > 1):
+                    self.fused.tally_masks(masks, c, n_consensus, both, hist)
+                    continue
                 if k_runs > 1:
                     for i in range(k_runs):
                         for j in range(i + 1, k_runs):

@@ -27,7 +27,7 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["count_changed", "strict_to_inclusive"]
+__all__ = ["count_changed", "strict_to_inclusive", "tally_masks"]
 
 
 @intrinsic
@@ -76,3 +76,23 @@ def strict_to_inclusive(thr: float, inclusive: bool, dtype: type) -> np.floating
     """The threshold t in ``dtype`` with ``d <= t`` equivalent to ``d < thr`` (or ``d <= thr``)."""
     t = dtype(thr)
     return t if inclusive else np.nextafter(t, dtype(0))
+
+
+@njit(nogil=True, cache=True)
+def tally_masks(masks, c, n_consensus, both, hist):
+    """Over the first ``c`` columns of ``masks`` (K x n, uint8 0/1, one row per run): add to
+    ``both[a, b]`` (a < b) the elements set in rows a and b, and, when ``n_consensus`` > 1, to
+    ``hist[s]`` the elements set in exactly s of the first ``n_consensus`` rows."""
+    k_runs = masks.shape[0]
+    for a in range(k_runs):
+        for b in range(a + 1, k_runs):
+            n = 0
+            for i in range(c):
+                n += masks[a, i] & masks[b, i]
+            both[a, b] += n
+    if n_consensus > 1:
+        for i in range(c):
+            s = 0
+            for k in range(n_consensus):
+                s += masks[k, i]
+            hist[s] += 1

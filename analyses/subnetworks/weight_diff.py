@@ -77,7 +77,7 @@ class DiffSettings:
     gram_threshold: int = 1 << 26
     spectral: bool = True
     spectral_k: int = 8
-    chunk: int = 1 << 16
+    chunk: int = 1 << 18
     workers: int | None = None
     device: str = "cpu"
     engine: str = "auto"
