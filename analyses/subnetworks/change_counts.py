@@ -150,7 +150,7 @@ def fused_kernels():
     except ImportError as exc:  # numba missing, or too old / new for this numpy or Python
         _FUSED_UNAVAILABLE = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"numba is not usable ({_FUSED_UNAVAILABLE}): weight diffs use the numpy engine "
-                      "(same numbers, ~8x slower); `pip install numba` for the fused kernels",
+                      "(same numbers, ~5x slower); `pip install numba` for the fused kernels",
                       RuntimeWarning, stacklevel=3)
         return None
     return fk
@@ -165,13 +165,13 @@ def resolve_engine(engine: str):
     fk = fused_kernels()
     if fk is None and engine == "fused":
         raise ImportError(f"the fused weight-diff kernels need numba ({_FUSED_UNAVAILABLE}); "
-                          "`pip install numba`, or pass engine='numpy' (same numbers, ~8x slower)")
+                          "`pip install numba`, or pass engine='numpy' (same numbers, ~5x slower in benchmarks/diff.py)")
     return fk
 
 
 def prepare_engine(engine: str = "auto") -> str:
-    """Load the fused kernels now (numba import, LLVM start-up, cached machine code: ~0.4 s once
-    per process, several seconds the first time they compile) rather than inside the first diff.
+    """Load the fused kernels now (numba import, LLVM start-up, cached machine code: 0.4-0.5 s once
+    per process; ~1.1 s the first time, when they compile) rather than inside the first diff.
     Returns the engine that diffs will use: "fused" or "numpy"."""
     fk = resolve_engine(engine)
     if fk is None:
@@ -205,26 +205,23 @@ class _RangeJob:
     chunk: int
     fused: object = None  # the fused_kernels module, or None for the numpy reference
 
-    @property
-    def need_masks(self) -> bool:
-        return len(self.src_r) > 1 or any(p is not None for p in self.packed) or self.n_consensus > 1
-
-    def _raw_ok(self, k: int) -> bool:
-        """Can the fused kernel read run k and the base as stored (no widening into buffers)?"""
-        dx, dr = self.src_x.dtype, self.src_r[k].dtype
-        return dx == dr and ((dx == np.uint16 and self.bf_x and self.bf_r[k] and self.ft == np.float32)
-                             or dx == self.ft)
+    def __post_init__(self):
+        self.need_masks = len(self.src_r) > 1 or any(p is not None for p in self.packed) or self.n_consensus > 1
+        # per run: can the fused kernel read it and the base as stored (bf16 bits = uint16, or the
+        # compute dtype itself), with no widening into buffers?
+        dx = self.src_x.dtype
+        self.raw_ok = [r.dtype == dx and (dx == self.ft or (dx == np.uint16 and self.ft == np.float32))
+                       for r in self.src_r]
+        if self.fused is not None:  # the kernels test d <= thr only: strict thresholds become inclusive ones
+            self.fused_thr = [self.fused.strict_to_inclusive(t, inc, self.ft) for t, inc in self.thresholds]
 
     def run(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k_runs, n_consensus, packed = len(self.src_r), self.n_consensus, self.packed
-        need_masks = self.need_masks
-        c_max = self.chunk
-        if self.fused is not None and not need_masks and all(self._raw_ok(k) for k in range(k_runs)):
-            c_max = max(hi - lo, 1)  # nothing to buffer: one kernel call over the whole range
-        fused = self.fused is not None
+        need_masks, fused = self.need_masks, self.fused is not None
+        widen = not fused or not all(self.raw_ok)
+        c_max = self.chunk if need_masks or widen else max(hi - lo, 1)  # else: one kernel call, no buffers
         # one row per run; uint8 0/1 for the kernels, bool for numpy
         masks = np.empty((k_runs if need_masks else 0, c_max), np.uint8 if fused else bool)
-        widen = not fused or not all(self._raw_ok(k) for k in range(k_runs))
         scratch = _Scratch(c_max if widen else 0, self.ft, fused=fused)
         both_buf = np.empty(c_max, bool) if k_runs > 1 and not fused else None
         csum = np.empty(c_max, np.uint8) if n_consensus > 1 and not fused else None
@@ -263,15 +260,14 @@ class _RangeJob:
         rtol = ft(BF16_RTOL)
         xs_w = None
         for k, src in enumerate(self.src_r):
-            if self._raw_ok(k):
+            if self.raw_ok[k]:
                 xs, ys = self.src_x[s:e], src[s:e]
             else:  # mixed or fp16 storage: widen exactly into the compute dtype first
                 if xs_w is None:
                     xs_w = _as_float(self.src_x, self.bf_x, s, e, sc.x)
                 xs, ys = xs_w, _as_float(src, self.bf_r[k], s, e, sc.y)
-            thr = fk.strict_to_inclusive(*self.thresholds[k], ft)
             kind, mask = (TOLERANCE_KINDS.index(self.mask_tolerance), masks[k]) if masks else (-1, _NO_MASK)
-            out[k] = fk.count_changed(xs, ys, thr, rtol, kind, mask)
+            out[k] = fk.count_changed(xs, ys, self.fused_thr[k], rtol, kind, mask)
         return out
 
     def _numpy_chunk(self, s: int, e: int, masks: list[np.ndarray], sc: _Scratch) -> np.ndarray:

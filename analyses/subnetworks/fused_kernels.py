@@ -1,9 +1,9 @@
 """Fused single-pass change tests (numba): each element is read once and tested at all three
 tolerances in one vectorised loop, instead of a dozen numpy passes over chunk buffers.
 
-Imported lazily by ``change_counts`` (``import numba`` costs ~0.15 s, the first call loads the
-compiled kernels from numba's on-disk cache or compiles them, ~1 s per argument type), so
-importing twinlens never pays for it. ``change_counts._RangeJob._numpy_chunk`` is the reference
+Imported lazily by ``change_counts`` (``import numba`` costs ~0.15 s; loading the kernels from
+numba's on-disk cache ~0.3 s more, compiling them the first time ~1.1 s in all), so importing
+twinlens never pays for it. ``change_counts._RangeJob._numpy_chunk`` is the reference
 implementation; tests check that both give identical counts and masks on adversarial values
 (NaN, inf, signed zeros, subnormals, deltas on the tolerance boundaries).
 
