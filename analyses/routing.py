@@ -37,8 +37,18 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from analyses.drift import token_entropy as entropy_of_logp
 from hooks.errors import TwinlensError
-from hooks.generation import check_generation_args, forward_step, row_seed, sample_next_tokens
+from hooks.generation import (
+    check_generation_args,
+    expand_rows,
+    forward_step,
+    left_padded,
+    pad_token_id,
+    row_seed,
+    sample_next_tokens,
+    strip_eos,
+)
 from hooks.interventions import add_to_residual
 
 __all__ = [
@@ -120,9 +130,9 @@ class DisagreeRouter(Router):
 
 
 def token_entropy(logits: Tensor) -> Tensor:
-    """Next-token entropy in nats, `[B]`."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Next-token entropy in nats, `[B]`, from raw logits (`analyses.drift.token_entropy` takes
+    log-probs)."""
+    return entropy_of_logp(torch.log_softmax(logits.float(), dim=-1))
 
 
 class EntropyRouter(Router):
@@ -461,36 +471,28 @@ def hybrid_generate(
     if steering is not None:
         steering.check(base)
         steering.check(rl)  # the picker reads RL activations at the vectors' layers
-    ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
-    rows = [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
-    tok = base.tokenizer
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    rows = expand_rows(prompts, n, row_ids)
+    eos = base.tokenizer.eos_token_id
+    pad = pad_token_id(base.tokenizer)
     device = base.device
     out = HybridOutput([], [], [])
     base_hidden: dict[int, Tensor] = {}
     rl_hidden: dict[int, Tensor] = {}
     names = [getattr(v, "strategy", str(k)) for k, v in enumerate(steering.vectors)] if steering else []
+    base_layers = [router.base_layer] if router.base_layer is not None else []
+    need_rl = router.needs_rl_logits or not lazy_rl  # an RL forward every step
 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         B = len(chunk)
         gens = [torch.Generator().manual_seed(row_seed(seed, rid, j)) for _, rid, j in chunk]
         router.start([(rid, j) for _, rid, j in chunk], max_new_tokens, seed)
-        width = max(len(p) for p, _, _ in chunk)
-        seq = torch.full((B, width), pad, dtype=torch.long)
-        mask = torch.zeros((B, width), dtype=torch.long)
-        for r, (p, _, _) in enumerate(chunk):
-            seq[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
-        seq, mask = seq.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        seq, mask, positions = left_padded([p for p, _, _ in chunk], pad, device)
+        width = seq.shape[1]
         rl_state = _LaggingCache(rl)
         routed_log = torch.zeros((B, max_new_tokens), dtype=torch.bool)
         strat_log = torch.full((B, max_new_tokens), -1, dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        n_gen = 0
-        base_layers = [router.base_layer] if router.base_layer is not None else []
         with ExitStack() as stack:
             stack.enter_context(_record_last(base, base_layers, base_hidden))
             if steering is not None:
@@ -498,7 +500,6 @@ def hybrid_generate(
             base_logits, base_cache = forward_step(base.hf, seq, mask, positions)
             base_logits = base_logits[:, -1]
             for step in range(max_new_tokens):
-                need_rl = router.needs_rl_logits or not lazy_rl
                 rl_logits = rl_state.catch_up(seq, mask, positions) if need_rl else None
                 view = StepView(step, base_logits, rl_logits,
                                 base_hidden.get(router.base_layer), range(start, start + B))
@@ -529,23 +530,18 @@ def hybrid_generate(
                 routed_log[:, step] = route.cpu()
                 nxt = sample_next_tokens(logits, temperature, top_p, gens).to(device)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                n_gen = step + 1
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
                 if stop_at_eos and eos is not None:
                     done |= nxt == eos
                     if bool(done.all()):
-                        seq = torch.cat([seq, nxt[:, None]], dim=1)
                         break
-                seq = torch.cat([seq, nxt[:, None]], dim=1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
                 base_logits, base_cache = forward_step(
                     base.hf, nxt[:, None], mask, positions[:, -1:], base_cache)
                 base_logits = base_logits[:, -1]
-        gen = seq[:, width:width + n_gen].tolist()
-        for r in range(B):
-            toks = gen[r]
-            if stop_at_eos and eos is not None and eos in toks:
-                toks = toks[:toks.index(eos)]
+        for r, toks in enumerate(seq[:, width:].tolist()):
+            toks = strip_eos(toks, eos) if stop_at_eos else toks
             k = len(toks)
             out.tokens.append(toks)
             out.routed.append(routed_log[r, :k].tolist())
@@ -636,6 +632,8 @@ class RoutingResult:
     mode: str = "token"              # "token" | "steered"
     temperature: float = 0.0
     n_rl_tokens: int = 0
+    # steered hybrid: routed tokens per steering vector (by its strategy name), first-seen order
+    routed_vectors: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -674,6 +672,7 @@ def evaluate_hybrid(
         routed_positions=hist.tolist(), correct_hybrid=correct,
         mode="steered" if steering is not None else "token", temperature=temperature,
         n_rl_tokens=out.n_rl_tokens,
+        routed_vectors=dict(Counter(s for row in out.strategy for s in row if s is not None)),
     )
 
 

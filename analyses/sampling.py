@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from analyses.task import Task, TaskProblem, prompt_id
 from hooks.errors import TwinlensError
+from hooks.generation import pad_token_id
 
 META_SUFFIX = ".meta.json"
 # Settings that must match for rows on disk to be reused.
@@ -191,8 +192,7 @@ def iter_completion_logprobs(
     attention: the padding never reaches a real token)."""
     if len(prompt_ids) != len(completion_ids):
         raise TwinlensError("One completion per prompt is needed.")
-    pad = model.tokenizer.pad_token_id
-    pad = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
+    pad = pad_token_id(model.tokenizer)
     for start in range(0, len(prompt_ids), batch_size):
         ps = prompt_ids[start : start + batch_size]
         cs = completion_ids[start : start + batch_size]
@@ -247,10 +247,11 @@ def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer
         row.answer_span = mapped[0][1:] if mapped else None
 
 
-def _check_meta(path: Path, meta: dict) -> None:
+def _check_meta(path: Path, meta: dict) -> dict:
+    """The settings saved beside `path` ({} if none); refuses settings that differ from `meta`."""
     meta_path = Path(str(path) + META_SUFFIX)
     if not meta_path.exists():
-        return
+        return {}
     old = json.loads(meta_path.read_text())
     diffs = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
     for label, h in meta["weights"].items():
@@ -261,6 +262,7 @@ def _check_meta(path: Path, meta: dict) -> None:
             f"{path} holds samples made with other settings ({', '.join(diffs)}); resuming would "
             "mix them. Use another output path, or delete the file to start over."
         )
+    return old
 
 
 def sample(
@@ -310,12 +312,11 @@ def sample(
     path = Path(out) if out is not None else None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _check_meta(path, meta)
+        old = _check_meta(path, meta)
         if path.exists():
             _repair_tail(path)
             done = {r.key: r for r in _read_rows(path)}
         meta_path = Path(str(path) + META_SUFFIX)
-        old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         merged = {**meta, "weights": {**old.get("weights", {}), **meta["weights"]},
                   "models": {**old.get("models", {}), **meta["models"]}}
         tmp = meta_path.with_suffix(".tmp")

@@ -60,6 +60,41 @@ def check_generation_args(model: Any, prompts: Sequence[Sequence[int]], max_new_
         )
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id padding is written with: the tokenizer's pad token, else eos, else 0."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+
+def expand_rows(
+    prompts: Sequence[Sequence[int]], n: int, row_ids: Sequence[Any] | None
+) -> list[tuple[list[int], Any, int]]:
+    """(prompt ids, row id, sample index j) per decoded row, prompt-major: row i * n + j.
+    The row id (default: the prompt index) keys the row's seed."""
+    ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
+    return [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
+
+
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad: int, device: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Left padding with an explicit mask and positions, as HF's own generate does:
+    (input ids [B, T], attention mask [B, T], position ids [B, T]) on `device`."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        input_ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def strip_eos(toks: list[int], eos: int | None) -> list[int]:
+    """A completion up to (not including) its first eos."""
+    return toks[: toks.index(eos)] if eos is not None and eos in toks else toks
+
+
 def row_seed(seed: int, *keys: Any) -> int:
     digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -103,25 +138,16 @@ def generate(
     result[i * n + j]. temperature 0 = greedy. `row_ids` (one per prompt) replace the prompt
     index in the per-row seed, so a problem keeps its samples wherever it sits in a list."""
     check_generation_args(model, prompts, max_new_tokens, top_p)
-    ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
-    rows = [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
+    rows = expand_rows(prompts, n, row_ids)
     eos = model.tokenizer.eos_token_id
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else (eos or 0)
+    pad = pad_token_id(model.tokenizer)
     hf, device = model.hf, model.device
     out: list[list[int]] = []
     batches = range(0, len(rows), batch_size)
     for start in tqdm(batches, desc="generate", disable=not progress, leave=False):
         chunk = rows[start : start + batch_size]
         gens = [torch.Generator().manual_seed(row_seed(seed, rid, j)) for _, rid, j in chunk]
-        width = max(len(p) for p, _, _ in chunk)
-        # Left padding with an explicit mask and positions, as HF's own generate does.
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (p, _, _) in enumerate(chunk):
-            input_ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        input_ids, mask, positions = left_padded([p for p, _, _ in chunk], pad, device)
         logits, cache = forward_step(hf, input_ids, mask, positions)
         logits = logits[:, -1]
         generated = torch.empty((len(chunk), 0), dtype=torch.long, device=device)
@@ -141,9 +167,6 @@ def generate(
             last_pos = last_pos + 1
             logits, cache = forward_step(hf, nxt[:, None], mask, last_pos[:, None], cache)
             logits = logits[:, -1]
-        for r in range(len(chunk)):
-            toks = generated[r].tolist()
-            if stop_at_eos and eos is not None and eos in toks:
-                toks = toks[: toks.index(eos)]
-            out.append(toks)
+        for toks in generated.tolist():
+            out.append(strip_eos(toks, eos) if stop_at_eos else toks)
     return out

@@ -37,7 +37,6 @@ from analyses.routing import (  # noqa: E402
     budget_curve,
     evaluate_hybrid,
     fit_strategy_tools,
-    gap_recovered,
 )
 from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import load_task  # noqa: E402
@@ -141,17 +140,16 @@ def run(args: argparse.Namespace) -> dict:
         s_ctrl = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(s_res.fraction_routed, args.seed),
                                  cb, cr, steering=steering, **kw)
         steered = {**s_res.to_dict(), "random_control": s_ctrl.to_dict(),
-                   "routed_vector_counts": _vector_counts(base, rl, prompts, steering, max_new, args),
+                   "routed_vector_counts": s_res.routed_vectors,
                    "layer": layer, "alpha": args.alpha,
                    "vectors": [v.strategy for v in tools.vectors]}
         routers["steered_disagree"] = steered
     # sampled: base, RL, disagree hybrid and random at its fraction, same seed per row
     T = args.temperature
     sb, sr = correct_of(base, T), correct_of(rl, T)
-    kw_s = {**kw}
-    sd = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), sb, sr, temperature=T, **kw_s)
+    sd = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), sb, sr, temperature=T, **kw)
     sc = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(sd.fraction_routed, args.seed), sb, sr,
-                         temperature=T, **kw_s)
+                         temperature=T, **kw)
     routers["disagree_sampled"] = {**sd.to_dict(), "random_control": sc.to_dict()}
 
     results = {
@@ -164,23 +162,9 @@ def run(args: argparse.Namespace) -> dict:
                      "fit_set": args.fit_set, "max_new_tokens": max_new, "seed": args.seed,
                      "temperature_sampled": T, "strategy": args.strategy, "alpha": args.alpha},
     }
-    _ = gap_recovered  # re-exported for notebooks; the numbers above come from evaluate_hybrid
     save_figure(plot(routers), out / "gap_vs_budget.png")
     write_results(out, results, summary(results))
     return results
-
-
-def _vector_counts(base, rl, prompts, steering, max_new, args) -> dict[str, int]:
-    from analyses.routing import hybrid_generate
-
-    o = hybrid_generate(base, rl, prompts, DisagreeRouter(), max_new, steering=steering,
-                        seed=args.seed, batch_size=args.batch_size)
-    counts: dict[str, int] = {}
-    for row in o.strategy:
-        for s in row:
-            if s is not None:
-                counts[s] = counts.get(s, 0) + 1
-    return counts
 
 
 def plot(routers: dict):

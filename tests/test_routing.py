@@ -20,6 +20,7 @@ from analyses.routing import (
     routed_strategy_counts,
 )
 from hooks import TwinlensError, generate, load_model
+from hooks.generation import row_seed
 
 MAX_NEW = 12
 
@@ -104,10 +105,16 @@ def test_random_router_fraction_matches_budget_within_binomial_bound(models, pro
     out = hybrid_generate(base, rl, prompts, RandomRouter(budget, seed=0), MAX_NEW, n=8,
                           temperature=1.0, stop_at_eos=False)
     n_tokens = n_rows * MAX_NEW  # 576 independent Bernoulli(0.2) coins (no eos: every step counts)
-    # Binomial sd = sqrt(p(1-p)/N) = 0.0167; 4 sd (two-sided p ~ 6e-5) keeps a false alarm rare,
-    # while a bug such as routing with probability 0.25 or 0.15 (3 sd away) would show.
+    # Binomial sd = sqrt(p(1-p)/N) = 0.0167; 4 sd (0.067, two-sided p ~ 6e-5) keeps a false alarm
+    # rare but only catches gross errors (probability 0.3 or 0.1; with these coins 0.25 routes
+    # 0.231 and would pass), so the exact coins are checked next.
     bound = 4 * math.sqrt(budget * (1 - budget) / n_tokens)
     assert abs(out.fraction_routed - budget) < bound
+    # Row (prompt i, sample j) routes step t iff u_t < budget, u = the row's own seeded uniforms.
+    coins = [(torch.rand(MAX_NEW, generator=torch.Generator().manual_seed(row_seed(0, "route", i, j)),
+                         dtype=torch.float64) < budget).tolist()
+             for i in range(len(prompts)) for j in range(8)]
+    assert out.routed == coins
     # seeded: the same seed gives the same routing, independent of the batch size
     again = hybrid_generate(base, rl, prompts, RandomRouter(budget, seed=0), MAX_NEW, n=8,
                             temperature=1.0, stop_at_eos=False, batch_size=5)
