@@ -64,18 +64,14 @@ def organism_activations(n_problems: int, seed: int = 0):
     from analyses.task import load_task
     from hooks import capture, load_model
     from probes.datasets import build_dataset, split_examples
-    from probes.labels import labels_from_char_spans
+    from probes.labels import task_labeler
     from probes.traces import sample_traces
 
     task = load_task(None)
     model = load_model(organism.checkpoint_path("base"))
     prompts = [model.encode(p.prompt) for p in task.problems(n_problems, seed=seed)]
-
-    def labeler(p, c, tok):
-        return labels_from_char_spans(p, c, tok, task.label_strategies, source=task.name)
-
     traces = sample_traces({"base": model}, prompts, 2, seed=seed, max_new_tokens=task.max_new_tokens,
-                           labeler=labeler)
+                           labeler=task_labeler(task))
     with tempfile.TemporaryDirectory() as tmp:
         store = capture(model, [t.token_ids for t in traces], out=Path(tmp) / "acts", progress=False)
         ds = build_dataset(store, [t.labels for t in traces])

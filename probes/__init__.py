@@ -1,6 +1,7 @@
 """Strategy probes and steering vectors (RESEARCH.md section 1).
 
-    labels       TokenSpan, ExampleLabels, organism_labels, labels_from_char_spans, RegexLabeler
+    labels       TokenSpan, ExampleLabels, organism_labels, labels_from_char_spans, RegexLabeler,
+                 task_labeler
     datasets     ProbeDataset, build_dataset, split_examples, ExampleSplit
     linear_probe LinearProbe (scikit-learn estimator, all layers in one batched L-BFGS run)
     sweep        sweep_layers, sweep_strategies, transfer_probe, ProbeSweep, TransferResult
@@ -20,6 +21,7 @@ from probes.labels import (
     TokenSpan,
     labels_from_char_spans,
     organism_labels,
+    task_labeler,
 )
 from probes.linear_probe import LinearProbe
 from probes.preexistence import PreexistenceResult, preexistence_test
@@ -76,6 +78,7 @@ __all__ = [
     "steering_experiment",
     "sweep_layers",
     "sweep_strategies",
+    "task_labeler",
     "transfer_probe",
     "vector_cosines",
 ]

@@ -16,19 +16,21 @@ and the gradient are both at `start - 1`, as the paper describes. As in the code
 vector is attributed at the starts of the OTHER strategies' segments by default
 (`segments="others"`); "own" and "all" are offered.
 
-Runs on `model.hf` with forward hooks on the block outputs (the modules `hooks` maps
-`blocks.L.hook_out` to); the hooks are removed on exit, also on an exception.
+Runs on `model.hf`, reading the block outputs through `hooks.edit_block_output` (an identity
+edit that keeps the output); the hooks are removed on exit, also on an exception.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from hooks.errors import TwinlensError
+from hooks.interventions import edit_block_output
 from probes.labels import ExampleLabels
 from probes.vectors import StrategyVector
 
@@ -65,19 +67,6 @@ class AttributionResult:
             "n_segments": self.n_segments,
             "segments": self.segments,
         }
-
-
-def _block_modules(model, layers: Sequence[int]) -> list[torch.nn.Module]:
-    out = []
-    for layer in layers:
-        if not 0 <= int(layer) < model.n_layers:
-            raise TwinlensError(
-                f"Layer {layer} does not exist: the model has {model.n_layers} blocks "
-                f"(0-{model.n_layers - 1})."
-            )
-        module, where = model.hf_module(f"blocks.{int(layer)}.hook_out")
-        out.append(module)
-    return out
 
 
 def _segment_starts(
@@ -128,19 +117,20 @@ def attribute_layers(
     for i, s in starts:
         by_example.setdefault(i, []).append(s)
 
-    modules = _block_modules(model, layers)
     captured: dict[int, torch.Tensor] = {}
 
-    def make_hook(k: int):
-        def hook(_m, _inp, out):
-            captured[k] = out[0] if isinstance(out, tuple) else out
+    def record(k: int):
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            captured[k] = x
+            return x
 
-        return hook
+        return edit
 
-    handles = [m.register_forward_hook(make_hook(k)) for k, m in enumerate(modules)]
     effects = []
     hf = model.hf
-    try:
+    with ExitStack() as stack:
+        for k, layer in enumerate(layers):
+            stack.enter_context(edit_block_output(model, layer, record(k)))
         for i, seg_starts in by_example.items():
             ids = torch.tensor([list(labels[i].token_ids)], device=model.device)
             end = max(seg_starts)  # the metric at start-1 needs tokens up to start-1 only
@@ -148,15 +138,12 @@ def attribute_layers(
             with torch.enable_grad():
                 embeds = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
                 logits = hf(inputs_embeds=embeds, use_cache=False).logits[0]
-                outs = [captured[k] for k in range(len(modules))]
+                outs = [captured[k] for k in range(len(layers))]
                 for s in seg_starts:
                     grads = torch.autograd.grad(kl_metric(logits[s - 1]), outs, retain_graph=True)
                     g = torch.stack([gr[0, s - 1].double().cpu() for gr in grads])  # [L, d]
                     effects.append((g * V).sum(-1).abs())
             captured.clear()
-    finally:
-        for h in handles:
-            h.remove()
     E = torch.stack(effects).numpy()  # [S, L]
     return AttributionResult(
         strategy=strategy,

@@ -29,6 +29,7 @@ __all__ = [
     "ExampleLabels",
     "organism_labels",
     "labels_from_char_spans",
+    "task_labeler",
     "RegexLabeler",
     "char_spans_to_token_spans",
     "token_char_offsets",
@@ -168,6 +169,23 @@ def labels_from_char_spans(
         ids, tuple(TokenSpan(s.strategy, s.start + off, s.end + off) for s in spans), off,
         len(ids), source=source, text=text,
     )
+
+
+def task_labeler(task, config: str | Path | None = None, regex: bool = False):
+    """The labeler a job hands to `probes.sample_traces` for `task`: a `RegexLabeler` from the
+    JSON `config` when one is given; the default config (`DEFAULT_LABELS_PATH`) when `regex`
+    (real text without a config); else the task's own character labels (`task.label_strategies`
+    through `labels_from_char_spans`, source = the task's name)."""
+    if config:
+        return RegexLabeler.from_json(config)
+    if regex:
+        return RegexLabeler.from_json(None)
+
+    def labeler(prompt_ids, completion_ids, tokenizer) -> ExampleLabels:
+        return labels_from_char_spans(prompt_ids, completion_ids, tokenizer, task.label_strategies,
+                                      source=task.name)
+
+    return labeler
 
 
 # ------------------------------------------------------------------ char -> token spans

@@ -77,9 +77,10 @@ def _strategies_in(spans) -> set[str]:
     return out
 
 
-def _bootstrap_mean(values: np.ndarray, n_prompts: int, n_bootstrap: int, seed: int) -> np.ndarray:
+def _bootstrap_mean(values: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
     """values [n_prompts, n_samples] -> percentile CI [2] of the mean, resampling prompts."""
     per_prompt = values.mean(1)
+    n_prompts = per_prompt.shape[0]
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_prompts, size=(n_bootstrap, n_prompts))
     return np.percentile(per_prompt[draws].mean(1), [2.5, 97.5])
@@ -129,16 +130,16 @@ def steering_curve(
         for s in strategies:
             hit = np.array([s in u for u in used], dtype=float).reshape(P, S)
             freq[s].append(hit.mean())
-            freq_ci[s].append(_bootstrap_mean(hit, P, n_bootstrap, seed + k))
+            freq_ci[s].append(_bootstrap_mean(hit, n_bootstrap, seed + k))
         if grade_fn is not None:
             ok = np.array([bool(grade_fn(i // S, t)) for i, t in enumerate(texts)], float).reshape(P, S)
             acc.append(ok.mean())
-            acc_ci.append(_bootstrap_mean(ok, P, n_bootstrap, seed + k))
+            acc_ci.append(_bootstrap_mean(ok, n_bootstrap, seed + k))
         else:
             acc.append(np.nan)
             acc_ci.append([np.nan, np.nan])
         length.append(lens.mean())
-        length_ci.append(_bootstrap_mean(lens, P, n_bootstrap, seed + k))
+        length_ci.append(_bootstrap_mean(lens, n_bootstrap, seed + k))
     return SteeringCurve(
         strategy=vector.strategy,
         method=vector.method,
@@ -293,18 +294,17 @@ def steering_experiment(
         raise TwinlensError("Include alpha = 0 in the sweep: changes are measured from it.")
     unsteered = generate(model, [list(p) for p in prompts], max_new_tokens,
                          temperature=temperature, n=n_samples, seed=seed)
-    kw = dict(alphas=alphas, label_fn=label_fn, grade_fn=grade_fn, strategies=strategies,
-              n_samples=n_samples, seed=seed, max_new_tokens=max_new_tokens,
-              temperature=temperature, n_bootstrap=n_bootstrap, unsteered=unsteered)
+    kw = dict(alphas=alphas, label_fn=label_fn, grade_fn=grade_fn, n_samples=n_samples, seed=seed,
+              max_new_tokens=max_new_tokens, temperature=temperature, n_bootstrap=n_bootstrap,
+              unsteered=unsteered)
     out = []
     for i, v in enumerate(vectors):
         rv = random_vector_like(v, seed=random_seed + i)
         measured = list(strategies) if strategies is not None else []
         if v.strategy not in measured:
             measured.append(v.strategy)
-        kw["strategies"] = measured
-        curve = steering_curve(model, v, prompts, **kw)
-        rcurve = steering_curve(model, rv, prompts, **kw)
+        curve = steering_curve(model, v, prompts, strategies=measured, **kw)
+        rcurve = steering_curve(model, rv, prompts, strategies=measured, **kw)
         out.append(SteeringResult(v, curve, rcurve, compare_to_random(curve, rcurve, v.strategy, factor),
                                   random_seed=random_seed + i))
         if progress is not None:

@@ -193,12 +193,14 @@ def sweep_strategies(
 ) -> dict[str, ProbeSweep]:
     """`sweep_layers` for several strategies at once: every strategy's probe and its shuffled
     control, on every layer, are fitted in ONE batched L-BFGS run (a multilabel `LinearProbe`:
-    the activations are read once per iteration for all of them). Each strategy's numbers are
-    the same as fitting it alone (independent problems; same objective).
+    the activations are read once per iteration for all of them). Each strategy's real probe is
+    the one it gets when fitted alone (independent problems, same objective; equal up to the
+    solver's tolerance); its controls' shuffles are seeded by its index in `strategies`, so they
+    match a lone fit only for the first strategy.
 
     n_controls: shuffles per strategy. On activations that cluster by token type, one shuffled
     control's AUROC scatters well away from 0.5 (its noise-fitted direction picks up whatever
-    token mix the shuffle happened to give the positives: 0.42-0.60 on the organism), so the
+    token mix the shuffle happened to give the positives: 0.42-0.63 in runs/demo/probe), so the
     reported control AUROC is the mean over `n_controls` shuffles; each one is kept
     (`control_auroc_each`)."""
     split = split if split is not None else split_examples(ds.example, seed=seed)

@@ -211,21 +211,8 @@ def diff_of_means_vectors(
     base = overall_mean(ds, examples)
     diff = strategy_mean - base
     scale = base.norm(dim=-1, keepdim=True) / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    vecs = (diff * scale).float()
-    return [
-        StrategyVector(
-            direction=vecs[i],
-            layer=layer,
-            method="diff_of_means",
-            strategy=strategy,
-            model_name=ds.model_name,
-            weight_hash=ds.weight_hash,
-            labels_source=ds.label_source,
-            n_segments=len(windows),
-            extra={"window": window, "model_key": ds.model},
-        )
-        for i, layer in enumerate(ds.layers)
-    ]
+    return _per_layer(ds, (diff * scale).float(), "diff_of_means", strategy,
+                      n_segments=len(windows), extra={"window": window})
 
 
 def probe_weight_vectors(
@@ -243,16 +230,24 @@ def probe_weight_vectors(
     w = coef[:, 0]
     norm = overall_mean(ds, examples).norm(dim=-1, keepdim=True)
     vecs = (w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm).float()
+    return _per_layer(ds, vecs, "probe_weight", strategy, extra={"C": getattr(probe, "C", None)})
+
+
+def _per_layer(ds: ProbeDataset, vecs: Tensor, method: str, strategy: str, extra: dict,
+               n_segments: int = 0) -> list[StrategyVector]:
+    """One `StrategyVector` per layer of `ds` from `vecs` `[L, d]`, with `ds`'s provenance
+    (`extra` gets the dataset's model key)."""
     return [
         StrategyVector(
             direction=vecs[i],
             layer=layer,
-            method="probe_weight",
+            method=method,
             strategy=strategy,
             model_name=ds.model_name,
             weight_hash=ds.weight_hash,
             labels_source=ds.label_source,
-            extra={"C": getattr(probe, "C", None), "model_key": ds.model},
+            n_segments=n_segments,
+            extra={**extra, "model_key": ds.model},
         )
         for i, layer in enumerate(ds.layers)
     ]

@@ -43,7 +43,7 @@ from analyses.task import load_task  # noqa: E402
 from hooks import capture, load_pair  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import ExampleSplit, build_dataset, split_examples  # noqa: E402
-from probes.labels import RegexLabeler, labels_from_char_spans  # noqa: E402
+from probes.labels import task_labeler  # noqa: E402
 from probes.preexistence import preexistence_test  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
 from probes.sweep import sweep_strategies, transfer_probe  # noqa: E402
@@ -62,11 +62,12 @@ MIN_SEGMENTS = 10  # fewer held-out segments than this and a per-strategy number
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap, rl_repeatable=False)
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     ap.add_argument("--labels", help="regex label config (JSON); default: the task's own labels "
                     "(organism ground truth), or probes/default_labels.json for --problems")
     ap.add_argument("--n-problems", type=int, default=400,
-                    help="problems (x n-samples x 2 models traces); 400 gives ~50 backtracking segments")
+                    help="problems (x n-samples x 2 models traces); 400 gave 110 backtracking "
+                    "segments (runs/demo/probe)")
     ap.add_argument("--n-samples", type=int, default=2, help="completions per problem per model")
     cli.add_sampling_args(ap, temperature=1.0, top_p=None)
     ap.add_argument("--test-fraction", type=float, default=0.25)
@@ -89,14 +90,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def make_labeler(args, task):
-    if args.labels:
-        return RegexLabeler.from_json(args.labels)
-    if args.problems:
-        return RegexLabeler.from_json(None)
-    return lambda p, c, tok: labels_from_char_spans(p, c, tok, task.label_strategies, source=task.name)
-
-
 def run(args) -> tuple[dict, dict]:
     t0 = time.time()
 
@@ -109,9 +102,9 @@ def run(args) -> tuple[dict, dict]:
     problems = task.problems(args.n_problems, seed=args.seed)
     prompts = [pair.base.encode(p.prompt) for p in problems]
     max_new = args.max_new_tokens or task.max_new_tokens
+    labeler = task_labeler(task, args.labels, regex=bool(args.problems))
     traces = sample_traces(pair.models, prompts, args.n_samples, seed=args.seed, max_new_tokens=max_new,
-                           temperature=args.temperature, labeler=make_labeler(args, task),
-                           batch_size=args.batch_size * 4)
+                           temperature=args.temperature, labeler=labeler, batch_size=args.batch_size * 4)
     log(f"sampled {len(traces)} traces")
     labels = [t.labels for t in traces]
     generated_by = np.array([t.generated_by for t in traces])

@@ -39,7 +39,7 @@ from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError, capture, load_model  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import build_dataset  # noqa: E402
-from probes.labels import RegexLabeler, labels_from_char_spans  # noqa: E402
+from probes.labels import task_labeler  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
 from probes.traces import sample_traces  # noqa: E402
 from probes.vectors import diff_of_means_vectors, load_vectors, save_vectors  # noqa: E402
@@ -49,7 +49,7 @@ from scripts import _cli as cli  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
     ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
     ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
@@ -61,9 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_sampling_args(ap, temperature=1.0, top_p=None)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--factor", type=float, default=3.0)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--random-seed", type=int, default=1000, help="seed of the random control vectors")
-    cli.add_run_args(ap, seed=False, n_boot=None, batch_size=None,
+    cli.add_run_args(ap, n_boot=None, batch_size=None,
                      helps={"--threads": "torch CPU threads (default 1; 0 = torch's default)"})
     return ap.parse_args(argv)
 
@@ -73,15 +72,9 @@ def find_vectors(model, task, args, max_new: int):
     returns (vectors, labels) so the attribution can use the same traces."""
     problems = task.problems(args.vector_problems, seed=args.seed + 2)
     prompts = [model.encode(p.prompt) for p in problems]
-    if args.labels:
-        labeler = RegexLabeler.from_json(args.labels)
-    elif args.problems:
-        labeler = RegexLabeler.from_json(None)
-    else:
-        def labeler(p, c, tok):
-            return labels_from_char_spans(p, c, tok, task.label_strategies, source=task.name)
     traces = sample_traces({"base": model}, prompts, 1, seed=args.seed + 2, max_new_tokens=max_new,
-                           temperature=args.temperature, labeler=labeler)
+                           temperature=args.temperature,
+                           labeler=task_labeler(task, args.labels, regex=bool(args.problems)))
     labels = [t.labels for t in traces]
     with tempfile.TemporaryDirectory(prefix="twinlens-steer-") as tmp:
         store = capture(model, [t.token_ids for t in traces], hooks=["blocks.*.hook_out"],

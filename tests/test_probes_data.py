@@ -14,6 +14,7 @@ from probes.labels import (
     TokenSpan,
     char_spans_to_token_spans,
     organism_labels,
+    task_labeler,
 )
 from probes.vectors import (
     StrategyVector,
@@ -216,3 +217,19 @@ def test_a_vector_of_the_wrong_width_or_layer_is_refused_before_touching_the_mod
     w = StrategyVector(torch.ones(8), layer=5, method="diff_of_means", strategy="a")
     with pytest.raises(TwinlensError, match="layer 5, but the model has 2 blocks"):
         w.apply(Shape(), alpha=1.0)
+
+
+def test_task_labeler_takes_the_config_else_the_default_regexes_else_the_task_labels(tmp_path):
+    from analyses.task import organism_task
+    from organism.tokenizer import build_tokenizer
+
+    task, tok = organism_task(), build_tokenizer()
+    prompt = tok("3+5:", add_special_tokens=False)["input_ids"]
+    completion = tok("3+5=08;#8", add_special_tokens=False)["input_ids"]
+    lab = task_labeler(task)(prompt, completion, tok)
+    assert lab.source == task.name and lab.reasoning_start == len(prompt)
+    assert lab.spans == organism_labels(prompt, completion, tok).spans and lab.spans
+    assert task_labeler(task, regex=True).name == "default_labels"
+    cfg = tmp_path / "mine.json"
+    cfg.write_text('{"strategies": {"x": ["a"]}}')
+    assert task_labeler(task, cfg, regex=True).name == "mine"

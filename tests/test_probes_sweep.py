@@ -70,6 +70,9 @@ def test_sweep_finds_the_planted_layer_and_the_shuffled_control_stays_at_chance(
     # The shuffled control learns nothing real: its AUROC is chance up to sampling noise (its
     # bootstrap CI half-width here is ~0.05; 0.1 leaves two of them).
     assert np.all(np.abs(res.control_auroc - 0.5) < 0.1)
+    # The reported control is the mean over the n_controls (default 3) shuffles.
+    assert res.control_auroc_each.shape == (3, 2)
+    np.testing.assert_allclose(res.control_auroc, res.control_auroc_each.mean(0))
     assert res.selectivity[1] > 0.3
     assert 0.7 < res.majority_accuracy < 0.95  # 8 of 36 reasoning tokens are positive
     d = res.to_dict()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooks import TwinlensError, load_model
-from probes.steering import compare_to_random, steering_curve
+from probes.steering import compare_to_random, steering_curve, steering_experiment
 from probes.vectors import StrategyVector, random_vector_like
 
 
@@ -102,3 +102,34 @@ def test_comparison_needs_alpha_zero_and_equal_alphas(llama):
     b = steering_curve(llama, vec, prompts, alphas=[0.0, 1.0], **kw)
     with pytest.raises(TwinlensError, match="same alphas"):
         compare_to_random(a, b)
+
+
+def test_experiment_is_each_vector_and_its_seeded_control_sharing_the_unsteered_samples(llama):
+    # steering_experiment = steering_curve of the vector and of random_vector_like(v,
+    # random_seed + index), measuring the vector's own strategy beside the asked ones, with
+    # the alpha = 0 samples generated once: the same numbers as running the curves one by one.
+    vecs = [_toward_token(llama, "a"), _toward_token(llama, "b")]
+    vecs[1].strategy = "says-b"
+    prompts = [llama.encode(p) for p in ("1+2:", "3+4:", "5+6:")]
+
+    def label_fn(text):
+        return [(f"says-{c}", i, i + 1) for i, c in enumerate(text) if c in "ab"]
+
+    kw = dict(alphas=[0.0, 6.0], label_fn=label_fn, n_samples=2, seed=3, max_new_tokens=5,
+              n_bootstrap=50, temperature=0.05)
+    runs = steering_experiment(llama, vecs, prompts, strategies=["says-a"], random_seed=7, **kw)
+    assert [r.random_seed for r in runs] == [7, 8]
+    assert runs[0].curve.strategies == ["says-a"] and runs[1].curve.strategies == ["says-a", "says-b"]
+    for k, (r, v) in enumerate(zip(runs, vecs, strict=True)):
+        alone = steering_curve(llama, v, prompts, strategies=r.curve.strategies, **kw)
+        control = steering_curve(llama, random_vector_like(v, seed=7 + k), prompts,
+                                 strategies=r.curve.strategies, **kw)
+        for s in r.curve.strategies:
+            np.testing.assert_array_equal(r.curve.frequency[s], alone.frequency[s])
+            np.testing.assert_array_equal(r.random_curve.frequency[s], control.frequency[s])
+        np.testing.assert_array_equal(r.curve.length, alone.length)
+        np.testing.assert_array_equal(r.random_curve.length, control.length)
+        np.testing.assert_array_equal(r.comparison.change,
+                                      compare_to_random(alone, control, v.strategy).change)
+    with pytest.raises(TwinlensError, match="alpha = 0"):
+        steering_experiment(llama, vecs, prompts, **{**kw, "alphas": [1.0]})
