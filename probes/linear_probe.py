@@ -20,7 +20,6 @@ The learned attributes carry the same leading layer axis: `coef_` is `[n_out, d]
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
@@ -182,10 +181,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         has the same minimiser but shares one history and one step size: on the organism it
         needed 4x the iterations of the hardest single problem.) The initial inverse Hessian of
         each problem is its estimated inverse Hessian (curvature-weighted covariance on a row
-        subsample, plus the ridge), recomputed at iterations 2, 4, 8, 16, ... as long as the time
-        spent on it stays within the time spent evaluating the objective (plus the first
-        estimate): on ill-conditioned activations each refresh saves many iterations; on
-        well-conditioned wide ones it is skipped. Features are centred inside
+        subsample, plus the ridge), recomputed at iterations 2, 4, 8, 16, ... as long as the work
+        spent on it stays within the work spent evaluating the objective (plus the first
+        estimate), both counted in multiply-adds from the shapes (not timed: the result must
+        not depend on how busy the machine is): on ill-conditioned activations each refresh
+        saves many iterations; on well-conditioned wide ones it is skipped. Features are centred inside
         the objective (the free intercept absorbs the shift), which decouples w from b."""
         L, n, d = X.shape
         K = T.shape[0]
@@ -219,11 +219,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         pos = (S * T).sum(1)
         theta = torch.zeros(L, K, d + 1, dtype=torch.float64)
         theta[..., d] = torch.log(pos.clamp_min(1e-12) / (norm - pos).clamp_min(1e-12))
-        t_eval = time.perf_counter()
+        eval_cost = 2 * L * n * d * K  # multiply-adds of one value_and_grad (two bmm)
+        hess_cost = self._curvature_cost(L, Xs.shape[1], d, K, n)
         f, grad = value_and_grad(theta)
-        t_eval = time.perf_counter() - t_eval
-        t_hess = 0.0  # seconds spent on curvature estimates beyond the first
-        t_first = None
+        work_eval = eval_cost
+        work_hess = 0  # work on curvature estimates beyond the first
         active = grad.abs().amax(-1) > self.tol  # [L, K]
         hist_s: list[torch.Tensor] = []
         hist_y: list[torch.Tensor] = []
@@ -233,15 +233,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         for it in range(self.max_iter):
             if not bool(active.any()):
                 break
-            if Hinv is None or (it & (it - 1) == 0 and t_hess <= t_eval):
-                t0 = time.perf_counter()
+            if Hinv is None or (it & (it - 1) == 0 and work_hess <= work_eval):
+                work_hess += hess_cost if Hinv is not None else 0
                 Hinv = self._inverse_hessian(Xs, logits_of(theta, Xs, centred=True), Ss, norm, lam, n)
                 hist_s, hist_y, hist_rho = [], [], []
-                spent = time.perf_counter() - t0
-                if t_first is None:
-                    t_first = spent
-                else:
-                    t_hess += spent
             # Two-loop recursion, every problem with its own history.
             q = grad.clone()
             alphas = []
@@ -267,9 +262,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             new_theta, new_f, new_grad = theta.clone(), f.clone(), grad.clone()
             for _ in range(self._MAX_HALVINGS):
                 trial = theta + step[..., None] * direction
-                t0 = time.perf_counter()
                 f_t, g_t = value_and_grad(trial)
-                t_eval += time.perf_counter() - t0
+                work_eval += eval_cost
                 ok = pending & (f_t <= f + 1e-4 * step * slope)
                 new_theta = torch.where(ok[..., None], trial, new_theta)
                 new_f = torch.where(ok, f_t, new_f)
@@ -313,6 +307,19 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     _PER_PROBLEM_BYTES = 256 << 20  # per-problem preconditioners up to this size, else shared
 
     @classmethod
+    def _shared_curvature(cls, L: int, m: int, d: int, K: int, n: int) -> bool:
+        """One preconditioner for all K problems (see `_preconditioner`)?"""
+        return m * d > 40 * n or L * K * d * d * 8 > cls._PER_PROBLEM_BYTES
+
+    @classmethod
+    def _curvature_cost(cls, L: int, m: int, d: int, K: int, n: int) -> int:
+        """Multiply-adds of one `_preconditioner` call (eigh counted as 10 d^3)."""
+        if d > 2048:
+            return L * m * d * K
+        k = 1 if cls._shared_curvature(L, m, d, K, n) else K
+        return L * k * (m * d * d + 10 * d**3)
+
+    @classmethod
     def _preconditioner(cls, Xs, z, Ss, norm, lam: float, n: int) -> torch.Tensor:
         """Inverse square root of the Hessian of the (normalised) objective at the logits `z`
         `[L, m, K]`, estimated on the centred subsample `Xs` `[L, m, d]`: `[L, K, d, d]`, one per
@@ -329,7 +336,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if d > 2048:
             diag = torch.einsum("lmd,lmk->lkd", Xs * Xs, curv)  # [L, K, d]
             return torch.diag_embed((diag + ridge).rsqrt())
-        if m * d > 40 * n or L * K * d * d * 8 > cls._PER_PROBLEM_BYTES:
+        if cls._shared_curvature(L, m, d, K, n):
             curv, ridge = curv.mean(-1, keepdim=True), ridge.mean(1, keepdim=True)
         # H[l, k] = Xs[l]^T diag(curv[l, :, k]) Xs[l] (+ ridge_k I below). In float32: it only
         # preconditions (any symmetric positive definite matrix leaves the minimiser unchanged),
