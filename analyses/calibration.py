@@ -199,11 +199,12 @@ def calibration_report(
         arr = np.array(v, dtype=np.float64)
         arr = arr[np.isfinite(arr)]
         cis[k] = tuple(float(x) for x in np.quantile(arr, q)) if arr.size else (float("nan"),) * 2
+    bins = reliability_bins(conf, corr, n_bins)
     return CalibrationResult(
         n=int(conf.size), accuracy=float(corr.mean()), mean_confidence=float(conf.mean()),
-        brier=brier_score(conf, corr), ece=expected_calibration_error(conf, corr, n_bins),
+        brier=brier_score(conf, corr), ece=_ece_from_bins(bins),
         adaptive_ece=adaptive_calibration_error(conf, corr, n_bins), auroc=auroc(conf, corr),
-        bins=reliability_bins(conf, corr, n_bins), ci=cis, seed=seed,
+        bins=bins, ci=cis, seed=seed,
     )
 
 

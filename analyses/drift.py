@@ -193,7 +193,7 @@ def plot_entropy_by_position(results: Mapping[str, DriftResult], ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     drawn = set()
-    for _i, (_name, r) in enumerate(results.items()):
+    for r in results.values():
         for label in (r.base, r.other):
             key = (label, tuple(r.sampled_by))
             if key in drawn:

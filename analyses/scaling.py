@@ -81,28 +81,27 @@ def _validate(compute, score) -> tuple[np.ndarray, np.ndarray]:
     return c, s
 
 
-def _least_squares(c, s, r0, bounds_A, bounds_R0, starts_B, starts_logmid):
-    """Best of a grid of curve_fit starts; returns (params (A, B, C_mid, R0), sse) or None."""
+def _least_squares(c, s, r0, bounds, starts_B, starts_logmid):
+    """Best of a grid of curve_fit starts; returns (params (A, B, C_mid, R0), sse) or None.
+    bounds: (low, high) for A and for R0 alike."""
     from scipy.optimize import curve_fit
 
     log_lo, log_hi = math.log(c.min()) - 5.0, math.log(c.max()) + 5.0
+    if r0 is None:
+        def f(x, A, B, logmid, R0):
+            return sigmoid_curve(x, A, B, math.exp(logmid), R0)
+        lo = [bounds[0], 1e-3, log_lo, bounds[0]]
+        hi = [bounds[1], 20.0, log_hi, bounds[1]]
+    else:
+        def f(x, A, B, logmid):
+            return sigmoid_curve(x, A, B, math.exp(logmid), r0)
+        lo = [bounds[0], 1e-3, log_lo]
+        hi = [bounds[1], 20.0, log_hi]
     best = None
     for b0 in starts_B:
         for lm0 in starts_logmid:
-            a0 = float(np.clip(s.max(), *bounds_A)) if np.isfinite(bounds_A).all() else float(s.max())
-            if r0 is None:
-                def f(x, A, B, logmid, R0):
-                    return sigmoid_curve(x, A, B, math.exp(logmid), R0)
-                r_start = float(np.clip(s.min(), *bounds_R0)) if np.isfinite(bounds_R0).all() else float(s.min())
-                p0 = [a0, b0, lm0, r_start]
-                lo = [bounds_A[0], 1e-3, log_lo, bounds_R0[0]]
-                hi = [bounds_A[1], 20.0, log_hi, bounds_R0[1]]
-            else:
-                def f(x, A, B, logmid):
-                    return sigmoid_curve(x, A, B, math.exp(logmid), r0)
-                p0 = [a0, b0, lm0]
-                lo = [bounds_A[0], 1e-3, log_lo]
-                hi = [bounds_A[1], 20.0, log_hi]
+            # A starts at the highest score, R0 at the lowest, each moved just inside its bounds.
+            p0 = [float(s.max()), b0, lm0, float(s.min())][: len(lo)]
             p0 = [min(max(v, lo_ + 1e-9), hi_ - 1e-9) for v, lo_, hi_ in zip(p0, lo, hi, strict=True)]
             try:
                 with warnings.catch_warnings():
@@ -149,10 +148,9 @@ def fit_sigmoid(
         )
     unit = bool(np.all((s_all >= 0) & (s_all <= 1))) and (r0 is None or 0 <= r0 <= 1)
     b_A = np.array(bounds_A if bounds_A is not None else ((0.0, 1.0) if unit else (-np.inf, np.inf)), dtype=float)
-    b_R0 = b_A.copy()
     starts_B = (0.5, 1.5, 4.0)
     starts_mid = tuple(np.quantile(np.log(c), [0.25, 0.5, 0.75]))
-    best = _least_squares(c, s, r0, b_A, b_R0, starts_B, starts_mid)
+    best = _least_squares(c, s, r0, b_A, starts_B, starts_mid)
     if best is None:
         raise TwinlensError("The sigmoid fit did not converge from any start; check the points.")
     (A, B, C_mid, R0), sse = best
@@ -165,7 +163,7 @@ def fit_sigmoid(
             failed += 1
             continue
         # Start the resample's fit from the full fit: fast and in the same basin.
-        fit = _least_squares(c[i], s[i], r0, b_A, b_R0, (B,), (math.log(C_mid),))
+        fit = _least_squares(c[i], s[i], r0, b_A, (B,), (math.log(C_mid),))
         if fit is None:
             failed += 1
             continue

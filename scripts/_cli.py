@@ -129,14 +129,34 @@ def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argpa
     return 0
 
 
-def load_base_and_rl(args: argparse.Namespace) -> tuple[Any, dict, list]:
+def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of analyses.sampling.sample / sample_each that add_sampling_args and
+    add_run_args define: temperature, top_p, max_new_tokens (None where the script has no such
+    option: the task's default), seed, batch_size."""
+    return {"temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": getattr(args, "max_new_tokens", None), "seed": args.seed,
+            "batch_size": args.batch_size}
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (scripts only write PNGs; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None) -> tuple[Any, dict, list]:
     """(task, {"base": Model, <rl name>: Model, ...}, problems) from --problems/--difficulty,
-    --base, --rl (repeatable; default organism rl-seed0), --n-problems, --problem-set."""
+    --base, --rl (repeatable; default organism rl-seed0), --n-problems, --problem-set.
+    ``rl_specs`` replaces --rl (e.g. a checkpoint series the script chose)."""
     from analyses.sampling import load_models, resolve_model_spec
     from analyses.task import load_task
 
     task = load_task(args.problems, difficulty=args.difficulty)
-    rl_specs = args.rl or ["rl-seed0"]
+    rl_specs = rl_specs or args.rl or ["rl-seed0"]
     labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
     family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
     return task, family, task.problems(args.n_problems, seed=args.problem_set)

@@ -73,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     task, family, problems = cli.load_base_and_rl(args)
-    samples = sample_each(
-        family, problems, args.n_samples, out_dir=out / "samples", task=task,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, batch_size=args.batch_size,
-    )
+    samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
+                          **cli.sample_kwargs(args))
     reports, left = {}, {}
     for m in family:
         conf, corr, ids, left[m] = confidences(samples.for_model(m).rows, args.confidence)
@@ -104,11 +101,7 @@ def run(args: argparse.Namespace) -> dict:
                      "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                      "n_bins": args.n_bins},
     }
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     plot_reliability(reports, ax=ax)
     ax.set_title(f"Reliability ({args.confidence}, {args.n_bins} bins)")

@@ -23,13 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.drift import measure_drift, plot_entropy_by_position  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
-from analyses.sampling import (  # noqa: E402
-    checkpoint_series,
-    load_models,
-    resolve_model_spec,
-    sample_each,
-)
-from analyses.task import load_task  # noqa: E402
+from analyses.sampling import checkpoint_series, sample_each  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -52,25 +46,17 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     steps: dict[str, float] = {}
-    task = load_task(args.problems, difficulty=args.difficulty)
-    if args.rl:
-        specs = list(args.rl)
-    elif args.series:
+    series_specs = None  # --rl, else the series, else the organism's rl-seed0
+    if not args.rl and args.series:
         series = checkpoint_series(args.series)
         if not series:
             raise TwinlensError(f"No organism checkpoints of run {args.series!r}; pass --rl.")
-        specs = [d["name"] for d in series]
+        series_specs = [d["name"] for d in series]
         steps = {d["name"]: d["step"] for d in series}
-    else:
-        specs = ["rl-seed0"]
-    labels = [resolve_model_spec(s)[0] for s in specs]
-    family = load_models([args.base, *specs], labels=["base", *labels], device=args.device)
-    problems = task.problems(args.n_problems, seed=args.problem_set)
-    samples = sample_each(
-        family, problems, args.n_samples, out_dir=out / "samples", task=task,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, batch_size=args.batch_size,
-    )
+    task, family, problems = cli.load_base_and_rl(args, series_specs)
+    labels = list(family)[1:]  # the RL models, after "base"
+    samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
+                          **cli.sample_kwargs(args))
     drift = {}
     for label in labels:
         pair = {"base": family["base"], label: family[label]}
@@ -108,11 +94,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write_plots(drift: dict, labels: list[str], steps: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     xs = [steps[m] for m in labels] if steps else list(range(len(labels)))
     for key, style, name in (("kl_base_rl", "o-", "KL(base||rl)"), ("kl_rl_base", "s--", "KL(rl||base)")):

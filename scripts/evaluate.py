@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import organism  # noqa: E402
+from analyses.reporting import save_figure, write_results  # noqa: E402
 from hooks import generate, load_model  # noqa: E402
 from organism.evaluation import CheckpointEval, evaluate_model  # noqa: E402
 from organism.task import FORMATS, STRATEGIES, eval_problems  # noqa: E402
@@ -35,11 +36,7 @@ def resolve(name: str) -> Path:
 
 
 def write_plots(results: list[CheckpointEval], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     names = [r.name for r in results]
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
@@ -53,8 +50,7 @@ def write_plots(results: list[CheckpointEval], out: Path) -> None:
     ax.set_ylabel("accuracy (95% Wilson CI)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
     bottom = [0.0] * len(names)
@@ -66,8 +62,7 @@ def write_plots(results: list[CheckpointEval], out: Path) -> None:
     ax.set_ylabel("format share (sampled, T=1)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "formats.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "formats.png")
 
 
 def summary_markdown(results: list[CheckpointEval], args) -> str:
@@ -135,14 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(r)
         print(f"{name}: greedy {r.greedy.accuracy}  sampled {r.sampled.accuracy}  "
               f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"generation": "hooks.generate (HF model, KV cache, token ids, no BOS)",
                "n_problems": args.n, "eval_set": args.eval_set, "difficulty": args.difficulty,
                "seed": args.seed, "samples_per_problem": args.samples,
                "checkpoints": {r.name: r.to_dict() for r in results},
                "paths": {n: str(p) for n, p in paths.items()}}
-    (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "summary.md").write_text(summary_markdown(results, args))
+    write_results(args.out, payload, summary_markdown(results, args))
     write_plots(results, args.out)
     if args.json:
         print(json.dumps(payload, indent=2))

@@ -100,11 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     specs, labels, steps, compute = resolve_checkpoints(args)
     family = load_models(specs, labels=labels, device=args.device)
     problems = task.problems(args.n_problems, seed=args.problem_set)
-    samples = sample_each(
-        family, problems, args.n_samples, out_dir=out / "samples", task=task,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, batch_size=args.batch_size,
-    )
+    samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
+                          **cli.sample_kwargs(args))
     fc = format_collapse(samples, steps, task.formats, compute=compute, threshold=args.threshold,
                          ks=args.k, n_boot=args.n_boot, seed=args.seed)
     shortcuts = shortcuts_by_checkpoint(samples, task, fc.checkpoints, ngram=args.ngram,
@@ -118,11 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
                      "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
     }
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plot_format_shares(fc, ax=axes[0])
     axes[0].set_title("share of outputs per format")

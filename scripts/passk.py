@@ -46,11 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     task, family, problems = cli.load_base_and_rl(args)
-    samples = sample(
-        family, problems, args.n_samples, task=task, temperature=args.temperature,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        out=out / "samples.jsonl", batch_size=args.batch_size,
-    )
+    samples = sample(family, problems, args.n_samples, task=task, out=out / "samples.jsonl",
+                     **cli.sample_kwargs(args))
     cmp = compare_pass_at_k(
         {m: samples.by_problem(m, "correct") for m in family},
         answers={m: samples.by_problem(m, "answer") for m in family},
@@ -68,11 +65,7 @@ def run(args: argparse.Namespace) -> dict:
                      "problem_set": args.problem_set},
         "samples": str(out / "samples.jsonl"),
     }
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     plot_pass_at_k(cmp, ax=ax)
     save_figure(fig, out / "pass_at_k.png")

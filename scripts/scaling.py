@@ -80,8 +80,7 @@ def measure_series(args, out: Path) -> dict:
     family = load_models([d["name"] for d in series], device=args.device)
     problems = task.problems(args.n_problems, seed=args.problem_set)
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                          batch_size=args.batch_size)
+                          **cli.sample_kwargs(args))
     rows = []
     rng = np.random.default_rng(args.seed)
     for d in series:
@@ -99,18 +98,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    source: dict = {}
+    r0 = args.r0
     if args.points:
         compute, score = read_points(args.points)
-        r0 = args.r0
-        source = {"points_file": args.points}
+        source: dict = {"points_file": args.points}
     else:
         source = measure_series(args, out)
         pts = source["checkpoints"]
         start = [p for p in pts if p["compute"] <= 0]
         pts = [p for p in pts if p["compute"] > 0]
         compute, score = [p["compute"] for p in pts], [p["score"] for p in pts]
-        r0 = args.r0
         if r0 is None and start and not args.free_r0:
             r0 = start[0]["score"]
     fit = fit_sigmoid(compute, score, r0=r0, exclude_below=args.exclude_below,
@@ -127,11 +124,7 @@ def run(args: argparse.Namespace) -> dict:
         results["settings"] = {"n_problems": args.n_problems, "n_samples": args.n_samples,
                                "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                                "score": "mean sampled accuracy (pass@1)"}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     plot_sigmoid_fit(fit, ax=ax, extrapolate=args.extrapolate,
                      xlabel="compute" + ("" if args.points else " (RL samples seen)"))

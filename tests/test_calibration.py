@@ -110,3 +110,10 @@ def test_group_bootstrap_resamples_whole_problems():
     assert a.ci == b.ci and a.brier == brier_score(conf, correct)
     with pytest.raises(TwinlensError, match="group labels"):
         calibration_report(conf, correct, groups=groups[:10])
+    # Two problems of 60 answers: a resample of whole problems is {p0, p0}, {p1, p1} or {p0, p1},
+    # so its Brier is one half's, the other's, or the whole's. Each pure draw has chance 1/4, so
+    # among 50 resamples the 2.5% and 97.5% quantiles (between the 2nd and 3rd extreme values)
+    # are exactly the two halves' scores; resampling single answers would land strictly inside.
+    halves = sorted([brier_score(conf[:60], correct[:60]), brier_score(conf[60:], correct[60:])])
+    two = calibration_report(conf, correct, groups=["p0"] * 60 + ["p1"] * 60, n_boot=50, seed=1)
+    assert list(two.ci["brier"]) == pytest.approx(halves, abs=1e-12)

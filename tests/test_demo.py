@@ -28,8 +28,8 @@ def test_demo_runs_jobs_skips_finished_ones_and_writes_the_report(tmp_path):
 
 def test_a_failing_job_is_reported_and_does_not_lose_the_others(tmp_path):
     out = tmp_path / "demo"
-    # A base model folder that does not exist: diff fails, capture (same bad --base) fails too,
-    # but the report is still written and the failures are listed.
+    # A base model folder that does not exist: diff fails, but the report is still written and
+    # the failure is listed.
     res = run_demo("--out", str(out), "--only", "diff", "--base", str(tmp_path / "missing"))
     assert res.returncode == 1
     assert "Failed jobs" in res.stdout and "diff" in res.stdout

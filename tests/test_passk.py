@@ -84,6 +84,8 @@ def test_maj_at_k_matches_exact_enumeration_within_monte_carlo_error():
 def test_maj_at_k_is_seeded():
     answers = [[1, 2, 2, 1, 3, None, 1, 2]]
     assert maj_at_k(answers, [1], 4, seed=5).tolist() == maj_at_k(answers, [1], 4, seed=5).tolist()
+    # and the seed is used: another seed draws other subsets (a different Monte-Carlo estimate)
+    assert maj_at_k(answers, [1], 4, seed=5).tolist() != maj_at_k(answers, [1], 4, seed=6).tolist()
 
 
 def test_curve_ci_brackets_mean_and_crossover_found():
