@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from analyses.drift import token_entropy
 from analyses.sampling import SampleRow, iter_completion_logprobs
 from analyses.suppression import token_role
 from hooks.errors import TwinlensError
@@ -184,7 +185,6 @@ def measure_phase_point(
     rows: Sequence[SampleRow],
     checkpoint: Checkpoint,
     *,
-    label: str | None = None,
     ngram: int = 2,
     n_boot: int = 1000,
     seed: int = 0,
@@ -195,14 +195,13 @@ def measure_phase_point(
     ``rows`` (drawn by it, graded, with strategy spans)."""
     if not rows:
         raise TwinlensError(f"No samples of checkpoint {checkpoint.name!r}.")
-    label = label or rows[0].model
     ent: dict[str, dict[str, list[float]]] = {r: defaultdict(list) for r in ROLES}
     nll: dict[str, list[float]] = defaultdict(list)
     it = iter_completion_logprobs(model, [r.prompt_ids for r in rows], [r.completion_ids for r in rows], batch_size)
     for row, lp in zip(rows, it, strict=True):
         if lp.shape[0] == 0:
             continue
-        h = (-(lp.exp() * lp).sum(-1)).tolist()
+        h = token_entropy(lp).tolist()
         own = lp.gather(-1, torch.tensor(row.completion_ids)[:, None]).squeeze(-1).tolist()
         for lab, hv, ov in zip(row.token_labels(), h, own, strict=True):
             role = token_role(lab)
@@ -230,7 +229,7 @@ def measure_phase_point(
     )
 
 
-def _half_change(steps: Sequence[int], values: np.ndarray, change: np.ndarray) -> int:
+def _half_change(steps: Sequence[int], change: np.ndarray) -> int:
     target = 0.5 * change.max()
     return int(steps[int(np.argmax(change >= target))])
 
@@ -253,12 +252,12 @@ def detect_phases(points: Sequence[PhasePoint], ngram: int = 2, seed: int = 0) -
     drop = ex[0] - ex
     k = int(np.argmax(drop))
     exec_falls = bool(drop[k] > 0 and ex_hi[k] < ex_lo[0])
-    t_exec = _half_change(steps, ex, np.maximum(drop, 0)) if exec_falls else None
+    t_exec = _half_change(steps, np.maximum(drop, 0)) if exec_falls else None
     change = np.abs(st - st[0])
     j = int(np.argmax(change))
     strategy_changes = bool(change[j] > 0 and (st_lo[j] > st_hi[0] or st_hi[j] < st_lo[0]))
     direction = ("up" if st[j] > st[0] else "down") if strategy_changes else "none"
-    t_strat = _half_change(steps, st, change) if strategy_changes else None
+    t_strat = _half_change(steps, change) if strategy_changes else None
     if not exec_falls:
         reason = "execution-token entropy does not fall significantly over the run"
     elif not strategy_changes:

@@ -250,17 +250,19 @@ def measure_suppression(
     prob_of = np.array([pindex[r.problem_id] for r in rows])
     delta = np.array([sum(lp[rl]) - sum(lp[base]) for lp in token_lp], dtype=np.float64)
     correct = np.array([bool(r.correct) for r in rows])
+    weight = np.exp(np.clip(delta, -700, 700))  # p_rl / p_base of each trajectory
 
     # Per-problem masses, then a cluster bootstrap over problems.
     per = {k: np.zeros(len(problems)) for k in ("down_incorrect", "up_incorrect", "down_correct", "up_correct")}
-    ess, mean_w = np.zeros(len(problems)), np.zeros(len(problems))
+    ess, mean_w, rl_acc = np.zeros(len(problems)), np.zeros(len(problems)), np.zeros(len(problems))
     for i in range(len(problems)):
         sel = prob_of == i
         for k, v in mass_moved(delta[sel], correct[sel]).items():
             per[k][i] = v
-        w = np.exp(np.clip(delta[sel], -700, 700))
+        w = weight[sel]
         mean_w[i] = w.mean()
         ess[i] = w.sum() ** 2 / (w**2).sum() / sel.sum()
+        rl_acc[i] = np.mean(w * correct[sel])
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, len(problems), size=(n_boot, len(problems)))
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
@@ -290,8 +292,7 @@ def measure_suppression(
         "max_delta": float(delta.max()), "min_delta": float(delta.min()),
         "base_accuracy": float(correct.mean()),
         # IW estimate of the RL model's accuracy on these problems (checks the weights).
-        "rl_accuracy_iw": float(np.mean([np.mean(np.exp(np.clip(delta[prob_of == i], -700, 700))
-                                                 * correct[prob_of == i]) for i in range(len(problems))])),
+        "rl_accuracy_iw": float(rl_acc.mean()),
     }
     if abs(diagnostics["mean_weight"] - 1) > 0.15:
         warnings.append(

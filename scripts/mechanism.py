@@ -60,9 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ft-batch-size", type=int, default=32)
     ap.add_argument("--n-eval", type=int, default=64, help="held-out problems of the new variant")
     ap.add_argument("--max-new-tokens", type=int)
-    cli.add_run_args(ap, n_boot=1000, helps={"--threads": (
-        "torch CPU threads (default 1: the organism's tiny matrices gain nothing from "
-        "more, and on shared cores extra threads slow every forward ~10x; 0 = torch's own)")})
+    cli.add_run_args(ap, n_boot=1000)
     return ap.parse_args(argv)
 
 

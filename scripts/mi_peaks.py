@@ -69,14 +69,9 @@ def resolve_checkpoints(args) -> list[tuple[int, str, str]]:
         return out
     if args.rl is not None:
         return []
-    import organism
+    from analyses.sampling import checkpoint_series
 
-    out = []
-    for name in organism.list_checkpoints():
-        m = re.fullmatch(r"rl-seed0-step(\d+)", name)
-        if m:
-            out.append((int(m.group(1)), name, str(organism.checkpoint_path(name))))
-    return out
+    return [(d["step"], d["name"], str(d["path"])) for d in checkpoint_series("rl-seed0", include_final=False)]
 
 
 def fmt(d: dict, key: str, digits: int = 4) -> str:
@@ -118,7 +113,8 @@ def summary_markdown(results: dict) -> str:
         for pair, diffs in results["paired"].get(kind, {}).items():
             n = next(iter(diffs.values()))["n"] if diffs else 0
             lines += ["", f"Paired difference {pair} (same {n} problems): " + "; ".join(
-                f"{k} {d['value']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]" for k, d in diffs.items())]
+                f"{k} n/a" if d["value"] is None else f"{k} {d['value']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
+                for k, d in diffs.items())]
         kinds = sorted({k for lab in labels for k in (results["models"][lab]["texts"].get(kind) or {})
                         .get("relative_mi_by_kind", {})})
         if kinds:
@@ -130,7 +126,7 @@ def summary_markdown(results: dict) -> str:
                 for lab in labels:
                     s = results["models"][lab]["texts"].get(kind) or {}
                     e = s.get("relative_mi_by_kind", {}).get(k)
-                    sh = s.get("peak_share_by_kind", {}).get(k.removeprefix("marker:") if not k.startswith("marker:") else "", None)
+                    sh = None if k.startswith("marker:") else s.get("peak_share_by_kind", {}).get(k)
                     cell = "n/a" if not e or e["value"] is None else f"{e['value']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]"
                     if sh:
                         cell += f"; {sh['peaks']:.2f} / {sh['tokens']:.2f}"
@@ -227,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from analyses.mi_peaks import MiPeaksConfig, compute_mi, run_mi_peaks, summarise_model
-    from analyses.mi_peaks.pipeline import checkpoint_series, summary_scalars
+    from analyses.mi_peaks import MiPeaksConfig, compute_mi, run_mi_peaks
+    from analyses.mi_peaks.pipeline import checkpoint_series, headline_scalars
     from analyses.mi_peaks.plotting import plot_checkpoint_series, plot_model_rows, plot_peak_tokens
     from analyses.reporting import save_figure, to_jsonable, write_results
 
@@ -267,12 +263,7 @@ def run(args: argparse.Namespace) -> dict:
             grid[str(sigma)][kind] = {}
             for lab, trajs in by_label.items():
                 compute_mi(trajs, "hsic_paper", sigma)
-                try:
-                    s = summarise_model(lab, models[lab], trajs, "hsic_paper", sigma, cfg.top_k,
-                                        cfg.strategies, 1000, 2000, 0, cfg.seed)
-                    grid[str(sigma)][kind][lab] = summary_scalars(s)
-                except TwinlensError as exc:
-                    grid[str(sigma)][kind][lab] = {"error": str(exc)}
+                grid[str(sigma)][kind][lab] = headline_scalars(lab, models[lab], trajs, cfg, "hsic_paper", sigma)
         say(f"sigma grid: {sigma} done")
     if args.sigma_grid:  # the plots show the main estimator: restore it
         for by_label in result.trajectories.values():

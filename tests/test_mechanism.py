@@ -237,8 +237,9 @@ def test_finetune_copy_trains_on_the_new_variant_and_restores_the_trainer():
 
 def test_phase_point_entropy_and_perplexity_are_in_range(tiny_models):
     """On a tiny random model's own samples, split in halves labelled execution / strategy:
-    entropies lie in (0, log V], perplexities in [1, V] (vocabulary V), the n-gram entropy of
-    one move sequence (<s> compute verification </s>) is log2(3)."""
+    entropies and perplexities per role equal those of a direct HF forward (entropies in
+    (0, log V]), the n-gram entropy of one move sequence (<s> compute verification </s>) is
+    log2(3)."""
     from analyses.phases import Checkpoint, measure_phase_point
 
     m = load_model(tiny_models["llama"])
@@ -254,9 +255,23 @@ def test_phase_point_entropy_and_perplexity_are_in_range(tiny_models):
     assert rows
     pt = measure_phase_point(m, rows, Checkpoint("m", Path("."), 0, 0.0), n_boot=50)
     vocab = len(CHARS) + 2
+    # The same numbers from one unpadded HF forward per sample (float32; padding and batching
+    # move them by rounding only, hence rel 1e-5).
+    ent, nll = {"execution": [], "strategy": []}, {"execution": [], "strategy": []}
+    for r in rows:
+        with torch.no_grad():
+            logits = m.hf(torch.tensor([r.prompt_ids + r.completion_ids])).logits[0].float()
+        p = len(r.prompt_ids)
+        lp = torch.log_softmax(logits[p - 1 : p - 1 + len(r.completion_ids)], -1)
+        for t, lab in enumerate(r.token_labels()):
+            role = {"compute": "execution", "verification": "strategy"}[lab]
+            ent[role].append(float(-(lp[t].exp() * lp[t]).sum()))
+            nll[role].append(float(-lp[t, r.completion_ids[t]]))
     for role in ("execution", "strategy"):
         assert 0 < pt.entropy[role] <= np.log(vocab) + 1e-4
-        assert 1 <= pt.perplexity[role] <= vocab * 50  # a sampled token can be unlikely
+        assert pt.entropy[role] == pytest.approx(np.mean(ent[role]), rel=1e-5)
+        assert pt.perplexity[role] == pytest.approx(np.exp(np.mean(nll[role])), rel=1e-5)
+        assert pt.n_tokens[role] == len(nll[role])
         lo, hi = pt.entropy_ci[role]
         assert lo <= pt.entropy[role] + 1e-9 and pt.entropy[role] - 1e-9 <= hi
     assert pt.strategy_entropy == pytest.approx(np.log2(3))

@@ -302,3 +302,23 @@ def test_banned_tokens_never_appear_and_scaling_keeps_the_last_answer(organism_l
     r = thinking_token_scaling(model, [prompt], [first], lambda i, text: extract_answer(text) == 6,
                                "wait;", max_new_tokens=4, extract_answer=lambda t: None)
     assert (r.accuracy_before.value, r.accuracy_after.value, r.n_no_new_answer) == (1.0, 1.0, 1)
+
+
+def test_summary_reports_an_undefined_paired_difference_as_na():
+    # No problem had a defined AOM under both models: the paired AOM difference is NaN, which
+    # results.json stores as null; the summary must say n/a, not crash.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mi_peaks_script", Path(__file__).resolve().parents[1] / "scripts" / "mi_peaks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    none = {"value": None, "low": None, "high": None, "n": 0}
+    results = {
+        "config": {"n_problems": 2, "method": "hsic_paper", "sigma": 50.0, "layer": 1, "seed": 0, "texts": ["own"]},
+        "models": {"base": {"texts": {"own": {"error": "too short"}}}, "rl": {"texts": {"own": {"error": "too short"}}}},
+        "paired": {"own": {"rl-base": {"mi_mean": {"value": -0.5, "low": -1.0, "high": 0.25, "n": 1}, "aom": none}}},
+        "wall_seconds": 1.0,
+    }
+    md = script.summary_markdown(results)
+    assert "mi_mean -0.5 [-1, +0.25]; aom n/a" in md

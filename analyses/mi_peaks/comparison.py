@@ -358,7 +358,7 @@ def summarise_model(
         relative_mi_by_kind=relative_mi_by_kind(used, n_boot, seed),
         peak_share_by_kind=peak_share_by_kind(used, [s.peaks for s in iqr_stats]),
         accuracy=wilson(sum(correct), len(correct)) if correct else None,
-        population_hsic=population_dependence(used, iqr_stats, hsic_permutations, seed) if hsic_permutations else {},
+        population_hsic=population_dependence(used, hsic_permutations, seed) if hsic_permutations else {},
         per_problem=per_problem,
     )
 
@@ -375,8 +375,7 @@ def peak_share_by_kind(trajectories: Sequence[Trajectory], peaks: Sequence[Seque
 
 
 def population_dependence(
-    trajectories: Sequence[Trajectory], peak_stats_: Sequence[PeakStats], n_permutations: int = 200,
-    seed: int = 0,
+    trajectories: Sequence[Trajectory], n_permutations: int = 200, seed: int = 0,
 ) -> dict[str, HsicTest]:
     """hsic_gaussian across problems between the state at each trajectory's highest-MI token and
     its gold state, and the control: the state at a uniformly random token (seeded)."""

@@ -150,11 +150,11 @@ def thinking_token_scaling(
     before, after, examples = [], [], []
     no_new = 0
     for i, k in zip(keep, conts, strict=True):
-        c = completions[i]
-        first = model.decode(list(c))
-        before.append(bool(grade(i, first)))
+        c = list(completions[i])
+        full = model.decode(c + extra + list(k))
+        before.append(bool(grade(i, model.decode(c))))
         if extract_answer is None:
-            after.append(bool(grade(i, model.decode(list(c) + extra + list(k)))))
+            after.append(bool(grade(i, full)))
         else:
             tail = model.decode(extra + list(k))
             if extract_answer(tail) is None:
@@ -163,7 +163,7 @@ def thinking_token_scaling(
             else:
                 after.append(bool(grade(i, tail)))
         if len(examples) < n_examples:
-            examples.append(model.decode(list(c) + extra + list(k)))
+            examples.append(full)
     fixed = sum((not b) and a for b, a in zip(before, after, strict=True))
     broken = sum(b and (not a) for b, a in zip(before, after, strict=True))
     p = float(stats.binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0

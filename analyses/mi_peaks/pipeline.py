@@ -16,6 +16,7 @@ Gold text (for both): prompt + a correct step-by-step solution (ends with the an
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from analyses.mi_peaks.comparison import (
     label_trajectories,
     paired_difference,
     summarise_model,
+    usable,
 )
 from analyses.mi_peaks.estimators import PAPER_SIGMA
 from analyses.mi_peaks.interventions import (
@@ -204,19 +206,13 @@ def run_interventions(
     max_new = cfg.max_new_tokens or ps.task.max_new_tokens
     eos = model.tokenizer.eos_token_id
     vocab_used = sorted({t for tr in trajs for t in tr.completion_ids})
-    # Peak tokens by frequency (ids, from the emitted tokens at IQR peaks).
-    from analyses.mi_peaks.peaks import find_peaks_iqr
-
-    counts: dict[int, int] = {}
-    for tr in trajs:
-        if tr.length < 4:
-            continue
-        for i in find_peaks_iqr(tr.mi):
-            tok = tr.emitted_ids[int(i)]
-            if tok != eos:
-                counts[tok] = counts.get(tok, 0) + 1
+    # Peak tokens by frequency: ids of the emitted tokens at the summary's IQR peaks (its
+    # per_problem rows are the usable trajectories, in order).
+    counts = Counter(tr.emitted_ids[i] for tr, row in zip(usable(trajs)[0], summary.per_problem, strict=True)
+                     for i in row["peaks"])
+    counts.pop(eos, None)
     out: dict[str, Any] = {}
-    top = [t for t, _ in sorted(counts.items(), key=lambda kv: -kv[1])[: cfg.n_ban]]
+    top = [t for t, _ in counts.most_common(cfg.n_ban)]
     if top and len(vocab_used) > len(top):
         out["suppression"] = asdict(peak_token_suppression(
             model, prompts, grade, top, vocab_used, max_new, cfg.n_random_bans, cfg.seed))
@@ -258,8 +254,8 @@ def checkpoint_series(
     checkpoints: Sequence[tuple[int, str, Model]], problem_set: MiProblemSet,
     cfg: MiPeaksConfig, progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Headline numbers per (step, name, model), for every text kind, in step order. Cheaper
-    controls than the main comparison (no population HSIC; 1000 bootstrap draws)."""
+    """Headline numbers per (step, name, model), for every text kind, in step order (cheaper
+    controls: ``headline_scalars``)."""
     say = progress or (lambda msg: None)
     out = []
     for step, name, model in sorted(checkpoints, key=lambda c: c[0]):
@@ -267,11 +263,19 @@ def checkpoint_series(
         for kind in cfg.texts:
             say(f"checkpoint {name}: {kind} texts")
             trajs = model_trajectories(model, problem_set, kind, cfg)
-            try:
-                summ = summarise_model(name, model, trajs, cfg.method, cfg.sigma, cfg.top_k,
-                                       cfg.strategies, 1000, 2000, 0, cfg.seed)
-                row[kind] = summary_scalars(summ)
-            except TwinlensError as exc:
-                row[kind] = {"error": str(exc)}
+            row[kind] = headline_scalars(name, model, trajs, cfg, cfg.method, cfg.sigma)
         out.append(row)
     return out
+
+
+def headline_scalars(
+    label: str, model: Model, trajectories: Sequence[Trajectory], cfg: MiPeaksConfig, method: str, sigma: float,
+) -> dict[str, Any]:
+    """``summary_scalars`` of MI-filled trajectories with cheaper controls than the main comparison
+    (1000 bootstrap draws, 2000 permutations, no population HSIC), or {"error": why}."""
+    try:
+        summ = summarise_model(label, model, trajectories, method, sigma, cfg.top_k, cfg.strategies,
+                               1000, 2000, 0, cfg.seed)
+    except TwinlensError as exc:
+        return {"error": str(exc)}
+    return summary_scalars(summ)

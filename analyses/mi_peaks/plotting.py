@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from analyses.mi_peaks.comparison import token_name
 from analyses.mi_peaks.peaks import MIN_TRAJECTORY_LENGTH, find_peaks_iqr
 from analyses.mi_peaks.trajectories import Trajectory
 
@@ -47,8 +48,7 @@ def plot_trajectory(traj: Trajectory, tokenizer: Any, ax, title: str = "",
             ax.annotate(f"{mi[i]:.2f}", (i, top), xytext=(-4, -10), textcoords="offset points",
                         fontsize=6, color="tab:red", ha="right")
     if len(mi) <= 80:
-        names = [tokenizer.convert_ids_to_tokens(int(i)) if i in tokenizer.all_special_ids
-                 else tokenizer.decode([int(i)]) for i in traj.emitted_ids]
+        names = [token_name(tokenizer, i) for i in traj.emitted_ids]
         names = ["eos" if n == tokenizer.eos_token else (n if n.strip() else "␣") for n in names]
         ax.set_xticks(x, names, fontsize=5, family="monospace")
     ax.set_title(title, fontsize=8)
