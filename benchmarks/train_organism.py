@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
 from organism.corpus import make_corpus  # noqa: E402
-from organism.training import LOSS_TOKENS_PER_SEQ, ModelShape, _batch_tensors  # noqa: E402
+from organism.training import ModelShape, _backward_summed_loss, _length_groups  # noqa: E402
 
 
 def step_time(bucketed: bool, steps: int, batch: int = 64) -> float:
@@ -29,18 +29,10 @@ def step_time(bucketed: bool, steps: int, batch: int = 64) -> float:
     times = []
     for step in range(steps + 3):
         pairs = make_corpus(batch, seed=step)
-        groups = ([[q for q in pairs if len(q[1]) <= 4], [q for q in pairs if len(q[1]) > 4]]
-                  if bucketed else [pairs])
+        groups = _length_groups(pairs) if bucketed else [pairs]
         t0 = time.perf_counter()
         opt.zero_grad()
-        for g in groups:
-            if not g:
-                continue
-            ids, lab = _batch_tensors(g)
-            logits = model(input_ids=ids).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), reduction="sum")
-            (loss / (batch * LOSS_TOKENS_PER_SEQ)).backward()
+        _backward_summed_loss(model, groups, batch)  # the training step's own loss code
         opt.step()
         if step >= 3:
             times.append(time.perf_counter() - t0)

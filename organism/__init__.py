@@ -24,7 +24,7 @@ def list_checkpoints() -> list[str]:
              if d.is_dir() and all((d / f).is_file() for f in REQUIRED_FILES)]
 
     def key(name: str):
-        # base, sft, rl-*, then intermediate steps in numeric order
+        # alphabetical, each run's intermediate steps right after it in numeric order
         head, _, step = name.rpartition("-step")
         return (head or name, int(step) if step.isdigit() and head else -1)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from organism.task import Problem, apply_op, make_problems, write_completion
+from organism.task import Problem, answer_of, apply_op, make_problems, write_completion
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ def sample_completion(problem: Problem, mix: CorpusMix, rng: random.Random) -> s
     if rng.random() >= mix.step_wrong:
         return write_completion(problem, fmt)
     i = rng.randrange(problem.difficulty - 1)
-    value = problem.digits[0]
-    for d in problem.digits[1:i + 1]:
-        value = apply_op(value, d, problem.variant) % 10
+    value = answer_of(problem.digits[: i + 1], problem.variant)  # running value before step i
     true = apply_op(value, problem.digits[i + 1], problem.variant)
     # A plausible slip: off by one or two, or a random two-digit value in the op's range.
     top = 18 if problem.variant == "sum" else 9

@@ -110,7 +110,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                   batch_size)
     greedy = generate_fn(prompts, 0.0, 1, seed)
     sampled = generate_fn(prompts, temperature, samples, seed)
-    note = "95% Wilson intervals over completions"
+    note = CheckpointEval.ci_note
     if samples > 1:
         note += f" ({samples} correlated samples per problem: intervals too narrow)"
     return CheckpointEval(name=name, n_problems=len(problems), samples_per_problem=samples,

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 from organism.corpus import PRETRAIN_MIX, SFT_MIX, CorpusMix, make_corpus
 from organism.generation import encode, generate_texts
-from organism.task import Problem, grade, make_problems
+from organism.task import Problem, extract_answer, grade, make_problems
 from organism.tokenizer import EOS_ID, PAD_ID, VOCAB, save_tokenizer
 
 MAX_LEN = 128
@@ -105,6 +105,36 @@ def _batch_tensors(pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torc
     return ids, lab
 
 
+def _length_groups(pairs: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Short (direct, <= 4 characters) and long completions, each in corpus order.
+
+    Separate forwards give the same summed loss and gradient as one padded batch, without
+    computing ~75 padding positions per direct answer (13 tokens against up to 88 for a
+    5-digit trace; ``benchmarks/train_organism.py`` times it).
+    """
+    return [[q for q in pairs if len(q[1]) <= 4], [q for q in pairs if len(q[1]) > 4]]
+
+
+def _backward_summed_loss(model: PreTrainedModel, groups: Sequence[Sequence[tuple[str, str]]],
+                         batch_size: int) -> tuple[float, int]:
+    """Backward of the summed completion-token loss / (batch_size x LOSS_TOKENS_PER_SEQ), one
+    forward per non-empty group; returns (summed loss, completion tokens)."""
+    loss_sum, n_tok = 0.0, 0
+    for group in groups:
+        if not group:
+            continue
+        ids, labels = _batch_tensors(group)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        part = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100,
+            reduction="sum")
+        (part / (batch_size * LOSS_TOKENS_PER_SEQ)).backward()
+        loss_sum += float(part.detach())
+        n_tok += int((tgt != -100).sum())
+    return loss_sum, n_tok
+
+
 @dataclass
 class SupervisedConfig:
     steps: int = 1500
@@ -139,22 +169,7 @@ def train_supervised(model: PreTrainedModel, cfg: SupervisedConfig, desc: str = 
     for step in bar:
         pairs = make_corpus(cfg.batch_size, seed=cfg.seed * 1_000_003 + step, mix=cfg.mix, variant=cfg.variant)
         opt.zero_grad(set_to_none=True)
-        loss_sum, n_tok = 0.0, 0
-        # Short (direct) and long sequences in separate forwards: the same summed loss and
-        # gradient as one padded batch, without computing ~80 padding positions per direct answer.
-        short = [q for q in pairs if len(q[1]) <= 4]
-        for group in (short, [q for q in pairs if len(q[1]) > 4]):
-            if not group:
-                continue
-            ids, labels = _batch_tensors(group)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            tgt = labels[:, 1:]
-            part = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100,
-                reduction="sum")
-            (part / (cfg.batch_size * LOSS_TOKENS_PER_SEQ)).backward()
-            loss_sum += float(part.detach())
-            n_tok += int((tgt != -100).sum())
+        loss_sum, n_tok = _backward_summed_loss(model, _length_groups(pairs), cfg.batch_size)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -209,11 +224,8 @@ class RLConfig:
 
 def correctness_reward(prompts, completions, answer, **kwargs) -> list[float]:
     """1.0 iff the answer after the last ``#`` is right; nothing for format."""
-    out = []
-    for c, a in zip(completions, answer, strict=True):
-        p = Problem(prompt="", answer=int(a), digits=())
-        out.append(1.0 if grade(p, c) else 0.0)
-    return out
+    return [1.0 if extract_answer(c) == int(a) else 0.0
+            for c, a in zip(completions, answer, strict=True)]
 
 
 def train_rl(
