@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hooks import TwinlensError, capture, load_model, load_pair  # noqa: E402
+from scripts import _cli as cli  # noqa: E402
 
 
 def read_prompts(spec: str, n: int) -> list[str]:
@@ -88,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results = summarize(store, keys)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, norms in results["residual_norm"].items():

@@ -149,9 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _plots(out: Path, supp, phases, plast) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    cli.pyplot()  # Agg backend: the plotting helpers draw on pyplot figures
     save_figure(plot_delta_logp(supp).figure, out / "delta_logp.png")
     if phases is not None:
         save_figure(plot_phases(phases)[0].figure, out / "phases.png")

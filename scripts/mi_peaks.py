@@ -299,9 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     results["wall_seconds"] = time.time() - t0
 
-    import matplotlib
-
-    matplotlib.use("Agg")
+    cli.pyplot()  # Agg backend: the plotting helpers draw on pyplot figures
     tok = pair.base.tokenizer
     for kind, by_label in result.trajectories.items():
         name = "own greedy completions" if kind == "own" else "shared reference solutions"

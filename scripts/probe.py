@@ -234,10 +234,7 @@ def acceptance(results: dict) -> dict:
 
 
 def plot_layers(results, extra, out: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     strategies = list(extra["sweeps"])
     if not strategies:
@@ -273,10 +270,7 @@ def plot_layers(results, extra, out: Path):
 
 
 def plot_preexistence(extra, out: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     if not extra["pre"]:
         return
@@ -294,10 +288,7 @@ def plot_preexistence(extra, out: Path):
 
 
 def plot_steering(runs: dict, out: Path, name: str = "steering.png"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     if not runs:
         return

@@ -47,7 +47,7 @@ from scripts import _cli as cli  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap, rl_repeatable=False)
-    ap.add_argument("--problems", help="JSONL of {prompt, answer} (default: the organism task)")
+    ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     ap.add_argument("--difficulty", type=int, default=5)
     ap.add_argument("--problem-set", type=int, default=0, help="held-out set to evaluate on")
     ap.add_argument("--fit-set", type=int, default=1, help="held-out set the probe/vectors are fitted on")
@@ -168,10 +168,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def plot(routers: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colors = {"disagree": "C0", "entropy": "C1", "probe": "C2", "steered_disagree": "C3",

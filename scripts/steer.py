@@ -188,10 +188,7 @@ def run(args) -> tuple[dict, dict]:
 
 
 def plot(runs, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     strategies = list(dict.fromkeys(r.vector.strategy for r in runs))
     fig, axes = plt.subplots(3, len(strategies), figsize=(4.3 * len(strategies), 9), squeeze=False)
