@@ -12,7 +12,7 @@ Confidence: ``answer-prob`` (default) = the sampling model's probability of the 
 (organism: the digit after the last '#'; several answer tokens: their product), from the
 samples' teacher-forced log-probs (temperature 1); ``stated`` = a confidence parsed from the
 text ("confidence: 0.8"). A sample without an answer is wrong with confidence 0 (answer-prob)
-or left out (stated). Defaults (organism, 2 CPU cores, < 1 min): 200 held-out problems x 2
+or left out (stated). Defaults (organism, 2 CPU cores, ~15 s in a `make demo` run): 200 held-out problems x 2
 samples per model at temperature 0.6, top-p 0.95. Writes DIR/results.json (keys brier, ece,
 adaptive_ece, auroc, ci, reliability), DIR/reliability.png, DIR/summary.md.
 """

@@ -31,7 +31,7 @@ class Job:
     many_rl: bool = False  # the script takes --rl more than once
 
 
-# Defaults sized for the organism on a 2-core CPU (the whole demo in about 10 minutes).
+# Defaults sized for the organism on a 2-core CPU (the 13 jobs took 402 s in a fresh-clone `make demo`).
 JOBS = [
     Job("evaluate", "evaluate.py", ["--n", "300"], models=()),
     Job("capture", "capture.py", ["--n", "32"]),

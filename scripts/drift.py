@@ -7,7 +7,7 @@ for one or several RL models or a series of checkpoints (RESEARCH.md sections 5 
     python scripts/drift.py --rl rl-seed0 --rl rl-seed1 --rl rl-hard --out runs/drift-seeds
     python scripts/drift.py --base path/base --rl path/rl --problems math.jsonl --device cuda --out runs/d
 
-Defaults (organism, 2 CPU cores, ~1-2 min): 64 held-out problems x 4 samples per model,
+Defaults (organism, 2 CPU cores, ~45 s in a `make demo` run): 64 held-out problems x 4 samples per model,
 temperature 0.6, top-p 0.95. Without --rl the organism's rl-seed0 series (rl-seed0-step*, then
 rl-seed0) is measured. Writes DIR/results.json (keys kl_base_rl, kl_rl_base, entropy, ...),
 DIR/kl_series.png, DIR/entropy.png, DIR/summary.md; samples in DIR/samples/ (rerun resumes).

@@ -9,7 +9,7 @@ shortcut detectors (response length, repeated n-grams, answers without intermedi
     python scripts/formats.py --checkpoint ck/step100 --step 100 --checkpoint ck/step200 --step 200 \\
         --problems math.jsonl --device cuda --out runs/formats-real
 
-Defaults (organism, 2 CPU cores, ~1-2 min): every checkpoint of the organism run rl-seed0
+Defaults (organism, 2 CPU cores, ~30 s in a `make demo` run): every checkpoint of the organism run rl-seed0
 (rl-seed0-step*, then rl-seed0; steps from their training_info.json), 64 held-out problems x 8
 samples each, temperature 0.6, top-p 0.95. Writes DIR/results.json (keys share, collapse_step,
 collapse_format, pass_at_k, maj_at_k, shortcuts), DIR/formats.png, DIR/shortcuts.png,

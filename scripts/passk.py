@@ -7,7 +7,7 @@ base catch up at large k? (RESEARCH.md section 4)
     python scripts/passk.py --base Qwen/Qwen2.5-Math-1.5B --rl path/to/rl --problems math.jsonl \\
         --n-samples 256 --max-new-tokens 2048 --device cuda --out runs/math
 
-Defaults (organism, 2 CPU cores, ~1-2 min): 100 held-out problems x 16 samples per model,
+Defaults (organism, 2 CPU cores, ~30 s in a `make demo` run): 100 held-out problems x 16 samples per model,
 temperature 0.6, top-p 0.95 (the papers' protocol with n = 16 instead of 256). Samples are kept
 in DIR/samples.jsonl (rerun resumes). Writes DIR/results.json (keys: k, pass_at_k, maj_at_k,
 crossover_k, solved_only_by), DIR/pass_at_k.png, DIR/summary.md.

@@ -8,8 +8,8 @@ points and extrapolate (RESEARCH.md section 9).
 Points: a CSV with columns ``compute,score`` (header optional), or, by default, the organism
 run's checkpoints (rl-seed0-step*, rl-seed0): compute = the training_info "compute" (else the
 RL samples seen), score = mean accuracy of sampled answers (pass@1) on held-out problems
-(64 problems x 8 samples per checkpoint, temperature 0.6, top-p 0.95, seed 0; ~1-2 min on 2
-cores). The step-0 checkpoint has no positive compute: its score fixes R0 (--free-r0 fits R0
+(64 problems x 8 samples per checkpoint, temperature 0.6, top-p 0.95, seed 0; ~30 s on 2
+cores in a `make demo` run). The step-0 checkpoint has no positive compute: its score fixes R0 (--free-r0 fits R0
 instead). Writes DIR/results.json (keys A, B, C_mid, R0, ci, points), DIR/scaling_fit.png,
 DIR/summary.md.
 """
