@@ -189,6 +189,7 @@ def run(args) -> tuple[dict, dict]:
             grade_fn=lambda i, text: task.grade(steer_problems[i], text),
             strategies=list(extra["vectors"]), n_samples=args.steer_samples, seed=args.seed,
             random_seed=args.seed + 1000, max_new_tokens=max_new, n_bootstrap=args.n_bootstrap,
+            temperature=args.temperature,
         )
         for r in runs:
             results["strategies"][r.vector.strategy]["steering"] = r.to_dict()

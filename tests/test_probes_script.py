@@ -48,3 +48,21 @@ def test_steer_script_refuses_a_layer_that_does_not_exist(tmp_path):
              "--n-problems", "2", "--n-samples", "1")
     assert r.returncode == 2
     assert "Layer(s) [9] do not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_probe_script_steers_at_the_requested_temperature(tmp_path, monkeypatch):
+    """--temperature reaches the steering experiment too (it used to steer at 1.0 whatever was asked)."""
+    import scripts.probe as probe_script
+
+    seen = {}
+
+    def fake_steering(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after the call")
+
+    monkeypatch.setattr(probe_script, "steering_experiment", fake_steering)
+    with pytest.raises(RuntimeError, match="stop after the call"):
+        probe_script.run(probe_script.parse_args(
+            ["--out", str(tmp_path), "--n-problems", "40", "--n-samples", "1", "--n-bootstrap", "30",
+             "--steer-problems", "3", "--steer-samples", "1", "--alphas", "0,1", "--temperature", "0.7"]))
+    assert seen["temperature"] == 0.7
