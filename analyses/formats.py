@@ -100,6 +100,8 @@ def format_collapse(
     model label = checkpoint name); ``steps[name]`` its RL step."""
     if not formats:
         raise TwinlensError("The task defines no formats; format collapse needs a format classifier.")
+    if not steps:
+        raise TwinlensError("format_collapse needs at least one checkpoint in `steps` ({name: RL step}).")
     names = sorted(steps, key=lambda c: steps[c])
     missing = [c for c in names if c not in samples.models]
     if missing:

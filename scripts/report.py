@@ -171,7 +171,7 @@ def verdict_formats(out: Path) -> Verdict:
     v.shows = f"format shares first -> last checkpoint; step where one format first exceeds {_get(r, 'threshold', default=0.9):.0%}"
     v.number = (f"{top}: {_fmt(first.get(top))} -> {_fmt(last.get(top))}; collapse step {_get(r, 'collapse_step')}"
                 if top else "-")
-    v.control = "share of the same format in the base (step 0)"
+    v.control = f"share of the same format at the first checkpoint ({ckpts[0]})"
     v.holds = _holds(_get(r, "collapse_step") is not None)
     return v
 
@@ -212,7 +212,8 @@ def verdict_drift(out: Path) -> Verdict:
     v.shows = f"KL(base||rl) and KL(rl||base), nats/token, {last}, on base samples / on RL samples"
     v.number = (f"{_fmt(fw.get('on_base_samples'))} / {_fmt(fw.get('on_own_samples'))} and "
                 f"{_fmt(bw.get('on_base_samples'))} / {_fmt(bw.get('on_own_samples'))}")
-    v.control = "step 0 (the base itself): " + _fmt(_get(r, "kl_base_rl", list(r["kl_base_rl"])[0], "on_base_samples"))
+    first = list(r["kl_base_rl"])[0]
+    v.control = f"first checkpoint ({first}): " + _fmt(_get(r, "kl_base_rl", first, "on_base_samples"))
     v.holds = "measured"
     return v
 

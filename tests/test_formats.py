@@ -51,3 +51,5 @@ def test_missing_checkpoint_samples_are_refused():
     s = _samples({"a": [[("step", True)]]})
     with pytest.raises(TwinlensError, match="No samples from checkpoints"):
         format_collapse(s, {"a": 0, "b": 5}, FORMATS)
+    with pytest.raises(TwinlensError, match="at least one checkpoint"):
+        format_collapse(s, {}, FORMATS)
