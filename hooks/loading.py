@@ -75,6 +75,13 @@ def check_weights_are_safe(path: Path) -> list[Path]:
             f"`python -m hooks.convert {path}` (loads with torch.load(weights_only=True) and "
             "writes model.safetensors), then load the folder again."
         )
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if ggufs:
+        raise TwinlensError(
+            f"{path} holds a GGUF checkpoint ({ggufs[0]}), not safetensors. Convert it once with "
+            f"`python -m hooks.convert --gguf {path / ggufs[0]} OUT_FOLDER` (needs "
+            "pip install 'twinlens[real]'), then load OUT_FOLDER."
+        )
     raise TwinlensError(f"{path} has no *.safetensors weights; is it a model folder?")
 
 
