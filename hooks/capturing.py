@@ -166,24 +166,29 @@ class _Plan:
 
 
 def _plan(model: Model, hooks: list[str], engine: str) -> _Plan:
-    """HF module targets when every hook maps to one (engine "auto"/"hf"), else the bridge
-    (attention patterns, normalisation scales...: only the bridge exposes those)."""
+    """HF module targets when every hook maps to an HF module shown to give the bridge's value
+    for it (engine "auto"/"hf"; see Model.hf_module_name), else the bridge (attention patterns,
+    normalisation scales, and any hook whose HF module means something else on this
+    architecture). Booting or verifying happens here, before anything is written."""
     if engine not in ("auto", "hf", "bridge"):
         raise TwinlensError(f"engine={engine!r}: use 'auto', 'hf' or 'bridge'.")
     targets: list[tuple[str, torch.nn.Module, str]] | None = []
+    refused = ""
     if engine != "bridge":
+        model.verify_hf_modules(hooks)  # one HF and one bridge forward for all component hooks
         for h in hooks:
             try:
                 module, where = model.hf_module(h)
-            except TwinlensError:
-                targets = None
+            except TwinlensError as exc:
+                targets, refused = None, str(exc)
                 break
             targets.append((h, module, where))
     else:
         targets = None
     if engine == "hf" and targets is None:
-        raise TwinlensError("engine='hf' cannot reach every requested hook; use engine='bridge'.")
+        raise TwinlensError(f"engine='hf' cannot serve every requested hook: {refused} Use engine='bridge'.")
     if targets is None:
+        _ = model.bridge  # a model TransformerLens cannot bridge fails here, with what still works
         return _Plan(None, None)
     order = {id(m): i for i, m in enumerate(model.hf.modules())}
     return _Plan(targets, max(targets, key=lambda t: (order[id(t[1])], t[2] == "output")))

@@ -25,6 +25,7 @@ from hooks.errors import TwinlensError
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _BRIDGE_WRAPPER = "._original_component"
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(in|out)$")
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
@@ -63,10 +64,40 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def check_weights_are_safe(path: Path) -> list[Path]:
-    """Return the safetensors files of `path`; refuse pickle-only checkpoints."""
+    """The safetensors files Hugging Face loads from `path`, in its own order of preference:
+    `model.safetensors`, else the files named by `model.safetensors.index.json`. Other
+    safetensors files in the folder (an adapter, a stray copy) are not loaded, so they are not
+    listed (and do not enter `weight_hash`). Refuses pickle-only checkpoints."""
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise TwinlensError(
+                f"{index} is not a safetensors index (no 'weight_map'); restore it or re-save the "
+                "model with save_pretrained."
+            ) from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise TwinlensError(
+                f"{index.name} in {path} names shards that are not there: {absent[:3]}. Copy the "
+                "missing shards into the folder."
+            )
+        return files
     safetensors = sorted(path.glob("*.safetensors"))
     if safetensors:
-        return safetensors
+        raise TwinlensError(
+            f"{path} has safetensors files ({', '.join(p.name for p in safetensors[:3])}) but neither "
+            "model.safetensors nor model.safetensors.index.json, so Hugging Face loads none of them. "
+            "Rename the single weight file to model.safetensors, or restore the index of a sharded "
+            "checkpoint."
+        )
     pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
     if pickles:
         raise TwinlensError(
@@ -107,6 +138,8 @@ class Model:
     weight_files: list[Path] = field(repr=False)
     _bridge: Any = field(default=None, repr=False)
     _module_names: dict = field(default_factory=dict, repr=False)
+    _hf_refusals: dict = field(default_factory=dict, repr=False)
+    _bridge_error: str | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -142,24 +175,44 @@ class Model:
 
     @property
     def bridge(self) -> Any:
-        """TransformerBridge over a shallow copy of `hf` sharing its parameter tensors."""
+        """TransformerBridge over a shallow copy of `hf` sharing its parameter tensors.
+
+        Raises TwinlensError, naming the architecture and what works without a bridge, when
+        TransformerLens cannot build one for this model (the failure is remembered: no retry)."""
         if self._bridge is None:
+            if self._bridge_error is not None:
+                raise TwinlensError(self._bridge_error)
             from transformer_lens.model_bridge import TransformerBridge
 
             shared = {id(t): t for t in [*self.hf.parameters(), *self.hf.buffers()]}
             twin = copy.deepcopy(self.hf, shared)
-            bridge = TransformerBridge.boot_transformers(
-                str(self.path),
-                hf_model=twin,
-                tokenizer=self.tokenizer,
-                device=self.device,
-                dtype=self.dtype,
-            )
-            # We always feed token tensors; never let the bridge add a BOS the model never saw.
-            bridge.cfg.default_prepend_bos = False
-            bridge.eval()
+            try:
+                reference = reference_logits(self, twin)  # before the bridge rewires the copy
+                bridge = TransformerBridge.boot_transformers(
+                    str(self.path),
+                    hf_model=twin,
+                    tokenizer=self.tokenizer,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
+                # We always feed token tensors; never let the bridge add a BOS the model never saw.
+                bridge.cfg.default_prepend_bos = False
+                bridge.eval()
+                check_bridge_logits(self, bridge, reference)
+            except Exception as exc:  # TransformerLens raises anything (RuntimeError, KeyError...)
+                self._bridge_error = describe_bridge_failure(self, exc)
+                raise TwinlensError(self._bridge_error) from exc
             self._bridge = bridge
         return self._bridge
+
+    @property
+    def bridge_available(self) -> bool:
+        """Whether TransformerLens can build a bridge for this model (boots it if not yet)."""
+        try:
+            _ = self.bridge
+        except TwinlensError:
+            return False
+        return True
 
     def encode(self, text: str) -> list[int]:
         """Token ids by the tokenizer's own convention (what the HF model sees normally)."""
@@ -169,17 +222,80 @@ class Model:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def hook_names(self) -> list[str]:
-        """Every hook point of the bridge, TransformerLens naming (`blocks.3.hook_out`, ...)."""
+        """Every hook point of the bridge, TransformerLens naming (`blocks.3.hook_out`, ...).
+        TwinlensError when the bridge cannot be built for this architecture."""
         return list(self.bridge.hook_dict.keys())
 
+    def block_hook_names(self) -> list[str]:
+        """`blocks.L.hook_in` and `blocks.L.hook_out` of every block: the hook points served by
+        the HF decoder layers themselves, with or without a bridge."""
+        return [f"blocks.{i}.hook_{p}" for i in range(self.n_layers) for p in ("in", "out")]
+
     def resolve_hooks(self, patterns: str | list[str]) -> list[str]:
-        return resolve_hook_names(self.hook_names(), patterns, n_layers=self.n_layers)
+        """Exact hook names for `patterns` (see resolve_hook_names). Without a bridge (an
+        architecture TransformerLens cannot build) only block inputs/outputs resolve."""
+        try:
+            available = self.hook_names()
+        except TwinlensError:
+            if self._bridge_error is None:
+                raise
+            try:
+                return resolve_hook_names(self.block_hook_names(), patterns, n_layers=self.n_layers)
+            except TwinlensError as exc:
+                raise TwinlensError(f"{exc}\n{self._bridge_error}") from None
+        return resolve_hook_names(available, patterns, n_layers=self.n_layers)
+
+    @cached_property
+    def decoder_layers_name(self) -> str:
+        """HF module name of the list of decoder blocks (`model.layers`, `transformer.h`,
+        `model.decoder.layers`...): the shallowest ModuleList of `num_hidden_layers` modules of
+        one class, found in the module tree (no per-architecture table, no bridge needed)."""
+        found = [
+            name
+            for name, module in self.hf.named_modules()
+            if isinstance(module, torch.nn.ModuleList)
+            and len(module) == self.n_layers
+            and len({type(m) for m in module}) == 1
+        ]
+        if not found:
+            raise TwinlensError(
+                f"Could not find the {self.n_layers} decoder blocks of this {self.config.model_type} "
+                "model (no ModuleList of num_hidden_layers blocks)."
+            )
+        return min(found, key=lambda n: n.count("."))
 
     def hf_module_name(self, hook_name: str) -> tuple[str, str]:
-        """Map `blocks.3.hook_out` to (HF module name, "output" | "input"), derived from the
-        bridge (no per-architecture table)."""
+        """The HF module and side ("output" | "input") whose value *is* hook `hook_name`.
+
+        Block inputs/outputs (`blocks.L.hook_in`, `blocks.L.hook_out`) are decoder layer L's
+        input/output, bridge or not. Any other component hook is located through the bridge's
+        component mapping and then verified once (cached) on a short input: the HF module must
+        give the bridge's value for the hook, same shape, else TwinlensError (the hook is served
+        by the bridge only; e.g. OPT's `mlp.hook_out`, which HF has no module for)."""
         if hook_name in self._module_names:
             return self._module_names[hook_name]
+        if hook_name in self._hf_refusals:
+            raise TwinlensError(self._hf_refusals[hook_name])
+        block = _BLOCK_HOOK.match(hook_name)
+        if block:
+            layer = int(block.group(1))
+            if layer >= self.n_layers:
+                raise TwinlensError(
+                    f"{hook_name!r}: layer {layer} does not exist, the model has {self.n_layers} "
+                    f"blocks (0-{self.n_layers - 1})."
+                )
+            found = f"{self.decoder_layers_name}.{layer}", ("output" if block.group(2) == "out" else "input")
+            self._module_names[hook_name] = found
+            return found
+        self.verify_hf_modules([hook_name])
+        return self.hf_module_name(hook_name)
+
+    def hf_module(self, hook_name: str) -> tuple[torch.nn.Module, str]:
+        name, where = self.hf_module_name(hook_name)
+        return self.hf.get_submodule(name), where
+
+    def _bridge_module_name(self, hook_name: str) -> tuple[str, str]:
+        """Candidate HF module behind a component hook, from the bridge's component mapping."""
         comp_path, _, point = hook_name.rpartition(".")
         if point not in ("hook_out", "hook_in"):
             raise TwinlensError(
@@ -191,17 +307,133 @@ class Model:
         original = getattr(component, "original_component", None)
         if original is None:
             raise TwinlensError(f"{hook_name!r} has no underlying HF module to hook.")
-        twin = self.bridge.original_model
-        for name, module in twin.named_modules():
+        for name, module in self.bridge.original_model.named_modules():
             if module is original:
-                found = name.replace(_BRIDGE_WRAPPER, ""), ("output" if point == "hook_out" else "input")
-                self._module_names[hook_name] = found
-                return found
+                return name.replace(_BRIDGE_WRAPPER, ""), ("output" if point == "hook_out" else "input")
         raise TwinlensError(f"Could not locate the HF module behind {hook_name!r}.")
 
-    def hf_module(self, hook_name: str) -> tuple[torch.nn.Module, str]:
-        name, where = self.hf_module_name(hook_name)
-        return self.hf.get_submodule(name), where
+    @torch.no_grad()
+    def verify_hf_modules(self, hook_names: list[str]) -> dict[str, str]:
+        """Check, once per model, that each component hook's HF module gives the bridge's value.
+
+        One HF forward (module hooks) and one bridge forward over 2 x 6 random tokens (seed 0);
+        a hook passes when the shapes are equal and max|hf - bridge| <= tol * max(1, max|bridge|),
+        tol = 1e-4 in float32/64 (SDPA vs eager attention differ by ~1e-6) and 2e-2 in 16-bit
+        types (a few roundings of 2^-8). Results are cached; returns {hook: reason} for the hooks
+        refused (they are then served by the bridge only)."""
+        pending = [
+            h for h in hook_names
+            if h not in self._module_names and h not in self._hf_refusals and not _BLOCK_HOOK.match(h)
+        ]
+        candidates: dict[str, tuple[str, str]] = {}
+        for h in pending:
+            try:
+                candidates[h] = self._bridge_module_name(h)
+            except TwinlensError as exc:
+                self._hf_refusals[h] = str(exc)
+        if candidates:
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, int(self.config.vocab_size), (2, 6), generator=gen).to(self.device)
+            from_hf: dict[str, Any] = {}
+            from_bridge: dict[str, Any] = {}
+
+            def grab(name: str, where: str):
+                def post(_m, _args, output):
+                    from_hf[name] = output[0] if isinstance(output, tuple) else output
+
+                def pre(_m, args, kwargs):
+                    from_hf[name] = args[0] if args else kwargs.get("hidden_states")
+
+                return post if where == "output" else pre
+
+            handles = []
+            try:
+                for h, (name, where) in candidates.items():
+                    module = self.hf.get_submodule(name)
+                    if where == "output":
+                        handles.append(module.register_forward_hook(grab(h, where)))
+                    else:
+                        handles.append(module.register_forward_pre_hook(grab(h, where), with_kwargs=True))
+                self.hf(input_ids=ids, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            try:
+                self.bridge.run_with_hooks(
+                    ids, return_type=None,
+                    fwd_hooks=[(h, lambda act, hook=None, h=h: from_bridge.__setitem__(h, act)) for h in candidates],
+                )
+            except Exception as exc:  # a hook TransformerLens will not attach; no reference value
+                from_bridge = {}
+                reason = f"{exc.__class__.__name__}: {exc}"
+            else:
+                reason = "the bridge's hook did not fire"
+            tol = 1e-4 if self.dtype in (torch.float32, torch.float64) else 2e-2
+            for h, (name, where) in candidates.items():
+                x, y = from_hf.get(h), from_bridge.get(h)
+                if not isinstance(y, torch.Tensor):
+                    why = reason
+                elif not isinstance(x, torch.Tensor) or x.shape != y.shape:
+                    why = (f"HF {name} {where} has shape {tuple(x.shape) if isinstance(x, torch.Tensor) else None},"
+                           f" the bridge's hook {tuple(y.shape)}")
+                else:
+                    err = (x.float() - y.float()).abs().max().item()
+                    scale = max(1.0, y.float().abs().max().item())
+                    if err <= tol * scale:
+                        self._module_names[h] = (name, where)
+                        continue
+                    why = f"HF {name} {where} differs from the bridge's hook by {err:.3g} (scale {scale:.3g})"
+                self._hf_refusals[h] = (
+                    f"{h!r} has no HF module giving its value on {self.config.model_type} ({why}); "
+                    "it is served by the bridge (engine='bridge' or 'auto')."
+                )
+        return {h: self._hf_refusals[h] for h in hook_names if h in self._hf_refusals}
+
+
+class BridgeMismatch(RuntimeError):
+    """The bridge runs but its logits are not the HF model's."""
+
+
+def _probe_ids(model: Model) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, int(model.config.vocab_size), (2, 5), generator=gen).to(model.device)
+
+
+@torch.no_grad()
+def reference_logits(model: Model, hf: Any) -> torch.Tensor:
+    """Logits of `hf` on the bridge check's input (2 x 5 random tokens, seed 0)."""
+    return hf(input_ids=_probe_ids(model), use_cache=False).logits.float()
+
+
+@torch.no_grad()
+def check_bridge_logits(model: Model, bridge: Any, want: torch.Tensor) -> None:
+    """A booted bridge must reproduce the HF model's logits `want` on reference_logits' input:
+    a bridge that runs a different computation, or cannot run one, is not used. Tolerance as
+    in Model.verify_hf_modules (1e-4 relative in float32, 2e-2 in 16-bit)."""
+    got = bridge(_probe_ids(model), return_type="logits").float()
+    tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 2e-2
+    scale = max(1.0, want.abs().max().item())
+    if got.shape != want.shape or (got - want).abs().max().item() > tol * scale:
+        err = (got - want).abs().max().item() if got.shape == want.shape else float("nan")
+        raise BridgeMismatch(
+            f"the bridge's logits differ from the HF model's by {err:.3g} (shape "
+            f"{tuple(got.shape)} vs {tuple(want.shape)})"
+        )
+
+
+def describe_bridge_failure(model: Model, exc: BaseException) -> str:
+    """The message for an architecture TransformerLens cannot bridge: which one, why, what still
+    works (everything that runs on the HF model itself)."""
+    cfg = model.config
+    arch = ", ".join(getattr(cfg, "architectures", None) or ()) or cfg.model_type
+    return (
+        f"TransformerLens could not build its bridge for {model.path.name} ({arch}, model_type "
+        f"{cfg.model_type!r}): {exc.__class__.__name__}: {str(exc)[:300]}. Hook points other than "
+        "block inputs/outputs need the bridge and are unavailable for this model. What still works: "
+        "loading, generate(), scoring, add_to_residual / ablate_direction / edit_block_output (they "
+        "hook the HF blocks), weight diffs, routing, and capture of 'blocks.L.hook_out' / "
+        "'blocks.L.hook_in' (engine='hf' or 'auto')."
+    )
 
 
 @dataclass(eq=False)
@@ -269,15 +501,55 @@ def resolve_hook_names(
     return sorted(chosen, key=order.__getitem__)
 
 
+def check_loading_info(path: Path, info: dict, *, allow_missing_weights: bool = False) -> None:
+    """Refuse a load whose checkpoint lacks tensors the architecture needs (HF initialises them
+    at random) or holds tensors it does not use; `info` is from_pretrained's loading info.
+    Tied weights (an output matrix shared with the embedding) are not missing: HF ties them."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} tensor(s) the architecture needs are not in the checkpoint and would be "
+            f"random: {missing[:5]}"
+        )
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) in the checkpoint are not used by the architecture: {unexpected[:5]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensor(s) have another shape than the config says: {mismatched[:5]}")
+    if not problems:
+        return
+    text = f"{path}: the checkpoint does not match its config.json:\n  - " + "\n  - ".join(problems)
+    if allow_missing_weights and not mismatched:
+        import warnings
+
+        warnings.warn(text + "\nLoaded anyway (allow_missing_weights=True).", stacklevel=3)
+        return
+    raise TwinlensError(
+        text + "\nCheck that the folder holds every shard and the config of the same model (for an "
+        "untied output layer, `lm_head.weight`; or set tie_word_embeddings in config.json if the "
+        "model ties it). To load it anyway, with random values in the missing tensors, pass "
+        "allow_missing_weights=True."
+    )
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
+    allow_missing_weights: bool = False,
 ) -> Model:
     """Load a causal LM (safetensors only) and its tokenizer. `trust_remote_code` stays off
-    unless asked: it runs code shipped with the checkpoint."""
+    unless asked: it runs code shipped with the checkpoint.
+
+    A checkpoint whose tensors do not match the architecture is refused (TwinlensError naming
+    the first few): a *missing* tensor (e.g. `lm_head.weight` of an untied model) would be
+    filled with fresh random values, different on every load, and an *unexpected* one is a
+    weight the model never uses. `allow_missing_weights=True` loads it anyway, with a warning
+    naming them; the numbers then depend on the random initialisation."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str):
@@ -295,13 +567,15 @@ def load_model(
                 "trust_remote_code=True if you trust it."
             ) from None
         raise
-    hf = AutoModelForCausalLM.from_pretrained(
+    hf, loading_info = AutoModelForCausalLM.from_pretrained(
         path,
         config=config,
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        output_loading_info=True,
     )
+    check_loading_info(path, loading_info, allow_missing_weights=allow_missing_weights)
     hf.to(device).eval()
     hf.requires_grad_(False)
     try:

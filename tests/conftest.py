@@ -38,38 +38,78 @@ def save_char_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, n_layers: int = 2, d: int = 32) -> Path:
-    """Write a random-weight model of a real architecture (llama, qwen2, gpt2) to `folder`."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+# Per-architecture config overrides for tiny widths (d=32, 4 heads of 8): only what a
+# config's defaults get wrong at that size (head_dim defaults of 128-256, expert widths of
+# 1k+, OPT's separate projection width...). Keys are HF `model_type`s; "falcon_new" is Falcon
+# with new_decoder_architecture=True (grouped KV heads, parallel attention + MLP).
+TINY_OVERRIDES: dict[str, dict] = {
+    "gpt2": {"n_positions": 128},
+    "qwen3": {"head_dim": 8},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                  "shared_expert_intermediate_size": 32},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "head_dim": 8},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8, "query_pre_attn_scalar": 8},
+    "gemma3_text": {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 4},
+    "opt": {"ffn_dim": 64, "word_embed_proj_dim": 32},
+    "falcon": {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True},
+    "falcon_new": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+    "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "phimoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "glm": {"head_dim": 8},
+    "glm4": {"head_dim": 8},
+    "seed_oss": {"head_dim": 8},
+    "xglm": {"ffn_dim": 64},
+    "gptj": {"rotary_dim": 4},
+    "codegen": {"rotary_dim": 4},
+}
+
+
+def make_tiny_model(
+    folder: Path,
+    arch: str = "llama",
+    seed: int = 0,
+    n_layers: int = 2,
+    d: int = 32,
+    *,
+    tied: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    **overrides,
+) -> Path:
+    """Write a random-weight model of a real HF architecture (`arch` = an HF model_type such as
+    "llama", "gpt2", "opt", or "falcon_new") to `folder`, with the character tokenizer.
+
+    tied: tie the output matrix to the embedding (None: the config's default, except qwen2,
+    tied as before); dtype: the saved weights' dtype; max_shard_size (e.g. "20KB"): save as a
+    sharded checkpoint with model.safetensors.index.json. Widths: d, 4 heads of d/4, 2 KV heads,
+    MLP 2d; see TINY_OVERRIDES for the per-architecture fixes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     vocab = len(CHARS) + 2
     pad, eos = len(CHARS), len(CHARS) + 1
+    model_type = "falcon" if arch == "falcon_new" else arch
+    kwargs = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=2 * d, max_position_embeddings=128,
+                  pad_token_id=pad, eos_token_id=eos, bos_token_id=eos if arch == "gpt2" else None)
+    defaults = AutoConfig.for_model(model_type)
+    # Only the fields this config has: an unknown num_key_value_heads (gpt2) is kept as an
+    # attribute and misleads TransformerLens into grouped-query shapes.
+    kwargs = {k: v for k, v in kwargs.items() if k in ("pad_token_id", "eos_token_id", "bos_token_id")
+              or hasattr(defaults, k)}
+    kwargs.update(TINY_OVERRIDES.get(arch, {}))
+    if tied is None and arch == "qwen2":
+        tied = True
+    if tied is not None:
+        kwargs["tie_word_embeddings"] = tied
+    kwargs.update(overrides)
     torch.manual_seed(seed)
-    if arch == "llama":
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                          pad_token_id=pad, eos_token_id=eos, bos_token_id=None)
-        model = LlamaForCausalLM(cfg)
-    elif arch == "qwen2":
-        cfg = Qwen2Config(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                          pad_token_id=pad, eos_token_id=eos, bos_token_id=None, tie_word_embeddings=True)
-        model = Qwen2ForCausalLM(cfg)
-    elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab, n_embd=d, n_layer=n_layers, n_head=4, n_positions=128,
-                         pad_token_id=pad, eos_token_id=eos, bos_token_id=eos)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        raise ValueError(arch)
+    cfg = AutoConfig.for_model(model_type, **kwargs)
+    model = AutoModelForCausalLM.from_config(cfg).to(dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     save_char_tokenizer(folder)
     return folder
 
