@@ -11,7 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from report import NOT_MEASURED, SUPPORTED, collect_verdicts, write_report  # noqa: E402
+from report import collect_verdicts, write_report  # noqa: E402
+
+from analyses.verdicts import NOT_MEASURED, SUPPORTED, UNDETERMINED  # noqa: E402
 
 
 class _Collect(HTMLParser):
@@ -43,22 +45,32 @@ def _png(path: Path) -> None:
     plt.close(fig)
 
 
+def _route_results(gap, gap_ci, rnd_ci, frac=0.0431):
+    return {"accuracy_base": 0.4, "accuracy_rl": 0.9, "routers": {
+        "disagree": {"gap_recovered": {"value": 1.0, "ci": [1.0, 1.0]}, "fraction_routed": 0.0312,
+                     "random_control": {"gap_recovered": {"value": 0.06, "ci": [0.0, 0.1]}}},
+        "steered_disagree": {"gap_recovered": {"value": gap, "ci": gap_ci}, "fraction_routed": frac,
+                             "random_control": {"gap_recovered": {"value": 0.1111, "ci": rnd_ci},
+                                                "fraction_routed": frac}},
+    }}
+
+
 def test_verdicts_come_from_results_json_and_images_are_embedded(tmp_path):
     route = tmp_path / "route"
     route.mkdir()
     # Odd numbers nobody would type: the table must show exactly these.
-    (route / "results.json").write_text(json.dumps({"routers": {"disagree": {
-        "gap_recovered": {"value": 0.8771, "ci": [0.8123, 0.9345]}, "fraction_routed": 0.0431,
-        "random_control": {"gap_recovered": {"value": 0.1111, "ci": [0.0512, 0.1733]}, "fraction_routed": 0.0431},
-    }}}))
+    (route / "results.json").write_text(json.dumps(_route_results(0.8771, [0.8123, 0.9345], [0.0512, 0.1733])))
     (route / "summary.md").write_text("# Routing\n\n| router | gap |\n|---|---|\n| disagree | 0.88 |\n")
     _png(route / "gap_vs_budget.png")
     table = write_report(tmp_path)
 
-    assert "0.877 (CI [0.812, 0.934]) at 0.043 routed" in table
+    assert "steered_disagree 0.877 [0.812, 0.934] at 0.043 routed" in table
+    assert "needed at 3.1% of positions" in table  # the tautological router, reported as what it is
     verdicts = {v.job: v for v in collect_verdicts(tmp_path)}
-    assert verdicts["route"].holds == SUPPORTED
-    assert verdicts["passk"].holds == NOT_MEASURED  # its job did not run
+    assert verdicts["route"].outcome == SUPPORTED
+    assert verdicts["passk"].outcome == NOT_MEASURED  # its job did not run
+    saved = json.loads((tmp_path / "verdicts.json").read_text())
+    assert {r["job"]: r["outcome"] for r in saved}["route"] == SUPPORTED
 
     page = (tmp_path / "report.html").read_text()
     parser = _Collect()
@@ -69,12 +81,19 @@ def test_verdicts_come_from_results_json_and_images_are_embedded(tmp_path):
     assert "route/gap_vs_budget.png" in (tmp_path / "report.md").read_text()
 
 
-def test_a_failing_control_makes_the_claim_not_supported(tmp_path):
+def test_overlapping_random_control_leaves_the_claim_undetermined(tmp_path):
     route = tmp_path / "route"
     route.mkdir()
-    (route / "results.json").write_text(json.dumps({"routers": {"disagree": {
-        "gap_recovered": {"value": 0.9, "ci": [0.7, 1.0]}, "fraction_routed": 0.05,
-        "random_control": {"gap_recovered": {"value": 0.8, "ci": [0.6, 0.95]}, "fraction_routed": 0.05},
-    }}}))
+    (route / "results.json").write_text(json.dumps(_route_results(0.9, [0.7, 1.0], [0.6, 0.95], frac=0.05)))
     verdicts = {v.job: v for v in collect_verdicts(tmp_path)}
-    assert verdicts["route"].holds == "not supported"  # the CIs overlap
+    assert verdicts["route"].outcome == UNDETERMINED  # the CIs overlap: the hybrid is not shown to beat chance
+
+
+def test_report_reads_positive_controls_from_a_second_folder(tmp_path):
+    here, pos = tmp_path / "here", tmp_path / "planted"
+    for folder, gap in ((here, [0.1, 0.3]), (pos, [0.1, 0.3])):
+        (folder / "route").mkdir(parents=True)
+        (folder / "route" / "results.json").write_text(json.dumps(_route_results(0.2, gap, [0.0, 0.05])))
+    verdicts = {v.job: v for v in collect_verdicts(here, positives=pos)}
+    # The detector says "not supported" on the planted-true pair too: it is blind, not the claim false.
+    assert verdicts["route"].outcome == "detector failed its positive control"

@@ -1,0 +1,251 @@
+"""Every verdict rule (analyses/verdicts.py) on planted results: each outcome it can give, and the
+trivial explanations it must not mistake for support (token identity, construction, a guesser,
+saturation, chance, a blind detector)."""
+
+from __future__ import annotations
+
+import pytest
+
+from analyses import verdicts as V
+from analyses.verdicts import DETECTOR_FAILED, NOT_MEASURED, NOT_SUPPORTED, SUPPORTED, UNDETERMINED
+
+
+# ------------------------------------------------------------------ probes
+def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True):
+    row = {"auroc": 0.98, "best_layer": 3, "control_auroc": 0.5}
+    if baseline:
+        row |= {"token_baseline_auroc": {"value": 0.95, "ci": [0.94, 0.96]},
+                "selectivity": {"value": sum(sel_ci) / 2, "ci": sel_ci},
+                "decision_point": {"auroc": sum(dp_ci) / 2, "ci": dp_ci, "control_auroc": dp_ctrl}}
+    return {"acceptance": {"compute": row, "backtracking": dict(row)}}
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_probe([0.03, 0.06], [0.60, 0.70]), SUPPORTED),
+    (_probe([-0.01, 0.01], [0.60, 0.70]), NOT_SUPPORTED),  # the token baseline explains the probe
+    (_probe([0.03, 0.06], [0.45, 0.54]), NOT_SUPPORTED),  # the decision is not readable before the span
+    (_probe([0.01, 0.05], [0.60, 0.70]), UNDETERMINED),  # selectivity CI straddles its threshold
+    (_probe([0.03, 0.06], [0.60, 0.70], dp_ctrl=0.65), UNDETERMINED),  # not above its shuffled control
+    (_probe(None, None, baseline=False), UNDETERMINED),  # raw AUROC 0.98 alone: never "supported"
+    (None, NOT_MEASURED),
+])
+def test_probe_rule_rests_on_selectivity_and_decision_points(results, outcome):
+    assert V.verdict_probes(results).outcome == outcome
+
+
+# ------------------------------------------------------------------ steering
+def _steer(rate_ci, max_rnd, n_rnd=5, acc=(0.41, 0.63), length=1.1, malformed=(0.01, 0.01)):
+    best = {"layer": 3, "alpha_fraction": 0.1, "where": "decision_points", "vector": "decision_point_contrast",
+            "rate_at_0": 0.44, "rate": sum(rate_ci) / 2, "ci": rate_ci,
+            "random": {"n": n_rnd, "max_upper_ci": max_rnd}, "accuracy_at_0": acc[0], "accuracy": acc[1],
+            "malformed_at_0": malformed[0], "malformed": malformed[1], "length_ratio": length}
+    return {"strategies": {"compute": {"best": best}}}
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_steer([0.665, 0.744], 0.55), SUPPORTED),  # the audit's decision-point contrast effect
+    (_steer([0.50, 0.60], 0.55), NOT_SUPPORTED),  # inside the random vectors' spread
+    (_steer([0.665, 0.744], 0.55, n_rnd=1), UNDETERMINED),  # one random vector is no spread
+    (_steer([0.665, 0.744], 0.55, acc=(0.6, 0.4)), UNDETERMINED),  # accuracy down 33%: degenerate
+    (_steer([0.665, 0.744], 0.55, length=0.2), UNDETERMINED),  # collapse to short outputs: degenerate
+    (_steer([0.665, 0.744], 0.55, malformed=(0.01, 0.2)), UNDETERMINED),  # malformed outputs up
+])
+def test_steering_rule_needs_five_random_vectors_and_no_degeneration(results, outcome):
+    assert V.verdict_steering(results).outcome == outcome
+
+
+def test_degenerate_is_any_one_of_accuracy_malformed_or_length():
+    ok = {"accuracy_at_0": 0.5, "accuracy": 0.45, "malformed_at_0": 0.0, "malformed": 0.0, "length_ratio": 1.0}
+    assert not V.is_degenerate(ok)[0]
+    assert V.is_degenerate(ok | {"accuracy": 0.39})[0]  # 22% relative drop; accuracy alone suffices
+    assert V.is_degenerate(ok | {"length_ratio": 2.1})[0]
+    assert V.is_degenerate(ok | {"length_ratio": 0.49})[0]
+
+
+# ------------------------------------------------------------------ routing
+def _route(gap_ci, rnd_ci, frac=0.1, acc=(0.4, 0.9), gap_acc_ci=None):
+    r = {"accuracy_base": acc[0], "accuracy_rl": acc[1], "routers": {
+        "disagree": {"gap_recovered": {"value": 1.0, "ci": [1.0, 1.0]}, "fraction_routed": 0.03,
+                     "random_control": {"gap_recovered": {"value": 0.05, "ci": [0.0, 0.1]}}},
+        "steered_disagree": {"gap_recovered": {"value": sum(gap_ci) / 2, "ci": gap_ci}, "fraction_routed": frac,
+                             "random_control": {"gap_recovered": {"value": 0.0, "ci": rnd_ci}}}}}
+    if gap_acc_ci:
+        r["accuracy_gap_ci"] = gap_acc_ci
+    return r
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_route([0.6, 0.8], [0.0, 0.2]), SUPPORTED),
+    (_route([0.0, 0.3], [0.0, 0.2]), NOT_SUPPORTED),
+    (_route([0.6, 0.8], [0.5, 0.7]), UNDETERMINED),  # random routing does as well
+    (_route([0.6, 0.8], [0.0, 0.2], frac=0.5), UNDETERMINED),  # too many tokens routed
+    (_route([0.6, 0.8], [0.0, 0.2], acc=(0.9, 0.9)), UNDETERMINED),  # no gap to recover
+    (_route([0.6, 0.8], [0.0, 0.2], gap_acc_ci=[-0.02, 0.1]), UNDETERMINED),
+])
+def test_routing_rule_ignores_the_tautological_greedy_hybrid(results, outcome):
+    assert V.verdict_routing(results).outcome == outcome
+
+
+def test_greedy_disagree_alone_is_never_support():
+    r = _route([0.6, 0.8], [0.0, 0.2])
+    del r["routers"]["steered_disagree"]  # gap 1.000 [1.000, 1.000] by construction
+    v = V.verdict_routing(r)
+    assert v.outcome == UNDETERMINED and "construction" in v.trivial and "3.0%" in v.trivial
+
+
+# ------------------------------------------------------------------ sparsity, mechanism
+@pytest.mark.parametrize("results, outcome", [
+    ({"updated_fraction": {"atol": 0.2}, "update_rank_mean": 0.99, "overlap": [{"o1": 0.6, "random_o1": 0.37}]}, SUPPORTED),
+    ({"updated_fraction": {"atol": 0.97}, "update_rank_mean": 0.99, "overlap": [{"o1": 0.97, "random_o1": 0.97}]}, NOT_SUPPORTED),
+    ({"updated_fraction": {"atol": 0.2}, "update_rank_mean": 0.99, "overlap": [{"o1": 0.38, "random_o1": 0.37}]}, NOT_SUPPORTED),
+    ({"updated_fraction": {"atol": 0.2}, "update_rank_mean": 0.99}, UNDETERMINED),  # one run: overlap untested
+])
+def test_sparsity_rule(results, outcome):
+    assert V.verdict_sparsity(results).outcome == outcome
+
+
+@pytest.mark.parametrize("results, outcome", [
+    ({"suppression_share": 0.7, "suppression_share_ci": [0.6, 0.8], "ess": 400, "n_samples": 1000}, SUPPORTED),
+    ({"suppression_share": 0.7, "suppression_share_ci": [0.6, 0.8], "ess": 270, "n_samples": 1000}, UNDETERMINED),
+    ({"suppression_share": 0.7, "suppression_share_ci": [0.6, 0.8]}, UNDETERMINED),  # ESS not reported
+    ({"suppression_share": 0.3, "suppression_share_ci": [0.2, 0.4], "ess": 800, "n_samples": 1000}, NOT_SUPPORTED),
+    ({"suppression_share": 0.5, "suppression_share_ci": [0.3, 0.7], "ess": 800, "n_samples": 1000}, UNDETERMINED),
+])
+def test_mechanism_rule_has_an_effective_sample_size_floor(results, outcome):
+    assert V.verdict_mechanism(results).outcome == outcome
+
+
+# ------------------------------------------------------------------ formats
+def _formats(last_ci, first_ci=(0.05, 0.15)):
+    return {"checkpoints": ["step0", "step50"], "collapse_step": None,
+            "share": {"step0": {"verify": 0.1, "direct": 0.68}, "step50": {"verify": sum(last_ci) / 2, "direct": 0.0}},
+            "share_ci": {"step0": {"verify": list(first_ci)}, "step50": {"verify": list(last_ci)}}}
+
+
+@pytest.mark.parametrize("results, greedy, outcome", [
+    (_formats([0.92, 0.97]), None, SUPPORTED),
+    (_formats([0.854, 0.908]), None, UNDETERMINED),  # the audit's straddling interval
+    (_formats([0.854, 0.908]), {"verify": 1.0}, SUPPORTED),  # greedy collapsed, sampled rose CIs apart
+    (_formats([0.40, 0.50]), {"verify": 0.6}, NOT_SUPPORTED),
+])
+def test_formats_rule_is_ci_aware_and_reads_greedy(results, greedy, outcome):
+    assert V.verdict_formats(results, greedy).outcome == outcome
+
+
+# ------------------------------------------------------------------ pass@k
+def _passk(base, rl, width=0.03, ks=(1, 4, 16), space=100):
+    def curve(m):
+        return {"mean": m, "ci_low": [max(0.0, x - width) for x in m], "ci_high": [min(1.0, x + width) for x in m]}
+    r = {"k": list(ks), "pass_at_k": {"base": curve(base), "rl": curve(rl)}, "crossover_k": {"rl": None}}
+    if space:
+        r["guesser"] = {"answer_space": space, "pass_at_k": V.guesser_pass_at_k(ks, space)}
+    return r
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_passk([0.2, 0.4, 0.6], [0.5, 0.7, 0.8]), SUPPORTED),
+    (_passk([0.2, 0.5, 0.8], [0.5, 0.6, 0.65]), NOT_SUPPORTED),  # base overtakes at k = 16
+    (_passk([0.5, 0.9, 1.0], [0.9, 1.0, 1.0], width=0.0), UNDETERMINED),  # ties at 1.0: saturated
+    # 10 answers: the guesser's pass@16 = 0.81, so both models at ~0.85 are not clear of it
+    (_passk([0.3, 0.85, 0.85], [0.6, 0.86, 0.86], ks=(1, 16, 32), space=10), UNDETERMINED),
+    (_passk([0.2, 0.4, 0.6], [0.5, 0.7, 0.62]), UNDETERMINED),  # CI tie at the largest k
+])
+def test_passk_rule_decides_only_clear_of_guesser_and_saturation(results, outcome):
+    assert V.verdict_passk(results).outcome == outcome
+
+
+def test_guesser_curve_is_one_minus_miss_to_the_k():
+    assert V.guesser_pass_at_k([1, 16], 10) == pytest.approx([0.1, 1 - 0.9 ** 16])
+
+
+# ------------------------------------------------------------------ calibration, scaling, MI peaks, others
+def _calib(conf, ece_rl_ci, brier_rl_ci, auroc_rl_ci):
+    ci = {"base": {"ece": [0.02, 0.04], "brier": [0.10, 0.12], "auroc": [0.85, 0.95]},
+          "rl": {"ece": ece_rl_ci, "brier": brier_rl_ci, "auroc": auroc_rl_ci}}
+    return {"confidence": conf, "ece": {"base": 0.03, "rl": 0.1}, "brier": {"base": 0.11, "rl": 0.2},
+            "auroc": {"base": 0.9, "rl": 0.6}, "ci": ci}
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_calib("stated", [0.06, 0.08], [0.15, 0.2], [0.5, 0.7]), SUPPORTED),
+    (_calib("stated", [0.02, 0.04], [0.10, 0.12], [0.85, 0.95]), NOT_SUPPORTED),
+    (_calib("stated", [0.06, 0.08], [0.10, 0.12], [0.85, 0.95]), UNDETERMINED),  # ECE alone
+    # answer-token probability measures copying: undetermined whatever the numbers
+    (_calib("answer_probability", [0.06, 0.08], [0.15, 0.2], [0.5, 0.7]), UNDETERMINED),
+])
+def test_calibration_rule_reads_three_metrics_on_stated_confidence(results, outcome):
+    assert V.verdict_calibration(results).outcome == outcome
+
+
+@pytest.mark.parametrize("results, outcome", [
+    ({"A": 1.0, "ci": {"A": [0.98, 1.0]}, "B": 1.5, "C_mid": 100}, UNDETERMINED),  # saturated
+    ({"A": 0.7, "ci": {"A": [0.65, 0.75]}, "B": 1.5, "C_mid": 100,
+      "heldout": {"sigmoid_rmse": 0.01, "power_law_rmse": 0.05}}, SUPPORTED),
+    ({"A": 0.7, "ci": {"A": [0.65, 0.75]}, "B": 1.5, "C_mid": 100,
+      "heldout": {"sigmoid_rmse": 0.05, "power_law_rmse": 0.01}}, NOT_SUPPORTED),
+    ({"A": 0.7, "ci": {"A": [0.65, 0.75]}, "B": 1.5, "C_mid": 100}, UNDETERMINED),  # no comparison
+])
+def test_scaling_rule_calls_a_saturated_fit_undetermined(results, outcome):
+    assert V.verdict_scaling(results).outcome == outcome
+
+
+def _mi(aom_ci, share, share_low, chance=0.3, excluded=True, planted=True):
+    r = {"paired": {"reference": {"rl-base": {"mi_mean": {"value": 0.01, "low": 0.0, "high": 0.02},
+                                               "aom": {"value": sum(aom_ci) / 2, "low": aom_ci[0], "high": aom_ci[1]},
+                                               "n_peaks": {"value": -0.5}}}},
+         "models": {"rl": {"texts": {"reference": {"peaks_at_strategy_tokens": {
+             "share": share, "low": share_low, "chance": chance}}}}},
+         "special_tokens_excluded": excluded}
+    if planted is not None:
+        r["planted_control"] = {"recall": 0.9 if planted else 0.1, "passed": planted}
+    return r
+
+
+@pytest.mark.parametrize("results, outcome", [
+    (_mi([0.2, 0.8], 0.5, 0.4), SUPPORTED),
+    (_mi([0.2, 0.8], 0.25, 0.2), NOT_SUPPORTED),  # AOM up but peaks below chance on strategy tokens
+    (_mi([-0.5, -0.1], 0.5, 0.4), NOT_SUPPORTED),
+    (_mi([0.2, 0.8], 0.5, 0.4, excluded=False), UNDETERMINED),  # <eos> peaks still counted
+    (_mi([0.2, 0.8], 0.5, 0.4, planted=False), DETECTOR_FAILED),
+])
+def test_mi_rule_needs_aom_and_strategy_peaks_above_chance(results, outcome):
+    assert V.verdict_mi(results).outcome == outcome
+
+
+@pytest.mark.parametrize("hard_len, ref_len, outcome", [(8.0, 50.0, SUPPORTED), (20.0, 50.0, NOT_SUPPORTED),
+                                                        (8.0, 9.0, UNDETERMINED)])
+def test_shortcut_rule_needs_the_solvable_run_not_to_collapse(hard_len, ref_len, outcome):
+    rows = {m: {"sampled": {"mean_length": n}} for m, n in (("base", 22.0), ("rl-hard", hard_len), ("rl-seed0", ref_len))}
+    assert V.verdict_shortcuts({"checkpoints": rows}).outcome == outcome
+
+
+def test_entropy_and_drift_rules_use_intervals():
+    ent = {"entropy": {"base": 0.5, "rl": 0.2}, "entropy_ci": {"base": [0.45, 0.55], "rl": [0.15, 0.25]}}
+    assert V.verdict_entropy(ent).outcome == SUPPORTED
+    ent["entropy_ci"]["rl"] = [0.15, 0.5]
+    assert V.verdict_entropy(ent).outcome == NOT_SUPPORTED
+    drift = {"kl_base_rl": {"step0": {"on_base_samples": 0.001}, "step50": {"on_base_samples": 0.3}},
+             "kl_base_rl_ci": {"step0": {"on_base_samples": [0.0, 0.002]}, "step50": {"on_base_samples": [0.25, 0.35]}}}
+    assert V.verdict_drift(drift).outcome == SUPPORTED
+    drift["kl_base_rl_ci"]["step50"]["on_base_samples"] = [0.001, 0.35]
+    assert V.verdict_drift(drift).outcome == NOT_SUPPORTED
+
+
+# ------------------------------------------------------------------ positive controls
+def test_a_blind_detector_is_reported_as_such_not_as_a_negative_finding():
+    here = _route([0.0, 0.3], [0.0, 0.2])  # not supported on this pair ...
+    blind = _route([0.0, 0.3], [0.0, 0.2])  # ... and also on the pair where the claim is planted true
+    v = V.with_positive_control(V.verdict_routing, here, positive=blind, negative=here)
+    assert v.outcome == DETECTOR_FAILED
+    good = _route([0.6, 0.8], [0.0, 0.2])
+    v = V.with_positive_control(V.verdict_routing, here, positive=good, negative=here)
+    assert v.outcome == NOT_SUPPORTED and "planted true: supported" in v.positive_control
+    # a detector that also fires on the planted-false pair fails its control too
+    v = V.with_positive_control(V.verdict_routing, good, positive=good, negative=good)
+    assert v.outcome == DETECTOR_FAILED
+
+
+def test_every_row_is_not_measured_without_results():
+    rows = V.collect({})
+    assert len(rows) == 13 and {r.outcome for r in rows} == {NOT_MEASURED}
+    assert all(r.positive_control == V.UNTESTED for r in rows)
