@@ -219,6 +219,17 @@ class PassKComparison:
         }
 
 
+def guesser_pass_at_k(ks: Sequence[int], answer_space: int) -> list[float]:
+    """pass@k of a uniform guesser over ``answer_space`` equally likely answers: 1 - (1 - 1/|A|)^k.
+
+    The trivial baseline of a pass@k curve: with 10 possible answers it already reaches pass@16 = 0.81,
+    so a model's pass@k at large k says nothing until it is clear of this curve.
+    """
+    if not isinstance(answer_space, int) or answer_space < 1:
+        raise TwinlensError(f"answer_space must be a positive integer, got {answer_space!r}.")
+    return [1.0 - (1.0 - 1.0 / answer_space) ** int(k) for k in ks]
+
+
 def crossover_k(ks: Sequence[int], base: Sequence[float], rl: Sequence[float]) -> int | None:
     """The first k at which the base's pass@k reaches the RL model's (None if never)."""
     for k, b, r in zip(ks, base, rl, strict=True):
@@ -289,8 +300,9 @@ def compare_pass_at_k(
     )
 
 
-def plot_pass_at_k(comparison: PassKComparison, ax=None, maj: bool = True):
-    """pass@k curves (solid, CI band) and maj@k (dashed) per model, log2 k axis."""
+def plot_pass_at_k(comparison: PassKComparison, ax=None, maj: bool = True, answer_space: int | None = None):
+    """pass@k curves (solid, CI band) and maj@k (dashed) per model, log2 k axis; with
+    ``answer_space``, the uniform guesser's pass@k (grey, dotted) as the trivial baseline."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -302,6 +314,9 @@ def plot_pass_at_k(comparison: PassKComparison, ax=None, maj: bool = True):
         if maj and m in comparison.maj_at_k:
             mc = comparison.maj_at_k[m]
             ax.plot(mc.k, mc.mean, "s--", color=color, alpha=0.8, label=f"{m} maj@k")
+    if answer_space:
+        ax.plot(comparison.k, guesser_pass_at_k(comparison.k, answer_space), ":", color="0.4",
+                label=f"uniform guesser ({answer_space} answers)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("score")

@@ -48,6 +48,8 @@ class Task:
     answer_span(completion) -> (start, end) characters of the final answer, or None;
     skips_steps(completion) -> True when the answer comes without intermediate steps.
     char_tokens: one token per character (character spans are token spans).
+    answer_space: how many distinct answers the task admits, when known (organism: 10 digits); the
+    uniform guesser's pass@k = 1 - (1 - 1/answer_space)^k is the trivial baseline of pass@k.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Task:
     max_new_tokens: int = 256
     ngram: int = 4  # n of the repeated-n-gram detector (a meaningful unit of the task's text)
     char_tokens: bool = False
+    answer_space: int | None = None
 
     def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
         if self.make_problems is None:
@@ -111,6 +114,7 @@ def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
         max_new_tokens=min(127 - 2 * difficulty, 2 * 7 * n_steps + 4 + 3 + 2 + 2 * 12 + 8),  # context 128
         ngram=7,  # one step "a+b=NN;": a repeated 7-gram is a repeated step
         char_tokens=True,
+        answer_space=10,  # the answer is one digit (a sum mod 10)
     )
 
 

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from analyses.passk import guesser_pass_at_k  # noqa: F401  (re-exported: the pass@k row's baseline)
+
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
 UNDETERMINED = "undetermined"
@@ -526,11 +528,6 @@ def verdict_formats(r: Mapping | None, greedy: Mapping | None = None) -> Verdict
 
 
 # ---------------------------------------------------------------- §4 pass@k
-def guesser_pass_at_k(ks: Sequence[int], answer_space: int) -> list[float]:
-    """pass@k of a uniform guesser over ``answer_space`` answers: 1 - (1 - 1/|A|)^k."""
-    return [1.0 - (1.0 - 1.0 / answer_space) ** k for k in ks]
-
-
 def verdict_passk(r: Mapping | None) -> Verdict:
     """RL beats base at every k (ProRL) rather than base overtaking at large k (Yue et al.).
 

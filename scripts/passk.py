@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.passk import compare_pass_at_k, plot_pass_at_k  # noqa: E402
+from analyses.passk import compare_pass_at_k, guesser_pass_at_k, plot_pass_at_k  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import sample  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
@@ -64,10 +64,13 @@ def run(args: argparse.Namespace) -> dict:
                      "max_new_tokens": samples.meta["max_new_tokens"], "seed": args.seed,
                      "problem_set": args.problem_set},
         "samples": str(out / "samples.jsonl"),
+        # The trivial baseline: a uniform guesser over the task's answers (None when unknown).
+        "guesser": ({"answer_space": task.answer_space,
+                     "pass_at_k": guesser_pass_at_k(cmp.k, task.answer_space)} if task.answer_space else None),
     }
     plt = cli.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    plot_pass_at_k(cmp, ax=ax)
+    plot_pass_at_k(cmp, ax=ax, answer_space=task.answer_space)
     save_figure(fig, out / "pass_at_k.png")
     write_results(out, results, summary(cmp, results))
     return results
@@ -84,11 +87,21 @@ def summary(cmp, results: dict) -> str:
         + " | ".join(f"{m} maj@k" for m in cmp.maj_at_k) + " |",
         "|---|" + "---|" * (len(cmp.pass_at_k) + len(cmp.maj_at_k)),
     ]
+    guess = (results.get("guesser") or {}).get("pass_at_k")
+    if guess:
+        lines[-2] += " uniform guesser |"
+        lines[-1] += "---|"
     for i, k in enumerate(cmp.k):
         cells = [f"{c.mean[i]:.3f} [{c.ci_low[i]:.3f}, {c.ci_high[i]:.3f}]" for c in cmp.pass_at_k.values()]
         cells += [f"{c.mean[i]:.3f}" for c in cmp.maj_at_k.values()]
+        cells += [f"{guess[i]:.3f}"] if guess else []
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
+    if guess:
+        lines.append(f"- Trivial baseline: a uniform guesser over the task's {results['guesser']['answer_space']} "
+                     "answers; pass@k is decided only where both models are clear of it (analyses/verdicts.py).")
+    else:
+        lines.append("- The task does not state its answer space: the uniform guesser's curve is unknown.")
     for m, k in cmp.crossover_k.items():
         if k is None:
             text = f"none up to k = {cmp.k[-1]} ({m} ahead at every k)"

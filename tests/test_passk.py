@@ -134,4 +134,17 @@ def test_script_on_tiny_pair_writes_results_contract(tiny_models, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["k"] == [1, 2] and set(res["pass_at_k"]) == {"base", "llama_b"}
     assert "crossover_k" in res and res["seed"] == 0
+    # the organism's task has 10 answers: the guesser's curve is written beside the models'
+    assert res["guesser"]["answer_space"] == 10
+    assert res["guesser"]["pass_at_k"] == pytest.approx([0.1, 0.19])
     assert (out / "pass_at_k.png").exists() and (out / "summary.md").exists()
+    assert "uniform guesser" in (out / "summary.md").read_text()
+
+
+def test_guesser_pass_at_k_matches_enumeration():
+    from analyses.passk import guesser_pass_at_k
+
+    # 3 answers, k = 2: the guesser misses twice with probability (2/3)^2
+    assert guesser_pass_at_k([1, 2], 3) == pytest.approx([1 / 3, 1 - 4 / 9])
+    with pytest.raises(TwinlensError, match="answer_space"):
+        guesser_pass_at_k([1], 0)
