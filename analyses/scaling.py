@@ -42,6 +42,7 @@ class SigmoidFit:
     rmse: float
     n_boot: int
     n_boot_failed: int
+    A_bound: float = float("inf")  # upper bound of A in the fit (1.0 for scores in [0, 1])
     compute: list[float] = field(repr=False, default_factory=list)
     score: list[float] = field(repr=False, default_factory=list)
 
@@ -55,6 +56,9 @@ class SigmoidFit:
             "r0_fixed": self.r0_fixed, "seed": self.seed, "n_points": self.n_points,
             "n_excluded": self.n_excluded, "exclude_below": self.exclude_below,
             "rmse": self.rmse, "n_boot": self.n_boot, "n_boot_failed": self.n_boot_failed,
+            "A_bound": self.A_bound if math.isfinite(self.A_bound) else None,
+            # an asymptote at its bound does not identify the curve (analyses/verdicts.py)
+            "saturated": bool(math.isfinite(self.A_bound) and self.A_bound - self.A <= 0.01),
         }
 
 
@@ -183,8 +187,82 @@ def fit_sigmoid(
         A=A, B=B, C_mid=C_mid, R0=R0, r0_fixed=r0 is not None, ci=cis, seed=seed,
         n_points=int(c.size), n_excluded=int((~keep).sum()), exclude_below=exclude_below,
         rmse=math.sqrt(sse / c.size), n_boot=bootstrap, n_boot_failed=failed,
-        compute=c_all.tolist(), score=s_all.tolist(),
+        A_bound=float(b_A[1]), compute=c_all.tolist(), score=s_all.tolist(),
     )
+
+
+def power_law_curve(compute, a: float, b: float, R0: float) -> np.ndarray:
+    """R(C) = R0 + a * C^b: the non-saturating alternative to the sigmoid."""
+    return R0 + a * np.asarray(compute, dtype=np.float64) ** b
+
+
+def _fit_power_law(c: np.ndarray, s: np.ndarray) -> tuple[float, float, float] | None:
+    from scipy.optimize import curve_fit
+
+    def f(x, log_a, b, R0):
+        return power_law_curve(x, math.exp(log_a), b, R0)
+
+    scale = float(np.median(c))
+    best = None
+    for b0 in (0.1, 0.5, 1.0):
+        p0 = [math.log(max(float(s.max() - s.min()), 1e-6)) - b0 * math.log(scale), b0, float(s.min())]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                popt, _ = curve_fit(f, c, s, p0=p0, bounds=([-50.0, 1e-4, -10.0], [50.0, 5.0, 10.0]),
+                                    method="trf", max_nfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((f(c, *popt) - s) ** 2))
+        if best is None or sse < best[1]:
+            best = ((math.exp(popt[0]), float(popt[1]), float(popt[2])), sse)
+    return best[0] if best else None
+
+
+@dataclass
+class HeldOutComparison:
+    """Sigmoid vs power law, each fitted on the earlier points and scored on the last ones
+    (extrapolation in compute: what a scaling curve is for). RMSE in score units."""
+
+    n_fit: int
+    n_heldout: int
+    sigmoid_rmse: float
+    power_law_rmse: float
+    sigmoid_params: dict
+    power_law_params: dict
+
+    def to_dict(self) -> dict:
+        return {"n_fit": self.n_fit, "n_heldout": self.n_heldout, "sigmoid_rmse": self.sigmoid_rmse,
+                "power_law_rmse": self.power_law_rmse, "sigmoid": self.sigmoid_params,
+                "power_law": self.power_law_params,
+                "better": "sigmoid" if self.sigmoid_rmse < self.power_law_rmse else "power_law"}
+
+
+def compare_heldout(compute: Sequence[float], score: Sequence[float], n_heldout: int | None = None,
+                    r0: float | None = None) -> HeldOutComparison:
+    """Fit the ScaleRL sigmoid and a power law R0 + a C^b on all but the last ``n_heldout`` points
+    (default: the last quarter, at least one) and report each one's RMSE on the held-out points.
+
+    Raises TwinlensError when too few points are left to fit the sigmoid (4 parameters need 5).
+    """
+    c, s = _validate(compute, score)
+    n_heldout = max(1, math.ceil(c.size / 4)) if n_heldout is None else int(n_heldout)
+    n_params = 3 if r0 is not None else 4
+    if n_heldout < 1 or c.size - n_heldout < n_params + 1:
+        raise TwinlensError(
+            f"{c.size} points: holding out {n_heldout} leaves {c.size - n_heldout} to fit {n_params} parameters "
+            f"(need {n_params + 1}). Add checkpoints.")
+    cf, sf, ch, sh = c[:-n_heldout], s[:-n_heldout], c[-n_heldout:], s[-n_heldout:]
+    sig = fit_sigmoid(cf, sf, r0=r0, bootstrap=0)
+    pw = _fit_power_law(cf, sf)
+    if pw is None:
+        raise TwinlensError("The power-law fit did not converge; check the points.")
+    s_rmse = float(np.sqrt(np.mean((sig.predict(ch) - sh) ** 2)))
+    p_rmse = float(np.sqrt(np.mean((power_law_curve(ch, *pw) - sh) ** 2)))
+    return HeldOutComparison(
+        n_fit=int(cf.size), n_heldout=int(n_heldout), sigmoid_rmse=s_rmse, power_law_rmse=p_rmse,
+        sigmoid_params={"A": sig.A, "B": sig.B, "C_mid": sig.C_mid, "R0": sig.R0},
+        power_law_params={"a": pw[0], "b": pw[1], "R0": pw[2]})
 
 
 def plot_sigmoid_fit(fit: SigmoidFit, ax=None, extrapolate: float = 10.0, label: str = "",

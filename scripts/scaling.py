@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
-from analyses.scaling import fit_sigmoid, plot_sigmoid_fit  # noqa: E402
+from analyses.scaling import compare_heldout, fit_sigmoid, plot_sigmoid_fit  # noqa: E402
 from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
@@ -114,8 +114,15 @@ def run(args: argparse.Namespace) -> dict:
                       bootstrap=args.bootstrap, seed=args.seed)
 
     d = fit.to_dict()
+    try:
+        used = [(c, y) for c, y in zip(compute, score, strict=True)
+                if args.exclude_below is None or c >= args.exclude_below]
+        heldout = compare_heldout([c for c, _ in used], [y for _, y in used], r0=r0).to_dict()
+    except TwinlensError as exc:  # too few points to hold any out: the verdict says undetermined
+        heldout = {"error": str(exc)}
     results = {
         "A": d["A"], "B": d["B"], "C_mid": d["C_mid"], "R0": d["R0"], "ci": d["ci"],
+        "A_bound": d["A_bound"], "saturated": d["saturated"], "heldout": heldout,
         "fit": d, "points": {"compute": fit.compute, "score": fit.score},
         "source": source,
         "ci_note": f"95% percentile pairs bootstrap over points ({args.bootstrap} resamples, seed {args.seed})",
@@ -160,6 +167,16 @@ def summary(fit, results: dict) -> str:
         lines.append("")
     if fit.n_points < 8:
         lines += [f"Only {fit.n_points} points: the CIs are wide and the extrapolation is a sketch.", ""]
+    if results.get("saturated"):
+        lines += [f"**Saturated**: A = {fit.A:.4f} sits at its bound {results['A_bound']}; the sigmoid's shape is "
+                  "not identified by these points (the verdict is undetermined).", ""]
+    h = results.get("heldout") or {}
+    if "sigmoid_rmse" in h:
+        lines += [f"Held-out check (fit on the first {h['n_fit']} points, predict the last {h['n_heldout']}): "
+                  f"RMSE sigmoid {h['sigmoid_rmse']:.4f} vs power law R0 + a C^b {h['power_law_rmse']:.4f} "
+                  f"({h['better'].replace('_', ' ')} extrapolates better).", ""]
+    elif h.get("error"):
+        lines += [f"No held-out comparison with a power law: {h['error']}", ""]
     return "\n".join(lines)
 
 

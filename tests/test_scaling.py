@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyses.scaling import fit_sigmoid, sigmoid_curve
+from analyses.scaling import compare_heldout, fit_sigmoid, power_law_curve, sigmoid_curve
 from hooks import TwinlensError
 
 PUBLISHED = [(0.710, 1.65, 4242.0), (0.645, 1.70, 10909.0)]  # RESEARCH.md section 9
@@ -77,6 +77,25 @@ def test_script_writes_results_contract_from_a_points_file(tmp_path):
     assert _run_script(["--points", str(tmp_path / "pts.csv"), "--bootstrap", "10", "--out", str(tmp_path / "o")]) == 0
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["A"] == pytest.approx(0.71, rel=0.01) and set(res["ci"]) == {"A", "B", "C_mid", "R0"}
+    assert res["saturated"] is False and res["heldout"]["better"] == "sigmoid"
     assert (tmp_path / "o" / "scaling_fit.png").stat().st_size > 0 and (tmp_path / "o" / "summary.md").exists()
     (tmp_path / "bad.csv").write_text("1,0.1\n1,0.2\n2,0.3\n3,0.4\n4,0.5\n")
     assert _run_script(["--points", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "b")]) == 2
+
+
+def test_heldout_comparison_tells_a_sigmoid_from_a_power_law():
+    """Points from a sigmoid that bends within the range: the sigmoid extrapolates them better; points
+    from a power law that keeps rising: the power law does. Noiseless, so either fit can be exact."""
+    c = np.geomspace(100, 100000, 12)
+    sig = compare_heldout(c, sigmoid_curve(c, 0.71, 1.65, 4242, 0.2))
+    assert sig.n_heldout == 3 and sig.sigmoid_rmse < 0.01 < sig.power_law_rmse
+    pw = compare_heldout(c, power_law_curve(c, 0.01, 0.3, 0.1))
+    assert pw.power_law_rmse < 0.01 < pw.sigmoid_rmse
+    with pytest.raises(TwinlensError, match="need 5"):
+        compare_heldout(c[:5], sigmoid_curve(c[:5], 0.71, 1.65, 4242, 0.2))
+
+
+def test_saturated_fit_is_flagged():
+    c = np.geomspace(100, 100000, 10)
+    fit = fit_sigmoid(c, sigmoid_curve(c, 1.0, 2.0, 300, 0.2), bootstrap=0)
+    assert fit.to_dict()["saturated"] and fit.to_dict()["A_bound"] == 1.0
