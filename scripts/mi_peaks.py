@@ -223,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from analyses.mi_peaks import MiPeaksConfig, compute_mi, run_mi_peaks
+    from analyses.mi_peaks import (
+        MiPeaksConfig,
+        compute_mi,
+        planted_dependence_control,
+        run_mi_peaks,
+    )
     from analyses.mi_peaks.pipeline import checkpoint_series, headline_scalars
     from analyses.mi_peaks.plotting import plot_checkpoint_series, plot_model_rows, plot_peak_tokens
     from analyses.reporting import save_figure, to_jsonable, write_results
@@ -281,6 +286,17 @@ def run(args: argparse.Namespace) -> dict:
         "checkpoints": series,
         "sigma_grid": grid,
     }
+    # Positive control of the detector: dependence planted at known positions must be found as peaks.
+    planted = {}
+    for lab, model in models.items():
+        special = frozenset(int(i) for i in getattr(model.tokenizer, "all_special_ids", []) or [])
+        planted[lab] = planted_dependence_control(result.trajectories[cfg.texts[0]][lab], cfg.method, cfg.sigma,
+                                                  special, seed=cfg.seed)
+    results["special_tokens_excluded"] = True
+    results["planted_control"] = {
+        "recall": min((p["recall"] for p in planted.values()), default=None),
+        "passed": bool(planted) and all(p["passed"] for p in planted.values()), "per_model": planted,
+        "texts": cfg.texts[0]}
     for lab, model in models.items():
         texts = {}
         for kind in cfg.texts:

@@ -24,6 +24,7 @@ from analyses.mi_peaks import (
     hsic_paper,
     hsic_permutation_test,
     peak_stats,
+    planted_dependence_control,
     strategy_enrichment,
 )
 from analyses.mi_peaks.trajectories import Trajectory
@@ -173,6 +174,20 @@ def test_iqr_peaks_and_aom_on_hand_made_trajectory():
     assert math.isnan(peak_stats([1, 2, 3, 4, 5]).aom)
 
 
+def test_excluded_positions_take_no_part_in_quartiles_or_peaks():
+    # the last token (an <eos> state) holds the largest value; excluded, the peak is the 100 at index 3
+    mi = [3, 0, 5, 100, 1, 7, 2, 6, 4, 500]
+    full = peak_stats(mi)
+    assert 9 in full.peaks
+    s = peak_stats(mi, exclude=[False] * 9 + [True])
+    assert s.peaks == (3,) and s.length == 9 and (s.q1, s.median, s.q3) == (2.0, 4.0, 6.0)
+    # peak indices are positions in the full trajectory, also when an excluded token comes first
+    s = peak_stats([500, *mi[:9]], exclude=[True] + [False] * 9)
+    assert s.peaks == (4,)
+    with pytest.raises(TwinlensError, match="exclude mask"):
+        peak_stats(mi, exclude=[False] * 3)
+
+
 def test_short_trajectory_is_refused_with_the_fix():
     with pytest.raises(TwinlensError, match="at least 4"):
         find_peaks_iqr([0.1, 0.5, 0.2])
@@ -276,6 +291,10 @@ def test_script_writes_the_results_contract(organism_like_model, tmp_path):
         assert 0 < ref["chance"] < 1  # the reference texts carry wait; and chk spans
     # same weights for base and rl: the paired differences are exactly 0
     assert res["paired"]["reference"]["rl-base"]["mi_mean"]["value"] == 0.0
+    # special tokens are out of peak finding, and the detector's planted positive control ran
+    assert res["special_tokens_excluded"] is True
+    pc = res["planted_control"]
+    assert pc["per_model"]["base"]["n_planted"] > 0 and 0 <= pc["recall"] <= 1
     assert (out / "summary.md").exists() and (out / "mi_trajectories_reference.png").exists()
     # bad input: a clear error and exit code 2, nothing written
     assert script.main(["--base", str(tmp_path / "missing"), "--rl", str(organism_like_model),
@@ -322,3 +341,30 @@ def test_summary_reports_an_undefined_paired_difference_as_na():
     }
     md = script.summary_markdown(results)
     assert "mi_mean -0.5 [-1, +0.25]; aom n/a" in md
+
+
+def test_planted_dependence_is_found_and_eos_never_peaks():
+    """The detector's positive control on the shipped base: dependence on the gold state mixed in at
+    known positions (half gold) is found by the same estimator and IQR rule, every time here (recall
+    1.0 measured; bound 0.8), while the same positions with nothing planted peak at the base rate
+    (0.04 measured; bound 0.2). No peak ever lands on <eos>."""
+    import organism
+    from analyses.mi_peaks import MiPeaksConfig, organism_problem_set, run_mi_peaks
+    from analyses.mi_peaks.comparison import usable
+
+    model = load_model(organism.checkpoint_path("base"))
+    cfg = MiPeaksConfig(texts=("reference",), interventions=False, n_boot=50, n_permutations=100,
+                        hsic_permutations=0)
+    res = run_mi_peaks({"base": model}, organism_problem_set(12, seed=0), cfg)
+    trajs = res.trajectories["reference"]["base"]
+    special = frozenset(model.tokenizer.all_special_ids)
+    used, _ = usable(trajs, special)
+    summary = res.summaries["reference"]["base"]
+    eos = model.tokenizer.eos_token_id
+    assert any(t.emitted_ids[-1] == eos for t in used)  # the <eos> state is there to be (wrongly) picked
+    for p, t in zip(summary.per_problem, used, strict=True):
+        assert p["problem_id"] == t.problem_id and all(t.emitted_ids[i] != eos for i in p["peaks"])
+    pc = planted_dependence_control(trajs, cfg.method, cfg.sigma, special, seed=0)
+    assert pc["n_planted"] >= 20 and pc["recall"] >= 0.8 and pc["passed"]
+    null = planted_dependence_control(trajs, cfg.method, cfg.sigma, special, mix=0.0, seed=0)
+    assert null["recall"] < 0.2 and not null["passed"]

@@ -217,4 +217,9 @@ def test_route_script_writes_the_results_contract_on_the_organism(tmp_path):
     # recovers most of that gap on any 24 problems while routing a small share of tokens.
     assert d["accuracy_rl"] - d["accuracy_base"] >= 0.4
     assert d["gap_recovered"]["value"] >= 0.7 and d["fraction_routed"] <= 0.2
+    # the gap itself has a paired CI, and the greedy disagree router is reported for what it is
+    lo, hi = results["accuracy_gap_ci"]
+    assert 0 < lo <= results["accuracy_rl"] - results["accuracy_base"] <= hi
+    assert results["rl_token_needed_fraction"] == d["fraction_routed"]
+    assert "by construction" in (out / "summary.md").read_text()
     assert (out / "summary.md").exists() and list(out.glob("*.png"))

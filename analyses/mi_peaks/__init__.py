@@ -22,6 +22,7 @@ from analyses.mi_peaks.comparison import (
     compute_mi,
     label_trajectories,
     paired_difference,
+    planted_dependence_control,
     strategy_enrichment,
     summarise_model,
 )
@@ -66,6 +67,6 @@ __all__ = [
     "bootstrap_mean", "collect_trajectories", "compute_mi", "decode_states", "estimate_mi",
     "find_peaks", "find_peaks_iqr", "find_peaks_topk", "greedy_trajectories", "hsic_gaussian",
     "hsic_paper", "hsic_permutation_test", "label_trajectories", "organism_problem_set",
-    "paired_difference", "peak_stats", "peak_token_suppression", "resolve_layer", "run_mi_peaks",
+    "paired_difference", "peak_stats", "planted_dependence_control", "peak_token_suppression", "resolve_layer", "run_mi_peaks",
     "strategy_enrichment", "summarise_model", "thinking_token_scaling",
 ]

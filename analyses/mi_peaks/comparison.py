@@ -116,11 +116,52 @@ def label_trajectories(
         t.text, t.token_strategy, t.strategy_marker = text, labels, marker
 
 
-def usable(trajectories: Sequence[Trajectory]) -> tuple[list[Trajectory], int]:
-    """Trajectories long enough for quartiles, and how many were too short (reported, never
-    silently dropped)."""
-    ok = [t for t in trajectories if t.length >= MIN_TRAJECTORY_LENGTH]
+def special_mask(trajectory: Trajectory, special_ids: set[int] | frozenset[int]) -> np.ndarray:
+    """Bool[ndarray, "T"]: the states that emit a special token (``<eos>``, ``<|im_end|>``, ...)."""
+    return np.array([int(i) in special_ids for i in trajectory.emitted_ids], dtype=bool)
+
+
+def usable(trajectories: Sequence[Trajectory], special_ids: set[int] | frozenset[int] = frozenset()
+           ) -> tuple[list[Trajectory], int]:
+    """Trajectories with enough non-special tokens for quartiles, and how many were too short
+    (reported, never silently dropped)."""
+    ok = [t for t in trajectories
+          if t.length - int(special_mask(t, special_ids).sum()) >= MIN_TRAJECTORY_LENGTH]
     return ok, len(trajectories) - len(ok)
+
+
+def planted_dependence_control(
+    trajectories: Sequence[Trajectory], method: str, sigma: float, special_ids: set[int] | frozenset[int] = frozenset(),
+    *, n_planted: int = 2, mix: float = 0.5, min_recall: float = 0.8, seed: int = 0,
+) -> dict[str, Any]:
+    """Positive control of the peak detector: plant dependence on the gold state at known positions
+    and check that the same estimator and peak rule find them.
+
+    In each usable trajectory, ``n_planted`` non-special positions (seeded) get the state
+    (1 - mix) * h_t + mix * h_gold; the MI is re-estimated and IQR peaks found with special tokens
+    excluded, as in the analysis. recall = planted positions found / planted; ``passed`` when recall
+    >= ``min_recall``. A detector that misses planted peaks cannot support (or deny) the claim.
+    """
+    rng = np.random.default_rng(seed)
+    found = planted = other_peaks = other = 0
+    used, _ = usable(trajectories, special_ids)
+    for t in used:
+        allowed = np.flatnonzero(~special_mask(t, special_ids))
+        if allowed.size < MIN_TRAJECTORY_LENGTH + n_planted:
+            continue
+        pos = rng.choice(allowed, size=n_planted, replace=False)
+        states = t.states.clone()
+        states[pos] = (1 - mix) * states[pos] + mix * t.gold
+        mi = estimate_mi(states, t.gold, method=method, sigma=sigma)
+        peaks = set(peak_stats(mi, "iqr", exclude=special_mask(t, special_ids)).peaks)
+        found += len(peaks & set(pos.tolist()))
+        planted += n_planted
+        other_peaks += len(peaks - set(pos.tolist()))
+        other += allowed.size - n_planted
+    recall = found / planted if planted else math.nan
+    return {"n_trajectories": len(used), "n_planted": planted, "mix": mix, "recall": recall,
+            "peak_rate_elsewhere": other_peaks / other if other else math.nan,
+            "min_recall": min_recall, "passed": bool(planted and recall >= min_recall)}
 
 
 # ----------------------------------------------------------------------------- enrichment
@@ -154,25 +195,31 @@ def strategy_enrichment(
     what: str = "span",
     n_permutations: int = 10000,
     seed: int = 0,
+    exclude: Sequence[np.ndarray] | None = None,
 ) -> StrategyEnrichment:
+    """``exclude[i]`` (Bool[ndarray, "T_i"]): positions of trajectory i left out of the chance rate
+    and of the permutation null (the special tokens peak finding skipped)."""
     if what not in ("span", "marker"):
         raise TwinlensError(f"what must be 'span' or 'marker', got {what!r}.")
     strategies = tuple(strategies)
     k = n_peaks = n_tok = n_strat = 0
     per_traj = []  # (strategy tokens, tokens, peaks) for the null
-    for t, p in zip(trajectories, peaks, strict=True):
+    for i, (t, p) in enumerate(zip(trajectories, peaks, strict=True)):
         if what == "span":
             mask = np.array([s in strategies for s in t.token_strategy], dtype=bool)
         else:
             mask = np.array([m and s in strategies for m, s in zip(t.strategy_marker, t.token_strategy, strict=True)], dtype=bool)
         if mask.size != t.length:
             raise TwinlensError("Trajectories are not labelled; call label_trajectories first.")
+        keep = np.ones(t.length, dtype=bool) if exclude is None else ~np.asarray(exclude[i], dtype=bool)
+        mask = mask & keep
+        n_kept = int(keep.sum())
         p = np.asarray(p, dtype=np.int64)
         k += int(mask[p].sum())
         n_peaks += int(p.size)
-        n_tok += t.length
+        n_tok += n_kept
         n_strat += int(mask.sum())
-        per_traj.append((int(mask.sum()), t.length, int(p.size)))
+        per_traj.append((int(mask.sum()), n_kept, int(p.size)))
     chance = n_strat / n_tok if n_tok else math.nan
     share = k / n_peaks if n_peaks else math.nan
     if n_peaks == 0 or n_strat == 0:
@@ -297,7 +344,8 @@ def summarise_model(
     Trajectories shorter than 4 tokens are left out and counted in ``n_too_short``."""
     if any(t.mi is None for t in trajectories):
         raise TwinlensError("Trajectories have no MI yet; call compute_mi first.")
-    used, too_short = usable(trajectories)
+    special = frozenset(int(i) for i in getattr(model.tokenizer, "all_special_ids", []) or [])
+    used, too_short = usable(trajectories, special)
     if not used:
         raise TwinlensError(
             f"All {len(trajectories)} trajectories of {label!r} have fewer than "
@@ -305,8 +353,9 @@ def summarise_model(
             "Use teacher-forced reference completions (texts='reference') or raise max_new_tokens."
         )
     tok = model.tokenizer
-    iqr_stats: list[PeakStats] = [peak_stats(t.mi, "iqr") for t in used]
-    topk_stats: list[PeakStats] = [peak_stats(t.mi, "topk", top_k) for t in used]
+    # special tokens (<eos>, chat markers) take no part in peak finding: see peaks.peak_stats
+    iqr_stats: list[PeakStats] = [peak_stats(t.mi, "iqr", exclude=special_mask(t, special)) for t in used]
+    topk_stats: list[PeakStats] = [peak_stats(t.mi, "topk", top_k, exclude=special_mask(t, special)) for t in used]
 
     peak_tokens, decoded, counts = Counter(), Counter(), Counter()
     agree = total = 0
@@ -325,9 +374,10 @@ def summarise_model(
     def est(values):
         return bootstrap_mean(values, n_boot=n_boot, seed=seed)
 
-    enrich = strategy_enrichment(used, [s.peaks for s in iqr_stats], strategies, "span", n_permutations, seed)
-    enrich_m = strategy_enrichment(used, [s.peaks for s in iqr_stats], strategies, "marker", n_permutations, seed)
-    enrich_k = strategy_enrichment(used, [s.peaks for s in topk_stats], strategies, "span", n_permutations, seed)
+    excl = [special_mask(t, special) for t in used]
+    enrich = strategy_enrichment(used, [s.peaks for s in iqr_stats], strategies, "span", n_permutations, seed, excl)
+    enrich_m = strategy_enrichment(used, [s.peaks for s in iqr_stats], strategies, "marker", n_permutations, seed, excl)
+    enrich_k = strategy_enrichment(used, [s.peaks for s in topk_stats], strategies, "span", n_permutations, seed, excl)
     correct = [t.correct for t in trajectories if t.correct is not None]
     per_problem = [
         {"problem_id": t.problem_id, "length": s.length, "mi_mean": s.mean, "mi_std": s.std,
