@@ -839,11 +839,10 @@ def _formats_with_greedy(results: Mapping[str, Any]) -> Verdict:
     fr = results.get("formats")
     ev = results.get("evaluate")
     last = (get(fr, "checkpoints") or [None])[-1]
-    greedy = None
-    if last is not None:
+    greedy = get(fr, "greedy_share", last) if last is not None else None
+    if not isinstance(greedy, Mapping) and last is not None:  # older formats runs: evaluate's greedy rows
         g = get(ev, "checkpoints", last, "greedy", "formats")
-        if isinstance(g, Mapping):
-            greedy = {k: value_ci(x)[0] for k, x in g.items()}
+        greedy = {k: value_ci(x)[0] for k, x in g.items()} if isinstance(g, Mapping) else None
     return verdict_formats(fr, greedy)
 
 

@@ -90,6 +90,20 @@ def resolve_checkpoints(args) -> tuple[list[str], list[str], dict[str, float], d
     return names, names, {d["name"]: d["step"] for d in series}, {d["name"]: d["compute"] for d in series}
 
 
+def greedy_format_shares(family: dict, problems, task, batch_size: int | None = None) -> dict[str, dict[str, float]]:
+    """{checkpoint: {format: share of greedy completions}} (one greedy completion per problem)."""
+    from hooks import generate
+
+    out = {}
+    for label, model in family.items():
+        prompts = [model.encode(p.prompt) for p in problems]
+        kw = {"batch_size": batch_size} if batch_size else {}
+        toks = generate(model, prompts, task.max_new_tokens, temperature=0.0, **kw)
+        kinds = [task.classify_format(model.tokenizer.decode(t)) for t in toks]
+        out[label] = {f: kinds.count(f) / len(kinds) for f in (*task.formats, "other")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
@@ -106,9 +120,12 @@ def run(args: argparse.Namespace) -> dict:
                          ks=args.k, n_boot=args.n_boot, seed=args.seed)
     shortcuts = shortcuts_by_checkpoint(samples, task, fc.checkpoints, ngram=args.ngram,
                                         n_boot=args.n_boot, seed=args.seed)
+    greedy = greedy_format_shares(family, problems, task, batch_size=args.batch_size)
 
     results = {
         **fc.to_dict(),
+        # greedy decoding collapses before sampling does (T=1 keeps a tail): both are reported
+        "greedy_share": greedy,
         "shortcuts": {m: s.to_dict() for m, s in shortcuts.items()},
         "ci_note": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
         "models": {label: str(m.path) for label, m in family.items()},
@@ -159,6 +176,11 @@ def summary(fc, shortcuts, results: dict) -> str:
             + " | ".join(f"{fc.maj_at_k[c][k]:.3f}" for k in fc.ks if k > 1)
             + f" | {sc.mean_length:.1f} | {sc.repeated_ngram_rate:.3f} | "
             + ("" if sc.skipped_steps_rate is None else f"{sc.skipped_steps_rate:.3f}") + " |")
+    g = results.get("greedy_share") or {}
+    if g:
+        lines += ["", "Greedy decoding (one completion per problem), share per format:", "",
+                  "| checkpoint | " + " | ".join(fnames) + " |", "|---|" + "---|" * len(fnames)]
+        lines += [f"| {c} | " + " | ".join(f"{g[c].get(f, 0.0):.3f}" for f in fnames) + " |" for c in fc.checkpoints]
     lines += ["", f"Share CIs, shortcut CIs: {results['ci_note']} (in results.json).", ""]
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ CASES = {
     "calibrate": (["--n-problems", "24", "--n-samples", "2", "--n-boot", "50"], ["brier", "ece", "auroc"]),
     "drift": (["--n-problems", "8", "--n-samples", "2", "--series", "", "--n-boot", "50"],
               ["kl_base_rl", "kl_rl_base", "entropy"]),
-    "formats": (["--n-problems", "8", "--n-samples", "4", "--n-boot", "50"], ["share", "collapse_step"]),
+    "formats": (["--n-problems", "8", "--n-samples", "4", "--n-boot", "50"], ["share", "collapse_step", "greedy_share"]),
     "evaluate": (["--checkpoints", "base", "rl-seed0", "--n", "24"], ["checkpoints"]),
     "capture": (["--n", "4"], ["rows", "cosine_base_rl"]),
 }
@@ -32,5 +32,8 @@ def test_script_writes_the_results_contract(script, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert all(k in results for k in keys), sorted(results)
+    if script == "formats":  # greedy rl-seed0 is all verify (model card: 1.0 on 500 problems)
+        assert results["greedy_share"]["rl-seed0-step50"]["verify"] >= 0.75
+        assert all(abs(sum(g.values()) - 1) < 1e-9 for g in results["greedy_share"].values())
     assert (out / "summary.md").read_text().strip()
     assert list(out.glob("*.png"))
