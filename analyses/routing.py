@@ -48,8 +48,9 @@ from hooks.generation import (
     row_seed,
     sample_next_tokens,
     strip_eos,
+    token_positions,
 )
-from hooks.interventions import add_to_residual
+from hooks.interventions import ForwardLayout, add_to_residual, forward_layout
 
 __all__ = [
     "Router",
@@ -415,12 +416,19 @@ def _record_last(model: Any, layers: Sequence[int], into: dict[int, Tensor],
             h.remove()
 
 
+def _layout(model: Any, mask: Tensor, positions: Tensor, rows: Tensor, n_rows: int, n: int) -> Any:
+    """Declare where a forward's tokens sit (absolute positions per row), so interventions
+    restricted to positions act on the right tokens of a left-padded, KV-cached batch."""
+    return forward_layout(model, ForwardLayout(token_positions(mask, positions), rows, n_rows, n))
+
+
 class _LaggingCache:
     """The RL model's KV cache, `filled` positions of the sequence behind it; `catch_up` feeds
     the missing positions in one forward and returns the last position's logits."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, rows: Tensor, n_rows: int, n: int):
         self.model, self.cache, self.filled = model, None, 0
+        self.rows, self.n_rows, self.n = rows, n_rows, n  # for the forward layout
         self.n_forwards = self.n_tokens = 0
 
     def catch_up(self, seq: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
@@ -430,8 +438,9 @@ class _LaggingCache:
         if self.cache is not None:
             self.n_tokens += cur - self.filled
         sl = slice(self.filled, cur)
-        logits, self.cache = forward_step(
-            self.model.hf, seq[:, sl], mask[:, :cur], positions[:, sl], self.cache)
+        with _layout(self.model, mask[:, :cur], positions[:, sl], self.rows, self.n_rows, self.n):
+            logits, self.cache = forward_step(
+                self.model.hf, seq[:, sl], mask[:, :cur], positions[:, sl], self.cache)
         self.logits, self.filled = logits[:, -1], cur
         self.n_forwards += 1
         return self.logits
@@ -489,7 +498,8 @@ def hybrid_generate(
         router.start([(rid, j) for _, rid, j in chunk], max_new_tokens, seed)
         seq, mask, positions = left_padded([p for p, _, _ in chunk], pad, device)
         width = seq.shape[1]
-        rl_state = _LaggingCache(rl)
+        rows_here = torch.arange(start, start + B)
+        rl_state = _LaggingCache(rl, rows_here, len(rows), n)
         routed_log = torch.zeros((B, max_new_tokens), dtype=torch.bool)
         strat_log = torch.full((B, max_new_tokens), -1, dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -497,7 +507,8 @@ def hybrid_generate(
             stack.enter_context(_record_last(base, base_layers, base_hidden))
             if steering is not None:
                 stack.enter_context(_record_last(rl, steering.layers, rl_hidden, like=base))
-            base_logits, base_cache = forward_step(base.hf, seq, mask, positions)
+            with _layout(base, mask, positions, rows_here, len(rows), n):
+                base_logits, base_cache = forward_step(base.hf, seq, mask, positions)
             base_logits = base_logits[:, -1]
             for step in range(max_new_tokens):
                 rl_logits = rl_state.catch_up(seq, mask, positions) if need_rl else None
@@ -517,13 +528,17 @@ def hybrid_generate(
                     # Re-run this step's base forward with the vectors on the routed rows: drop
                     # the last position from the cache, feed it again under steering.
                     base_cache.crop(-1)
+                    here = positions[:, -1].cpu()  # absolute position of the re-fed token
                     with ExitStack() as steer:
                         for k, v in enumerate(steering.vectors):
-                            rows_k = picks == k
+                            rows_k = (picks == k).cpu()
                             if bool(rows_k.any()):
+                                at = torch.zeros((len(rows), int(here.max()) + 1), dtype=torch.bool)
+                                at[rows_here[rows_k], here[rows_k]] = True  # these rows, this token
                                 steer.enter_context(add_to_residual(
                                     base, int(v.layer), v.direction, alpha=steering.alpha,
-                                    positions=rows_k[:, None]))
+                                    positions=at))
+                        steer.enter_context(_layout(base, mask, positions[:, -1:], rows_here, len(rows), n))
                         steered, base_cache = forward_step(
                             base.hf, seq[:, -1:], mask, positions[:, -1:], base_cache)
                     logits = torch.where(route[:, None], steered[:, -1], base_logits)
@@ -537,8 +552,9 @@ def hybrid_generate(
                         break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-                base_logits, base_cache = forward_step(
-                    base.hf, nxt[:, None], mask, positions[:, -1:], base_cache)
+                with _layout(base, mask, positions[:, -1:], rows_here, len(rows), n):
+                    base_logits, base_cache = forward_step(
+                        base.hf, nxt[:, None], mask, positions[:, -1:], base_cache)
                 base_logits = base_logits[:, -1]
         for r, toks in enumerate(seq[:, width:].tolist()):
             toks = strip_eos(toks, eos) if stop_at_eos else toks

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from analyses.task import Task, TaskProblem, prompt_id
 from hooks.errors import TwinlensError
 from hooks.generation import pad_token_id
+from hooks.interventions import forward_layout, right_padded_layout
 
 META_SUFFIX = ".meta.json"
 # Settings that must match for rows on disk to be reused.
@@ -196,8 +197,11 @@ def iter_completion_logprobs(
     for start in range(0, len(prompt_ids), batch_size):
         ps = prompt_ids[start : start + batch_size]
         cs = completion_ids[start : start + batch_size]
-        ids, mask = _padded([list(p) + list(c) for p, c in zip(ps, cs, strict=True)], pad)
-        logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        seqs = [list(p) + list(c) for p, c in zip(ps, cs, strict=True)]
+        ids, mask = _padded(seqs, pad)
+        layout = right_padded_layout([len(q) for q in seqs], ids.shape[1], start, len(prompt_ids))
+        with forward_layout(model, layout):  # open interventions act at absolute positions
+            logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
             rows = logits[r, len(p) - 1 : len(p) - 1 + len(c)]
             yield torch.log_softmax(rows.float(), dim=-1).cpu()

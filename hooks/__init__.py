@@ -3,7 +3,7 @@
 The public names (stable; see API.md):
     load_model, load_pair, Model, ModelPair        loading (safetensors only)
     capture, ActivationStore                       streaming capture and lazy reading
-    add_to_residual, ablate_direction, edit_block_output   scoped interventions on model.hf
+    add_to_residual, ablate_direction, edit_block_output   scoped interventions (every forward path)
     generate                                       seeded, batched KV-cached generation
     resolve_hook_names, TwinlensError
 """

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooks.errors import TwinlensError
+from hooks.interventions import expect_applied, forward_layout, right_padded_layout
 from hooks.loading import Model, ModelPair
 from hooks.store import (
     FORMAT,
@@ -257,7 +258,8 @@ def _forward_capture(
         def make_bridge(name: str) -> Callable[[Tensor, Any], None]:
             return lambda act, hook=None: keep(name, act)
 
-        model.bridge.run_with_hooks(batch, return_type=None, fwd_hooks=[(h, make_bridge(h)) for h in hooks])
+        with expect_applied(model, "capture(engine='bridge')"):
+            model.bridge.run_with_hooks(batch, return_type=None, fwd_hooks=[(h, make_bridge(h)) for h in hooks])
     missing = [h for h in hooks if h not in got]
     if missing:
         raise TwinlensError(f"Hooks {missing[:3]} did not fire in the forward pass.")
@@ -368,9 +370,11 @@ def capture(
             "example_index": sel_b + start,
             "position": sel_p.clone(),
         }
+        layout = right_padded_layout([len(t) for t in ids], width, start, len(token_ids))
         for key, m in models.items():
-            acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device), sel_p.to(m.device),
-                                    store_dtype, plans[key])
+            with forward_layout(m, layout):  # where each token sits, for position-restricted steering
+                acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device),
+                                        sel_p.to(m.device), store_dtype, plans[key])
             rows.update({f"{key}/{h}": a for h, a in acts.items()})
         writer.add(start, end, rows)
         if writer.bytes >= shard_bytes:

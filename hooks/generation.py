@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooks.errors import TwinlensError
+from hooks.interventions import ForwardLayout, forward_layout
 
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (logits [B, V], generated [B, t]) -> logits
 
@@ -90,6 +91,13 @@ def left_padded(
     return input_ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
+def token_positions(mask: Tensor, position_ids: Tensor) -> Tensor:
+    """Absolute position of each token in its row's own sequence, -1 for padding
+    (`hooks.interventions.ForwardLayout.positions`), from a left-padded batch's attention mask and
+    position ids (both [B, T]; the mask may cover cached tokens too, its last T columns are used)."""
+    return torch.where(mask[:, -position_ids.shape[1]:].bool(), position_ids, -1)
+
+
 def strip_eos(toks: list[int], eos: int | None) -> list[int]:
     """A completion up to (not including) its first eos."""
     return toks[: toks.index(eos)] if eos is not None and eos in toks else toks
@@ -148,7 +156,9 @@ def generate(
         chunk = rows[start : start + batch_size]
         gens = [torch.Generator().manual_seed(row_seed(seed, rid, j)) for _, rid, j in chunk]
         input_ids, mask, positions = left_padded([p for p, _, _ in chunk], pad, device)
-        logits, cache = forward_step(hf, input_ids, mask, positions)
+        rows_here = torch.arange(start, start + len(chunk))
+        with forward_layout(model, ForwardLayout(token_positions(mask, positions), rows_here, len(rows), n)):
+            logits, cache = forward_step(hf, input_ids, mask, positions)
         logits = logits[:, -1]
         generated = torch.empty((len(chunk), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
@@ -165,7 +175,9 @@ def generate(
                     break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_pos = last_pos + 1
-            logits, cache = forward_step(hf, nxt[:, None], mask, last_pos[:, None], cache)
+            step_pos = torch.where(done, -1, last_pos)[:, None]  # a finished row's pad is no token
+            with forward_layout(model, ForwardLayout(step_pos, rows_here, len(rows), n)):
+                logits, cache = forward_step(hf, nxt[:, None], mask, last_pos[:, None], cache)
             logits = logits[:, -1]
         for toks in generated.tolist():
             out.append(strip_eos(toks, eos) if stop_at_eos else toks)

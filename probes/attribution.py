@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hooks.errors import TwinlensError
-from hooks.interventions import edit_block_output
+from hooks.interventions import edit_block_output, forward_layout, right_padded_layout
 from probes.labels import ExampleLabels
 from probes.vectors import StrategyVector
 
@@ -135,7 +135,8 @@ def attribute_layers(
             ids = torch.tensor([list(labels[i].token_ids)], device=model.device)
             end = max(seg_starts)  # the metric at start-1 needs tokens up to start-1 only
             ids = ids[:, :end]
-            with torch.enable_grad():
+            layout = right_padded_layout([ids.shape[1]], ids.shape[1], i, len(labels))
+            with torch.enable_grad(), forward_layout(model, layout):
                 embeds = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
                 logits = hf(inputs_embeds=embeds, use_cache=False).logits[0]
                 outs = [captured[k] for k in range(len(layers))]

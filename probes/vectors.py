@@ -102,9 +102,10 @@ class StrategyVector:
                 f"{model.n_layers} blocks (0-{model.n_layers - 1}); pick a vector of an existing layer."
             )
 
-    def apply(self, model, alpha: float = 1.0, positions: Tensor | None = None):
-        """Context manager: add `alpha * direction` to block `layer`'s output of `model.hf`
-        (all positions by default); hooks are removed on exit, also on an exception."""
+    def apply(self, model, alpha: float = 1.0, positions=None):
+        """Context manager: add `alpha * direction` to block `layer`'s output in every forward
+        pass of `model` (all positions by default; `positions` as in `hooks.add_to_residual`:
+        absolute positions per row); hooks are removed on exit, also on an exception."""
         from hooks import add_to_residual
 
         self.check_fits(model)
