@@ -41,6 +41,7 @@ __all__ = [
     "open_interventions",
     "refuse_open_interventions",
     "right_padded_layout",
+    "suspend_interventions",
 ]
 
 
@@ -81,6 +82,7 @@ class _State:
     edits: list[_Edit] = field(default_factory=list)
     layout: ForwardLayout | None = None    # declared by a twinlens forward path
     implicit: ForwardLayout | None = None  # derived from a direct `model.hf(...)` call
+    suspended: int = 0                     # > 0: the kit's own check forwards run clean
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
@@ -114,7 +116,7 @@ def refuse_open_interventions(model: Any, path: str) -> None:
 # ----------------------------------------------------------------------------- installation
 def _hook(state: _State, edit: _Edit, module: torch.nn.Module) -> Callable:
     def hook(mod: torch.nn.Module, _inputs: Any, output: Any) -> Any:
-        if mod is not module:  # a deep copy made while the edit was open: not this model
+        if mod is not module or state.suspended:  # a deep copy made while the edit was open: not this model
             return None
         edit.n_fired += 1
         x = output[0] if isinstance(output, tuple) else output
@@ -205,6 +207,18 @@ def _open_edit(model: Any, edit: _Edit) -> Iterator[_Edit]:
         edit.handles.clear()
         if edit in state.edits:
             state.edits.remove(edit)
+
+
+@contextmanager
+def suspend_interventions(model: Any) -> Iterator[None]:
+    """Run the block's forwards clean: for the kit's own checks (e.g. that an HF module gives
+    the bridge's value), which compare two paths on a probe input and are no user computation."""
+    state = _state(model)
+    state.suspended += 1
+    try:
+        yield
+    finally:
+        state.suspended -= 1
 
 
 @contextmanager

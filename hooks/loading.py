@@ -350,6 +350,8 @@ class Model:
 
                 return post if where == "output" else pre
 
+            from hooks.interventions import suspend_interventions
+
             handles = []
             try:
                 for h, (name, where) in candidates.items():
@@ -358,15 +360,17 @@ class Model:
                         handles.append(module.register_forward_hook(grab(h, where)))
                     else:
                         handles.append(module.register_forward_pre_hook(grab(h, where), with_kwargs=True))
-                self.hf(input_ids=ids, use_cache=False)
+                with suspend_interventions(self):  # the check compares module values, clean
+                    self.hf(input_ids=ids, use_cache=False)
             finally:
                 for handle in handles:
                     handle.remove()
             try:
-                self.bridge.run_with_hooks(
-                    ids, return_type=None,
-                    fwd_hooks=[(h, lambda act, hook=None, h=h: from_bridge.__setitem__(h, act)) for h in candidates],
-                )
+                with suspend_interventions(self):
+                    self.bridge.run_with_hooks(
+                        ids, return_type=None,
+                        fwd_hooks=[(h, lambda act, hook=None, h=h: from_bridge.__setitem__(h, act)) for h in candidates],
+                    )
             except Exception as exc:  # a hook TransformerLens will not attach; no reference value
                 from_bridge = {}
                 reason = f"{exc.__class__.__name__}: {exc}"

@@ -181,3 +181,18 @@ def test_steered_hybrid_steers_only_the_routed_rows(tiny_models, llama):
     moved = [(seen[1] - seen[0][:, -1:]).abs().amax(-1)[:, 0], (seen[4] - seen[3]).abs().amax(-1)[:, 0]]
     assert [(m > 1e-3).nonzero().flatten().tolist() for m in moved] == [[2], [0]]
     assert max(float(m.sort().values[-2]) for m in moved) < 1e-5  # the other rows: the same forward again
+
+
+def test_hook_verification_inside_a_restricted_intervention_still_serves_hf_modules(tiny_models, tmp_path):
+    # The kit's check that an HF module gives the bridge's value runs both paths on a probe input;
+    # it must run clean, not trip over (or be skewed by) the user's open intervention.
+    model = load_model(tiny_models["llama"])
+    hooks = ["blocks.0.hook_out", "blocks.1.attn.hook_out"]
+    clean = capture(model, ["1+2+3:"], hooks=hooks, out=tmp_path / "c", engine="bridge", progress=False)
+    fresh = load_model(tiny_models["llama"])
+    with add_to_residual(fresh, 0, torch.ones(fresh.d_model), alpha=5.0, positions=[2]):
+        steered = capture(fresh, ["1+2+3:"], hooks=hooks, out=tmp_path / "s", engine="hf", progress=False)
+    assert fresh._hf_refusals == {}
+    diff = (steered.read(hooks[0], model="model") - clean.read(hooks[0], model="model")).abs().amax(-1)
+    assert (diff > 1e-3).nonzero().flatten().tolist() == [2]
+    assert (steered.read(hooks[1], model="model") - clean.read(hooks[1], model="model")).abs().max() > 1e-3
