@@ -89,15 +89,26 @@ _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 
 
 def _state(model: Any) -> _State:
-    state = _STATES.get(model)
+    state = _peek(model)
     if state is None:
-        state = _STATES[model] = _State()
+        state = _State()
+        try:
+            _STATES[model] = state
+        except TypeError:  # an unhashable model-like object: keep the state on it
+            model._twinlens_interventions = state
     return state
+
+
+def _peek(model: Any) -> _State | None:
+    try:
+        return _STATES.get(model)
+    except TypeError:
+        return getattr(model, "_twinlens_interventions", None)
 
 
 def open_interventions(model: Any) -> list[str]:
     """Descriptions of the interventions open on `model` (empty when it runs clean)."""
-    state = _STATES.get(model)
+    state = _peek(model)
     return [e.description for e in state.edits] if state else []
 
 
@@ -142,7 +153,7 @@ def _install(model: Any, state: _State, edit: _Edit, module: torch.nn.Module) ->
 def attach_open_interventions(model: Any) -> None:
     """Install the interventions open on `model` on its freshly booted bridge copy. Called by
     `Model.bridge` right after booting, so a bridge booted inside a `with` block is steered too."""
-    state = _STATES.get(model)
+    state = _peek(model)
     for edit in state.edits if state else []:
         _install(model, state, edit, _bridge_module(model, edit.hook_name))
 
@@ -225,7 +236,7 @@ def suspend_interventions(model: Any) -> Iterator[None]:
 def expect_applied(model: Any, path: str) -> Iterator[None]:
     """Around one complete forward pass: raise a TwinlensError if an open intervention did not
     run in it (a component that does not call the hooked module would otherwise drop it silently)."""
-    state = _STATES.get(model)
+    state = _peek(model)
     before = {id(e): e.n_fired for e in state.edits} if state else {}
     yield
     missed = [e.description for e in (state.edits if state else []) if e.n_fired == before.get(id(e))]

@@ -16,6 +16,7 @@ import torch
 from analyses.routing import PositionsRouter, Steering, hybrid_generate
 from analyses.sampling import score_completions
 from hooks import TwinlensError, add_to_residual, capture, generate, load_model
+from hooks.interventions import open_interventions
 from probes.vectors import StrategyVector
 
 LAYER = 0
@@ -157,6 +158,9 @@ def test_masks_that_cannot_apply_are_errors(llama):
         with pytest.raises(TwinlensError, match=msg):
             with add_to_residual(llama, 0, torch.ones(llama.d_model), positions=bad):
                 pass
+    # every refusal above, raised inside a forward, on exit or on entry, left no hook behind
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in llama.hf.modules())
+    assert open_interventions(llama) == []
 
 
 def test_steered_hybrid_steers_only_the_routed_rows(tiny_models, llama):
