@@ -200,3 +200,20 @@ def test_hook_verification_inside_a_restricted_intervention_still_serves_hf_modu
     diff = (steered.read(hooks[0], model="model") - clean.read(hooks[0], model="model")).abs().amax(-1)
     assert (diff > 1e-3).nonzero().flatten().tolist() == [2]
     assert (steered.read(hooks[1], model="model") - clean.read(hooks[1], model="model")).abs().max() > 1e-3
+
+
+def test_steering_each_prompt_in_a_padded_split_batch_equals_steering_it_alone(tiny_models):
+    # Whatever the batch layout, positions mean the same tokens: a batch (left padding, batches of
+    # 2) with one mask row per prompt generates what each prompt generates alone with its row.
+    model = load_model(tiny_models["gpt2"])
+    prompts = [model.encode(t) for t in ("1+2+3:", "9", "7+7+7+7+7:", "ab")]
+    rows = [[len(p) - 1, len(p) + 2] for p in prompts]  # the last prompt token and a generated one
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    with add_to_residual(model, 0, v, alpha=8.0, positions=rows):
+        together = generate(model, prompts, 8, stop_at_eos=False, batch_size=2)
+    alone = []
+    for p, r in zip(prompts, rows, strict=True):
+        with add_to_residual(model, 0, v, alpha=8.0, positions=[r]):
+            alone.append(generate(model, [p], 8, stop_at_eos=False)[0])
+    assert together == alone
+    assert together != generate(model, prompts, 8, stop_at_eos=False)  # the steering did act
