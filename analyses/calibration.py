@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_positive_int, check_probability
 
 
 def _check(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +43,7 @@ def brier_score(confidence, correct) -> float:
 
 def bin_equal_width(confidence, n_bins: int = 10) -> np.ndarray:
     """Bin index in 0..n_bins-1 for bins (i/n, (i+1)/n]; confidence 0 goes into bin 0."""
-    if n_bins < 1:
-        raise TwinlensError(f"n_bins must be >= 1, got {n_bins}.")
+    n_bins = check_positive_int("n_bins", n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     return np.digitize(np.asarray(confidence, dtype=np.float64), edges[1:-1], right=True)
 
@@ -177,6 +177,9 @@ def calibration_report(
     answer): resample whole groups, since answers to one problem are not independent;
     otherwise resample answers."""
     conf, corr = _check(confidence, correct)
+    n_boot = check_positive_int("n_boot", n_boot)
+    n_bins = check_positive_int("n_bins", n_bins)
+    ci = check_probability("ci", ci, allow_zero=False, allow_one=False)
     rng = np.random.default_rng(seed)
     if groups is not None:
         if len(groups) != conf.size:

@@ -21,6 +21,7 @@ import torch
 
 from analyses.sampling import SampleRow, Samples, as_model_family, iter_completion_logprobs
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 NON_STRATEGY_KINDS = ("none", "answer")
 
@@ -146,7 +147,7 @@ def measure_drift(
     for label in (base, other):
         per[f"entropy_{label}"] = _problem_mean(ent[label])[1]
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    idx = bootstrap_indices(rng, len(ids), n_boot)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     cis = {k: tuple(float(x) for x in np.quantile(v[idx].mean(axis=1), q)) for k, v in per.items()}
     max_t = max(pos_ent[base]) + 1

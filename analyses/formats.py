@@ -16,6 +16,7 @@ import numpy as np
 from analyses.passk import maj_at_k, pass_at_k
 from analyses.sampling import Samples
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 
 def format_shares(
@@ -32,7 +33,7 @@ def format_shares(
     totals = np.array([len(by_problem[p]) for p in ids], dtype=float)
     share = counts.sum(0) / totals.sum()
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    idx = bootstrap_indices(rng, len(ids), n_boot)
     boot = counts[idx].sum(1) / totals[idx].sum(1)[:, None]  # [n_boot, formats]
     lo, hi = np.quantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
     return ({n: float(s) for n, s in zip(names, share, strict=True)},

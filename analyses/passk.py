@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 
 def _as_int_array(x, name: str) -> np.ndarray:
@@ -165,7 +166,7 @@ def default_ks(n: int) -> list[int]:
 
 
 def _bootstrap_index(n_problems: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n_problems, size=(n_boot, n_problems))
+    return bootstrap_indices(np.random.default_rng(seed), n_problems, n_boot)
 
 
 def _curve(per_problem: np.ndarray, ks: list[int], boot_idx: np.ndarray, ci: float) -> PassKCurve:

@@ -45,6 +45,7 @@ from analyses.drift import token_entropy
 from analyses.sampling import SampleRow, iter_completion_logprobs
 from analyses.suppression import token_role
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 ROLES = ("execution", "strategy")
 
@@ -210,7 +211,7 @@ def measure_phase_point(
                 nll[role].append(-ov)
     ids = list(dict.fromkeys(r.problem_id for r in rows))
     rng = np.random.default_rng(seed)
-    boot = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    boot = bootstrap_indices(rng, len(ids), n_boot)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     entropy = {r: float(np.mean([v for vs in ent[r].values() for v in vs])) if ent[r] else math.nan for r in ROLES}
     entropy_ci = {r: _boot_ci(ent[r], boot, ids, q) for r in ROLES}

@@ -32,6 +32,7 @@ import torch
 
 from analyses.phases import Checkpoint
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 
 @dataclass
@@ -160,7 +161,7 @@ def measure_plasticity(
         raise TwinlensError(f"No KL from the base given for {missing}.")
     pairs = heldout_pairs(n_eval, variant, difficulty)
     rng = np.random.default_rng(seed)
-    boot = rng.integers(0, n_eval, size=(n_boot, n_eval))
+    boot = bootstrap_indices(rng, n_eval, n_boot)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     points, gain_boot = [], []
     for ck in checkpoints:

@@ -51,6 +51,7 @@ from hooks.generation import (
     token_positions,
 )
 from hooks.interventions import ForwardLayout, add_to_residual, forward_layout
+from hooks.validation import bootstrap_indices, check_finite
 
 __all__ = [
     "Router",
@@ -331,6 +332,7 @@ class Steering:
     def __post_init__(self):
         if not self.vectors:
             raise TwinlensError("Steering needs at least one strategy vector.")
+        self.alpha = check_finite("Steering alpha", self.alpha)
         if self.pick is None:
             self.pick = ProjectionPicker(self.vectors)
 
@@ -472,7 +474,8 @@ def hybrid_generate(
 
     lazy_rl=False updates the RL cache every step (reference path for tests and benchmarks).
     """
-    check_generation_args(base, prompts, max_new_tokens, top_p)
+    prompts = check_generation_args(base, prompts, max_new_tokens, top_p, temperature=temperature, n=n,
+                                    batch_size=batch_size, seed=seed)
     if not isinstance(router, Router):
         raise TwinlensError(f"router must be a Router (e.g. DisagreeRouter()), got {type(router).__name__}.")
     check_same_tokenizer(base, rl)
@@ -604,7 +607,7 @@ def gap_recovered(
 
     value = float(ratio(b.mean(), r.mean(), h.mean()))
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, b.size, size=(n_bootstrap, b.size))
+    idx = bootstrap_indices(rng, b.size, n_bootstrap, name="n_bootstrap")
     boots = ratio(b[idx].mean(1), r[idx].mean(1), h[idx].mean(1))
     ok = np.isfinite(boots)
     a = (1 - confidence) / 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_finite, check_int
 
 
 def sigmoid_curve(compute, A: float, B: float, C_mid: float, R0: float) -> np.ndarray:
@@ -142,6 +143,9 @@ def fit_sigmoid(
     counted in ``n_boot_failed``. bounds_A defaults to [0, 1] when every score is in [0, 1].
     """
     c_all, s_all = _validate(compute, score)
+    bootstrap = check_int("bootstrap", bootstrap, minimum=0, allowed="an integer >= 0 (0 = no CIs)")
+    r0 = None if r0 is None else check_finite("r0", r0)
+    exclude_below = None if exclude_below is None else check_finite("exclude_below", exclude_below)
     keep = np.ones(c_all.size, dtype=bool) if exclude_below is None else c_all >= exclude_below
     c, s = c_all[keep], s_all[keep]
     n_params = 3 if r0 is not None else 4

@@ -15,6 +15,7 @@ import numpy as np
 from analyses.sampling import SampleRow, Samples
 from analyses.task import Task
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 
 def repeated_ngram_rate(tokens: Sequence, n: int) -> float:
@@ -77,7 +78,7 @@ def shortcut_stats(
             metrics[k].setdefault(r.problem_id, []).append(v)
     ids = sorted(metrics["mean_length"])
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    idx = bootstrap_indices(rng, len(ids), n_boot)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     point, cis = {}, {}
     for k, per in metrics.items():

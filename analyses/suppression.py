@@ -53,6 +53,7 @@ import numpy as np
 
 from analyses.sampling import SampleRow, Samples, as_model_family, score_completions
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 
 ROLE_OF_LABEL = {"compute": "execution", "verification": "strategy", "backtracking": "strategy",
                  "answer": "answer", "end": "end", "none": "other"}
@@ -264,7 +265,7 @@ def measure_suppression(
         ess[i] = w.sum() ** 2 / (w**2).sum() / sel.sum()
         rl_acc[i] = np.mean(w * correct[sel])
     rng = np.random.default_rng(seed)
-    boot = rng.integers(0, len(problems), size=(n_boot, len(problems)))
+    boot = bootstrap_indices(rng, len(problems), n_boot)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     share = _share(per["down_incorrect"], per["up_correct"])
     shares = np.array([_share(per["down_incorrect"][b], per["up_correct"][b]) for b in boot])

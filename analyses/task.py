@@ -15,8 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_int
 
 CharSpan = tuple[str, int, int]  # (strategy, start, end) in characters of the completion
+# The organism's problems have 2..8 digits: at 8 a verify-format solution plus its prompt is 123
+# characters (= tokens) of the 128-token context; at 9 it is 139 and would be cut off.
+ORGANISM_DIFFICULTIES = (2, 8)
+
+
+def check_organism_difficulty(difficulty: Any, name: str = "difficulty") -> int:
+    """The organism task's difficulty (digits per problem): an int in ORGANISM_DIFFICULTIES."""
+    lo, hi = ORGANISM_DIFFICULTIES
+    return check_int(name, difficulty, minimum=lo, maximum=hi,
+                     allowed=f"an integer in {lo}..{hi} (digits per problem; at {hi + 1} a solution "
+                             "no longer fits the organism's 128-token context)")
 
 
 @dataclass(frozen=True)
@@ -70,8 +82,8 @@ class Task:
     def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
         if self.make_problems is None:
             raise TwinlensError(f"Task {self.name!r} has no problem generator; pass problems explicitly.")
-        if n < 1:
-            raise TwinlensError(f"Need at least one problem, got n={n}.")
+        n = check_int("n (problems)", n, minimum=1)
+        seed = check_int("seed (problem set)", seed, minimum=0)
         return self.make_problems(n, seed)
 
 
@@ -79,6 +91,8 @@ def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
     """The organism's task (organism.task) as a Task. ``problems(n, seed)`` draws held-out
     problems: set ``seed`` of ``organism.task.eval_problems``; ids name the set and index."""
     from organism import task as ot
+
+    difficulty = check_organism_difficulty(difficulty)
 
     def make(n: int, seed: int) -> list[TaskProblem]:
         return [

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooks.errors import TwinlensError
+from hooks.generation import embedding_rows
 from hooks.interventions import expect_applied, forward_layout, right_padded_layout
 from hooks.loading import Model, ModelPair
 from hooks.store import (
@@ -31,6 +32,7 @@ from hooks.store import (
     save_tensors_atomic,
     write_json_atomic,
 )
+from hooks.validation import check_dtype, check_positive_int, check_token_ids
 
 Positions = str | Sequence[Sequence[int]] | Sequence[Tensor] | Callable[[list[int]], Sequence[int]]
 
@@ -55,14 +57,11 @@ def _tokenize(model: Model, inputs: Sequence[str] | Sequence[Sequence[int]] | Te
         raise TwinlensError("The prompt list is empty; pass at least one prompt or token-id list.")
     out = []
     for i, item in enumerate(inputs):
-        ids = model.encode(item) if isinstance(item, str) else [int(t) for t in item]
+        ids = model.encode(item) if isinstance(item, str) else list(item)
         if not ids:
             raise TwinlensError(f"Prompt {i} tokenizes to nothing; remove it or fix the text.")
         out.append(ids)
-    vocab = model.hf.config.vocab_size
-    bad = [(i, t) for i, ids in enumerate(out) for t in ids if not 0 <= t < vocab][:3]
-    if bad:
-        raise TwinlensError(f"Token ids out of the vocabulary (size {vocab}): (example, id) {bad}.")
+    out = check_token_ids(out, embedding_rows(model), name="example")
     n_ctx = model.n_ctx
     if n_ctx is not None:
         long = [(i, len(ids)) for i, ids in enumerate(out) if len(ids) > n_ctx][:3]
@@ -291,8 +290,10 @@ def capture(
     "hf" or "bridge"; both give the same numbers (tested), "hf" is the fast one."""
     models = _models_of(target)
     first = next(iter(models.values()))
-    if batch_size < 1:
-        raise TwinlensError(f"batch_size must be >= 1, got {batch_size}.")
+    batch_size = check_positive_int("batch_size", batch_size)
+    shard_bytes = check_positive_int("shard_bytes", shard_bytes)
+    if store_dtype is not None:
+        store_dtype = check_dtype(store_dtype)
     token_ids = _tokenize(first, inputs)
     pos = _position_lists(positions, token_ids)
     hook_names = first.resolve_hooks(hooks)

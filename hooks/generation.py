@@ -17,6 +17,13 @@ from tqdm.auto import tqdm
 
 from hooks.errors import TwinlensError
 from hooks.interventions import ForwardLayout, forward_layout
+from hooks.validation import (
+    check_int,
+    check_positive_int,
+    check_temperature,
+    check_token_ids,
+    check_top_p,
+)
 
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (logits [B, V], generated [B, t]) -> logits
 
@@ -41,17 +48,30 @@ def forward_step(
     return out.logits, new_cache
 
 
+def embedding_rows(model: Any) -> int:
+    """How many token ids the model can embed (the input embedding's rows; config.vocab_size
+    when the model has no embedding module to ask)."""
+    emb = model.hf.get_input_embeddings() if hasattr(model.hf, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    return int(rows if rows is not None else model.hf.config.vocab_size)
+
+
 def check_generation_args(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                          top_p: float) -> None:
-    """The input checks every decoding loop shares, each with the fix in its message."""
-    if not prompts:
+                          top_p: float, *, temperature: float = 0.0, n: int = 1, batch_size: int = 1,
+                          seed: int = 0) -> list[list[int]]:
+    """The input checks every decoding loop shares, each with the fix in its message; returns
+    the prompts as lists of int token ids."""
+    if isinstance(prompts, (str, bytes)) or not prompts:
         raise TwinlensError("No prompts given; pass at least one prompt (list of token ids).")
+    prompts = check_token_ids(list(prompts), embedding_rows(model))
     if any(len(p) == 0 for p in prompts):
         raise TwinlensError("An empty prompt was given; every prompt needs at least one token.")
-    if max_new_tokens < 1:
-        raise TwinlensError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if not 0 < top_p <= 1:
-        raise TwinlensError(f"top_p must be in (0, 1], got {top_p}.")
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_top_p(top_p)
+    check_temperature(temperature)
+    check_positive_int("n (samples per prompt)", n)
+    check_positive_int("batch_size", batch_size)
+    check_int("seed", seed)
     n_ctx = model.n_ctx
     longest = max(len(p) for p in prompts)
     if n_ctx is not None and longest + max_new_tokens > n_ctx:
@@ -59,6 +79,7 @@ def check_generation_args(model: Any, prompts: Sequence[Sequence[int]], max_new_
             f"A prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
             f"context of {n_ctx}; shorten the prompt or lower max_new_tokens."
         )
+    return prompts
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -73,6 +94,8 @@ def expand_rows(
     """(prompt ids, row id, sample index j) per decoded row, prompt-major: row i * n + j.
     The row id (default: the prompt index) keys the row's seed."""
     ids = list(row_ids) if row_ids is not None else list(range(len(prompts)))
+    if len(ids) != len(prompts):
+        raise TwinlensError(f"row_ids has {len(ids)} entries for {len(prompts)} prompts; give one per prompt.")
     return [(list(prompts[i]), ids[i], j) for i in range(len(prompts)) for j in range(n)]
 
 
@@ -145,7 +168,8 @@ def generate(
     """Generate `n` completions per prompt (token ids, eos stripped), prompt-major:
     result[i * n + j]. temperature 0 = greedy. `row_ids` (one per prompt) replace the prompt
     index in the per-row seed, so a problem keeps its samples wherever it sits in a list."""
-    check_generation_args(model, prompts, max_new_tokens, top_p)
+    prompts = check_generation_args(model, prompts, max_new_tokens, top_p, temperature=temperature, n=n,
+                                    batch_size=batch_size, seed=seed)
     rows = expand_rows(prompts, n, row_ids)
     eos = model.tokenizer.eos_token_id
     pad = pad_token_id(model.tokenizer)

@@ -29,6 +29,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_finite, check_finite_vector
 
 __all__ = [
     "ForwardLayout",
@@ -404,20 +405,15 @@ def _ragged_to_mask(rows: Sequence[Any]) -> Tensor:
 
 # ----------------------------------------------------------------------------- checks
 def _check_layer(model: Any, layer: int) -> None:
-    if not isinstance(layer, int) or not 0 <= layer < model.n_layers:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < model.n_layers:
         raise TwinlensError(
             f"Layer {layer!r} does not exist: the model has {model.n_layers} blocks "
             f"(0-{model.n_layers - 1})."
         )
 
 
-def _check_vector(model: Any, vector: Tensor) -> Tensor:
-    vector = torch.as_tensor(vector)
-    if vector.ndim != 1 or vector.shape[0] != model.d_model:
-        raise TwinlensError(
-            f"Vector of shape {tuple(vector.shape)} does not fit this model's residual width "
-            f"{model.d_model}; use a vector found on a model of the same width."
-        )
+def _check_vector(model: Any, vector: Tensor, name: str = "vector", nonzero: bool = False) -> Tensor:
+    vector = check_finite_vector(name, vector, size=model.d_model, nonzero=nonzero)
     return vector.to(device=model.device, dtype=model.dtype)
 
 
@@ -462,7 +458,7 @@ def add_to_residual(
     forward pass but matched no token (its positions lie beyond every sequence).
     """
     _check_layer(model, layer)
-    v = _check_vector(model, vector) * alpha
+    v = _check_vector(model, vector) * check_finite("alpha", alpha)
     selection = None if positions is None else _Selection.parse(positions)
     where = "" if positions is None else ", positions=..."
     spec = _Edit(f"blocks.{layer}.hook_out", None, f"add_to_residual(layer={layer}, alpha={alpha}{where})",
@@ -491,9 +487,10 @@ def add_to_residual(
 @contextmanager
 def ablate_direction(model: Any, layer: int, direction: Float[Tensor, " d"]) -> Iterator[None]:
     """Project `direction` out of block `layer`'s output at every position of every forward
-    pass of `model` inside the block (HF and bridge alike)."""
+    pass of `model` inside the block (HF and bridge alike). Raises TwinlensError for a bad layer
+    or a direction that is not finite, not of the residual width, or all zeros."""
     _check_layer(model, layer)
-    u = _check_vector(model, direction)
+    u = _check_vector(model, direction, "direction", nonzero=True)
     u = u / u.norm().clamp_min(1e-12)
     spec = _Edit(f"blocks.{layer}.hook_out", lambda x, _layout: x - (x @ u).unsqueeze(-1) * u,
                  f"ablate_direction(layer={layer})")

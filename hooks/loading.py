@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_device, check_dtype, check_layer_range
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _BRIDGE_WRAPPER = "._original_component"
@@ -491,11 +492,7 @@ def resolve_hook_names(
         m = _LAYER_RANGE.match(pattern)
         if m:
             lo, hi, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-            if n_layers is not None and hi >= n_layers:
-                raise TwinlensError(
-                    f"Layer range {lo}-{hi} in {pattern!r} is out of range: the model has "
-                    f"{n_layers} blocks (0-{n_layers - 1})."
-                )
+            check_layer_range(lo, hi, n_layers, pattern)
             names = [f"blocks.{i}.{rest}" for i in range(lo, hi + 1)]
         elif any(ch in pattern for ch in "*?["):
             names = [n for n in available if _glob_regex(pattern).fullmatch(n)]
@@ -565,11 +562,14 @@ def load_model(
     the first few): a *missing* tensor (e.g. `lm_head.weight` of an untied model) would be
     filled with fresh random values, different on every load, and an *unexpected* one is a
     weight the model never uses. `allow_missing_weights=True` loads it anyway, with a warning
-    naming them; the numbers then depend on the random initialisation."""
+    naming them; the numbers then depend on the random initialisation.
+
+    `dtype`: a floating torch dtype or its name ('float32', 'bfloat16', ...); `device`: one this
+    machine has ('cpu', 'cuda:0'). Bad values raise TwinlensError before anything is read."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = check_dtype(dtype)
+    device = check_device(device)
     path = resolve_model_path(name_or_path)
     if not (path / "config.json").exists():
         raise TwinlensError(f"{path} has no config.json; pass a Hugging Face model folder.")

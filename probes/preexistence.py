@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 from probes.datasets import ExampleSplit, ProbeDataset
 from probes.metrics import bootstrap_metrics
 from probes.vectors import StrategyVector
@@ -156,7 +157,7 @@ def preexistence_test(
         uniq, inv = np.unique(groups, return_inverse=True)
         sums = np.bincount(inv, weights=logit[pos], minlength=uniq.size)
         cnts = np.bincount(inv, minlength=uniq.size).astype(float)
-        draws = rng.integers(0, uniq.size, size=(n_bootstrap, uniq.size))
+        draws = bootstrap_indices(rng, uniq.size, n_bootstrap, name="n_bootstrap")
         boot = sums[draws].sum(1) / cnts[draws].sum(1)
         means.append(float(logit[pos].mean()))
         mean_cis.append(np.percentile(boot, [2.5, 97.5]))

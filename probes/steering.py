@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hooks.errors import TwinlensError
+from hooks.validation import bootstrap_indices
 from probes.vectors import StrategyVector, random_vector_like
 
 __all__ = [
@@ -82,7 +83,7 @@ def _bootstrap_mean(values: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarr
     per_prompt = values.mean(1)
     n_prompts = per_prompt.shape[0]
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_prompts, size=(n_bootstrap, n_prompts))
+    draws = bootstrap_indices(rng, n_prompts, n_bootstrap, name="n_bootstrap")
     return np.percentile(per_prompt[draws].mean(1), [2.5, 97.5])
 
 

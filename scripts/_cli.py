@@ -27,6 +27,108 @@ THREADS_HELP = ("torch CPU threads (default 1: the organism's tiny matmuls gain 
 JSON_HELP = "print results.json to stdout"
 BASE_HELP = "base model: organism checkpoint name, folder or hub id"
 PROBLEMS_HELP = "JSONL of {prompt, answer} (default: the organism task)"
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (must exist on this machine)"
+
+
+# ----------------------------------------------------------------- argparse types
+# Each wraps one hooks.validation check, so an option and the library function it feeds refuse
+# the same values with the same words; argparse prints "argument --X: <what is allowed>" and
+# exits 2 before any model loads.
+def _arg_type(convert: Callable[[str], Any], check: Callable[[Any], Any], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        from hooks.errors import TwinlensError
+
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        try:
+            return check(value)
+        except TwinlensError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def _check(fn_name: str, **kw: Any) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        from hooks import validation
+
+        return getattr(validation, fn_name)("the value", value, **kw)
+
+    return check
+
+
+positive_int = _arg_type(int, _check("check_positive_int"), "an integer >= 1")
+nonnegative_int = _arg_type(int, _check("check_nonnegative_int"), "an integer >= 0")
+finite_float = _arg_type(float, _check("check_finite"), "a finite number")
+nonnegative_float = _arg_type(float, _check("check_float", minimum=0.0), "a number >= 0")
+positive_float = _arg_type(float, _check("check_float", minimum=0.0, min_open=True), "a number > 0")
+probability = _arg_type(float, _check("check_probability"), "a number in [0, 1]")
+open_fraction = _arg_type(float, _check("check_probability", allow_zero=False, allow_one=False),
+                          "a number in (0, 1)")
+
+
+def _temperature(value: float) -> float:
+    from hooks.validation import check_temperature
+
+    return check_temperature(value, "the value")
+
+
+def _top_p(value: float) -> float:
+    from hooks.validation import check_top_p
+
+    return check_top_p(value, "the value")
+
+
+def _difficulty(value: int) -> int:
+    from analyses.task import check_organism_difficulty
+
+    return check_organism_difficulty(value, "the value")
+
+
+def _device(text: str) -> str:
+    from hooks.validation import check_device
+
+    check_device(text)
+    return text
+
+
+temperature = _arg_type(float, _temperature, "a temperature >= 0")
+top_p = _arg_type(float, _top_p, "a number in (0, 1]")
+device = _arg_type(str, _device, "a device name")
+difficulty = _arg_type(int, _difficulty, "an integer")
+
+
+def float_list(text: str) -> list[float]:
+    """A comma list of finite numbers ('-1,0,0.5'), e.g. steering coefficients."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma list of numbers such as '0,0.5,1,2'")
+    return [finite_float(p) for p in parts]
+
+
+def layer_choice(text: str) -> str:
+    """'all', 'chosen', or a comma list of block indices >= 0 ('2,5'); returned as given."""
+    if text in ("all", "chosen"):
+        return text
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use 'all', 'chosen' or a comma list of block indices >= 0 such as '2,5'")
+    return text
+
+
+def alpha_list(text: str) -> list[float]:
+    """Steering coefficients: a comma list of distinct finite numbers that includes 0 (the
+    unsteered reference every steered alpha is compared with)."""
+    alphas = float_list(text)
+    if 0.0 not in alphas:
+        raise argparse.ArgumentTypeError(f"{text!r} has no 0; the unsteered alpha 0 is the reference, add it")
+    if len(set(alphas)) != len(alphas):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a coefficient; list each alpha once")
+    return alphas
 
 
 class _Adder:
@@ -67,21 +169,22 @@ def add_problem_args(ap: argparse.ArgumentParser, *, n_problems: int, n_samples:
     """--problems, --difficulty, --problem-set, --n-problems, --n-samples."""
     add = _Adder(ap, helps)
     add("--problems", PROBLEMS_HELP)
-    add("--difficulty", type=int, default=5)
-    add("--problem-set", type=int, default=0)
-    add("--n-problems", type=int, default=n_problems)
-    add("--n-samples", type=int, default=n_samples)
+    add("--difficulty", type=difficulty, default=5)
+    add("--problem-set", type=nonnegative_int, default=0)
+    add("--n-problems", type=positive_int, default=n_problems)
+    add("--n-samples", type=positive_int, default=n_samples)
     add.done()
 
 
 def add_sampling_args(ap: argparse.ArgumentParser, *, temperature: float = 0.6, top_p: float | None = 0.95,
                       max_new_tokens: bool = True) -> None:
     """--temperature, --top-p (unless top_p is None), --max-new-tokens (unless False)."""
-    ap.add_argument("--temperature", type=float, default=temperature)
+    ap.add_argument("--temperature", type=globals()["temperature"], default=temperature,
+                    help="sampling temperature, >= 0 (0 = greedy)")
     if top_p is not None:
-        ap.add_argument("--top-p", type=float, default=top_p)
+        ap.add_argument("--top-p", type=globals()["top_p"], default=top_p, help="nucleus mass in (0, 1]")
     if max_new_tokens:
-        ap.add_argument("--max-new-tokens", type=int)
+        ap.add_argument("--max-new-tokens", type=positive_int)
 
 
 def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batch_size: int | None = 128,
@@ -90,13 +193,13 @@ def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batc
     None or seed False: that option is left out)."""
     add = _Adder(ap, helps)
     if seed:
-        add("--seed", type=int, default=0)
+        add("--seed", type=nonnegative_int, default=0)
     if n_boot is not None:
-        add("--n-boot", type=int, default=n_boot)
+        add("--n-boot", type=positive_int, default=n_boot)
     if batch_size is not None:
-        add("--batch-size", type=int, default=batch_size)
-    add("--device", default="cpu")
-    add("--threads", THREADS_HELP, type=int, default=1)
+        add("--batch-size", type=positive_int, default=batch_size)
+    add("--device", DEVICE_HELP, type=device, default="cpu")
+    add("--threads", THREADS_HELP, type=nonnegative_int, default=1)
     add("--out", required=True)
     add("--json", action="store_true")
     add.done()

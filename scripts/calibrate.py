@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_model_args(ap, helps={"--base": None})
     cli.add_problem_args(ap, n_problems=200, n_samples=2)
     ap.add_argument("--confidence", choices=["answer-prob", "stated"], default="answer-prob")
-    ap.add_argument("--n-bins", type=int, default=10)
+    ap.add_argument("--n-bins", type=cli.positive_int, default=10)
     cli.add_sampling_args(ap)
     cli.add_run_args(ap, n_boot=500)
     return ap.parse_args(argv)

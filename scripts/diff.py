@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sft", help="SFT checkpoint from the same base, shown beside RL")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--json", action="store_true", help=cli.JSON_HELP)
-    ap.add_argument("--tolerance", type=float, default=1e-5, help="atol: unchanged iff |delta| <= tolerance")
+    ap.add_argument("--tolerance", type=cli.nonnegative_float, default=1e-5, help="atol: unchanged iff |delta| <= tolerance")
     ap.add_argument("--compare-dtype", choices=["native", "float32"], default="native",
                     help="delta in the stored dtype (paper's code on bf16) or in float32")
     ap.add_argument("--overlap-tolerance", choices=list(TOLERANCE_KINDS), default="atol",
@@ -72,8 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-spectral", action="store_true", help="skip spectral shift / principal angles")
     ap.add_argument("--rank-method", choices=["exact", "gram", "auto"], default="exact",
                     help="exact: matrix_rank; gram: float64 Gram approximation; auto: gram for big matrices")
-    ap.add_argument("--spectral-k", type=int, default=8, help="top-k singular subspaces for principal angles")
-    ap.add_argument("--device", default="cpu", help="device for rank and SVDs (e.g. cuda)")
+    ap.add_argument("--spectral-k", type=cli.positive_int, default=8, help="top-k singular subspaces for principal angles")
+    ap.add_argument("--device", type=cli.device, default="cpu", help="device for rank and SVDs (e.g. cuda)")
     ap.add_argument("--engine", choices=list(ENGINES), default="auto",
                     help="change counting: fused numba kernels, the numpy reference, or auto (same numbers)")
     ap.add_argument("--save-masks", action="store_true", help="write DIR/masks_<run>.safetensors")

@@ -96,15 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoints", nargs="+", default=None,
                     help="shipped names (organism.list_checkpoints()) or HF folders; default: "
                     + " ".join(DEFAULT))
-    ap.add_argument("--n", type=int, default=500, help="held-out problems")
-    ap.add_argument("--eval-set", type=int, default=0, help="held-out set number k")
-    ap.add_argument("--difficulty", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
-    ap.add_argument("--samples", type=int, default=1, help="samples per problem at T=1")
-    ap.add_argument("--max-new-tokens", type=int, default=100)
+    ap.add_argument("--n", type=cli.positive_int, default=500, help="held-out problems")
+    ap.add_argument("--eval-set", type=cli.nonnegative_int, default=0, help="held-out set number k")
+    ap.add_argument("--difficulty", type=cli.difficulty, default=5)
+    ap.add_argument("--seed", type=cli.nonnegative_int, default=0, help="sampling seed")
+    ap.add_argument("--samples", type=cli.positive_int, default=1, help="samples per problem at T=1")
+    ap.add_argument("--max-new-tokens", type=cli.positive_int, default=100)
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     ap.add_argument("--json", action="store_true", help="print results.json to stdout")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=cli.nonnegative_int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     args = ap.parse_args(argv)
     cli.apply_threads(args)

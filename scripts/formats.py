@@ -45,12 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--series", default="rl-seed0", help="organism run whose checkpoints to track")
     ap.add_argument("--checkpoint", "--rl", dest="checkpoints", action="append",
                     help="a checkpoint (repeatable; replaces --series)")
-    ap.add_argument("--step", dest="steps", action="append", type=float,
+    ap.add_argument("--step", dest="steps", action="append", type=cli.nonnegative_float,
                     help="its RL step (one per --checkpoint; default: its training_info.json)")
     cli.add_problem_args(ap, n_problems=64, n_samples=8)
-    ap.add_argument("--k", type=int, nargs="+", help="k values for pass@k / maj@k (default 1 and n)")
-    ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--ngram", type=int, help="n of the repeated n-gram detector (default: the task's)")
+    ap.add_argument("--k", type=cli.positive_int, nargs="+", help="k values for pass@k / maj@k (default 1 and n)")
+    ap.add_argument("--threshold", type=cli.probability, default=0.9)
+    ap.add_argument("--ngram", type=cli.positive_int, help="n of the repeated n-gram detector (default: the task's)")
     cli.add_sampling_args(ap)
     cli.add_run_args(ap, n_boot=1000)
     return ap.parse_args(argv)

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_problem_args(ap, n_problems=100, n_samples=16, helps={
         "--difficulty": "organism problem length (digits)", "--problem-set": "held-out problem set number",
         "--n-samples": "samples per problem (n)"})
-    ap.add_argument("--k", type=int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
+    ap.add_argument("--k", type=cli.positive_int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
     cli.add_sampling_args(ap)
     cli.add_run_args(ap, n_boot=1000, helps={"--json": cli.JSON_HELP})
     return ap.parse_args(argv)

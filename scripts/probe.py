@@ -65,23 +65,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     ap.add_argument("--labels", help="regex label config (JSON); default: the task's own labels "
                     "(organism ground truth), or probes/default_labels.json for --problems")
-    ap.add_argument("--n-problems", type=int, default=400,
+    ap.add_argument("--n-problems", type=cli.positive_int, default=400,
                     help="problems (x n-samples x 2 models traces); 400 gave 110 backtracking "
                     "segments (runs/demo/probe)")
-    ap.add_argument("--n-samples", type=int, default=2, help="completions per problem per model")
+    ap.add_argument("--n-samples", type=cli.positive_int, default=2, help="completions per problem per model")
     cli.add_sampling_args(ap, temperature=1.0, top_p=None)
-    ap.add_argument("--test-fraction", type=float, default=0.25)
-    ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
+    ap.add_argument("--test-fraction", type=cli.open_fraction, default=0.25)
+    ap.add_argument("--C", type=cli.positive_float, default=1.0, help="inverse L2 strength of the probes")
     ap.add_argument("--class-weight", choices=["balanced", "none"], default="balanced",
                     help="balanced (default): rare strategies (1-2%% of tokens) weigh as much as "
                     "frequent ones, so probes of different strategies are comparable")
     ap.add_argument("--control", choices=["global", "within_example"], default="global",
                     help="shuffle labels across all training tokens (default) or within each trace")
-    ap.add_argument("--n-controls", type=int, default=3, help="shuffled controls per strategy (AUROC averaged)")
-    ap.add_argument("--n-bootstrap", type=int, default=500)
-    ap.add_argument("--steer-problems", type=int, default=24)
-    ap.add_argument("--steer-samples", type=int, default=4)
-    ap.add_argument("--alphas", default="0,0.5,1,2", help="steering coefficients (must include 0)")
+    ap.add_argument("--n-controls", type=cli.positive_int, default=3, help="shuffled controls per strategy (AUROC averaged)")
+    ap.add_argument("--n-bootstrap", type=cli.positive_int, default=500)
+    ap.add_argument("--steer-problems", type=cli.positive_int, default=24)
+    ap.add_argument("--steer-samples", type=cli.positive_int, default=4)
+    ap.add_argument("--alphas", type=cli.alpha_list, default="0,0.5,1,2", help="steering coefficients (must include 0)")
     ap.add_argument("--no-steer", action="store_true")
     ap.add_argument("--acts", help="keep the paired activation store in this folder (default: a temp folder)")
     cli.add_run_args(ap, n_boot=None, batch_size=64, helps={"--json": cli.JSON_HELP, "--threads": (
@@ -178,7 +178,7 @@ def run(args) -> tuple[dict, dict]:
         for i, a in enumerate(names) for b in names[i + 1:]
     }
     if not args.no_steer:
-        alphas = [float(a) for a in args.alphas.split(",")]
+        alphas = args.alphas
         steer_problems = task.problems(args.steer_problems, seed=args.seed + 1)
         steer_prompts = [pair.base.encode(p.prompt) for p in steer_problems]
         chosen = [extra["vectors"][s][ds["base"].layer_index(results["strategies"][s]["attribution"]["chosen_layer"])]

@@ -53,15 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
     ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
     ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
-    ap.add_argument("--layers", default="all", help="'all', 'chosen' (attribution) or a comma list")
-    ap.add_argument("--alphas", default="-1,0,0.5,1,2", help="steering coefficients (must include 0)")
-    ap.add_argument("--n-problems", type=int, default=24, help="steering prompts (held-out set)")
-    ap.add_argument("--n-samples", type=int, default=4, help="samples per prompt and alpha")
-    ap.add_argument("--vector-problems", type=int, default=300, help="problems for finding the vectors")
+    ap.add_argument("--layers", type=cli.layer_choice, default="all", help="'all', 'chosen' (attribution) or a comma list")
+    ap.add_argument("--alphas", type=cli.alpha_list, default="-1,0,0.5,1,2", help="steering coefficients (must include 0)")
+    ap.add_argument("--n-problems", type=cli.positive_int, default=24, help="steering prompts (held-out set)")
+    ap.add_argument("--n-samples", type=cli.positive_int, default=4, help="samples per prompt and alpha")
+    ap.add_argument("--vector-problems", type=cli.positive_int, default=300, help="problems for finding the vectors")
     cli.add_sampling_args(ap, temperature=1.0, top_p=None)
-    ap.add_argument("--n-bootstrap", type=int, default=1000)
-    ap.add_argument("--factor", type=float, default=3.0)
-    ap.add_argument("--random-seed", type=int, default=1000, help="seed of the random control vectors")
+    ap.add_argument("--n-bootstrap", type=cli.positive_int, default=1000)
+    ap.add_argument("--factor", type=cli.positive_float, default=3.0)
+    ap.add_argument("--random-seed", type=cli.nonnegative_int, default=1000, help="seed of the random control vectors")
     cli.add_run_args(ap, n_boot=None, batch_size=None,
                      helps={"--threads": "torch CPU threads (default 1; 0 = torch's default)"})
     return ap.parse_args(argv)
@@ -136,7 +136,7 @@ def run(args) -> tuple[dict, dict]:
                 f"Layer(s) {bad} do not exist for {s!r}: vectors exist for layers {sorted(by_strategy[s])}."
             )
         selected += [by_strategy[s][k] for k in layers]
-    alphas = [float(a) for a in args.alphas.split(",")]
+    alphas = args.alphas
     problems = task.problems(args.n_problems, seed=args.seed + 1)
     prompts = [model.encode(p.prompt) for p in problems]
     runs = steering_experiment(

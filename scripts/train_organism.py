@@ -33,6 +33,7 @@ from organism.training import (  # noqa: E402
     pretrain_base,
     train_rl,
 )
+from scripts import _cli as cli  # noqa: E402
 
 RL_SAVE_STEPS = (0, 1, 2, 3, 5, 10, 20, 30, 40, 50)
 STAGES = ("base", "sft", "rl-seed0", "rl-seed1", "rl-hard")
@@ -42,21 +43,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("organism/checkpoints"))
     ap.add_argument("--quick", action="store_true", help="a few steps of every stage (tests)")
-    ap.add_argument("--seed", type=int, default=0, help="pretraining seed")
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
-    ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--rl-steps", type=int, default=50)
-    ap.add_argument("--rl-lr", type=float, default=3e-4)
-    ap.add_argument("--beta", type=float, default=0.0, help="GRPO KL coefficient")
-    ap.add_argument("--hard-difficulty", type=int, default=7,
+    ap.add_argument("--seed", type=cli.nonnegative_int, default=0, help="pretraining seed")
+    ap.add_argument("--pretrain-steps", type=cli.nonnegative_int, default=1500)
+    ap.add_argument("--sft-steps", type=cli.nonnegative_int, default=300)
+    ap.add_argument("--rl-steps", type=cli.nonnegative_int, default=50)
+    ap.add_argument("--rl-lr", type=cli.positive_float, default=3e-4)
+    ap.add_argument("--beta", type=cli.nonnegative_float, default=0.0, help="GRPO KL coefficient")
+    ap.add_argument("--hard-difficulty", type=cli.difficulty, default=7,
                     help="digits per rl-hard problem (the base only saw 5: it is at chance on 7)")
-    ap.add_argument("--hard-pool", type=int, default=400,
+    ap.add_argument("--hard-pool", type=cli.positive_int, default=400,
                     help="problems screened for base pass@8 = 0 (rl-hard's training set)")
-    ap.add_argument("--max-completion", type=int, default=100,
+    ap.add_argument("--max-completion", type=cli.positive_int, default=100,
                     help="RL completion length limit (tokens); 5-digit traces are <= 77, "
                     "7-digit verify traces 93 (105 with a wait;)")
     ap.add_argument("--stages", default=",".join(STAGES))
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=cli.nonnegative_int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)

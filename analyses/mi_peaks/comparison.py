@@ -31,6 +31,7 @@ from analyses.mi_peaks.estimators import PAPER_SIGMA, HsicTest, estimate_mi, hsi
 from analyses.mi_peaks.peaks import DEFAULT_TOP_K, MIN_TRAJECTORY_LENGTH, PeakStats, peak_stats
 from analyses.mi_peaks.trajectories import Trajectory, decode_states
 from hooks import Model, TwinlensError
+from hooks.validation import bootstrap_indices
 
 STRATEGIES_OF_INTEREST = ("backtracking", "verification")
 CI_LEVEL = 0.95
@@ -57,7 +58,7 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -
     if v.size == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    means = v[bootstrap_indices(rng, v.size, n_boot)].mean(axis=1)
     a = (1 - CI_LEVEL) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
     return Estimate(float(v.mean()), float(lo), float(hi), int(v.size))
