@@ -135,7 +135,12 @@ class _ShardWriter:
         if self.first_example is None:
             return
         tensors = {k: torch.cat(v) for k, v in self.parts.items()}
+        # the next free name: never one a listed shard already has (a file left by a killed run
+        # after its rename but before the manifest listed it is replaced, which is what we want)
+        listed = {s["file"] for s in self.manifest["shards"]}
         index = len(self.manifest["shards"])
+        while f"shard-{index:05d}.safetensors" in listed:
+            index += 1
         name = f"shard-{index:05d}.safetensors"
         digest = save_tensors_atomic(tensors, self.root / name)
         self.manifest["shards"].append(

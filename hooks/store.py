@@ -71,6 +71,101 @@ class ShardInfo:
     sha256: str
 
 
+_REQUIRED = {"models": dict, "hooks": list, "n_examples": int, "shards": list, "dtype": str}
+_SHARD_KEYS = {"file": str, "rows": int, "example_start": int, "example_end": int, "sha256": str}
+_FIX = ("Recapture into a new folder, or restore the manifest.json that the capture wrote (a store is "
+        "only ever changed by hooks.capture).")
+
+
+def check_manifest(root: Path, manifest: dict) -> None:
+    """Cross-check ``manifest`` against the files of the store at ``root`` (run when a store is
+    opened for reading and before a capture resumes into it), so that ``len(store)``, ``read()``
+    and a resume agree with what is on disk:
+
+    - the required keys and the keys of each shard entry exist with the right types;
+    - shard files are plain names in ``root``, listed once, with a sha256 of 64 hex digits;
+    - example ranges start at 0, are contiguous and non-overlapping (start == previous end,
+      start < end <= n_examples), and a ``complete`` store covers every example;
+    - each shard's row count equals the ``tokens`` rows in its safetensors header, every
+      ``<model>/<hook>`` tensor has those rows, and (positions "all"/"last") the count matches the
+      example lengths in ``inputs.safetensors``.
+
+    Only headers are read here; the sha256 of a shard's bytes is checked before its first read
+    (``verify``) and for every shard before a resume. Any inconsistency is a TwinlensError that
+    names the shard and the fix.
+    """
+    where = root / MANIFEST
+    for key, typ in _REQUIRED.items():
+        if not isinstance(manifest.get(key), typ) or isinstance(manifest.get(key), bool):
+            raise TwinlensError(f"{where} lacks {key!r} (or it is not a {typ.__name__}); the store's manifest was "
+                                f"edited or damaged. {_FIX}")
+    n_examples = manifest["n_examples"]
+    keys = [f"{m}/{h}" for m in manifest["models"] for h in manifest["hooks"]]
+    lengths = None
+    positions = (manifest.get("capture_args") or {}).get("positions")
+    if positions in ("all", "last") and (root / INPUTS).exists():
+        try:
+            with safe_open(str(root / INPUTS), framework="pt") as f:
+                offsets = f.get_tensor("offsets")
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise TwinlensError(f"{root / INPUTS} is damaged ({exc.__class__.__name__}); {_FIX}") from None
+        if offsets.numel() != n_examples + 1:
+            raise TwinlensError(f"{root / INPUTS} holds {offsets.numel() - 1} examples but {where} says "
+                                f"{n_examples}; {_FIX}")
+        lengths = (offsets[1:] - offsets[:-1]).tolist()
+    seen: set[str] = set()
+    end = 0
+    for i, entry in enumerate(manifest["shards"]):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        label = f"Shard entry {i} ({name!r}) of {where}"
+        if not isinstance(entry, dict) or any(
+                not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool) for k, t in _SHARD_KEYS.items()):
+            raise TwinlensError(f"{label} lacks one of {sorted(_SHARD_KEYS)} or has a wrong type. {_FIX}")
+        if Path(name).name != name or name in (MANIFEST, INPUTS) or name in seen:
+            raise TwinlensError(f"{label}: the file must be a shard name in the store folder, listed once. {_FIX}")
+        seen.add(name)
+        if len(entry["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in entry["sha256"]):
+            raise TwinlensError(f"{label}: sha256 {entry['sha256']!r} is not a sha256 digest. {_FIX}")
+        start, stop = entry["example_start"], entry["example_end"]
+        if start != end or not start < stop <= n_examples:
+            raise TwinlensError(
+                f"{label} covers examples {start}-{stop}, but the shards before it end at example {end} "
+                f"(of {n_examples}): ranges must be contiguous, non-overlapping and within the inputs. "
+                f"Keep only the shards before it (drop this entry and every later one from {MANIFEST}) "
+                "and rerun the same capture to resume, or recapture into a new folder."
+            )
+        end = stop
+        path = root / name
+        if not path.exists():
+            raise TwinlensError(f"Shard {name} of {root} is missing; recapture it by rerunning the same capture "
+                                f"after dropping its entry and every later one from {MANIFEST} (it resumes).")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # SafetensorError / OSError on a cut or overwritten file
+            raise TwinlensError(
+                f"Shard {name} of {root} is corrupted or truncated (its header does not read: "
+                f"{exc.__class__.__name__}). Drop its entry and every later one from {MANIFEST} and "
+                "rerun the same capture (it resumes), or recapture into a new folder."
+            ) from None
+        rows = shapes.get("tokens", (None,))[0]
+        if rows != entry["rows"]:
+            raise TwinlensError(f"Shard {name} of {root} holds {rows} rows but {MANIFEST} says {entry['rows']}. {_FIX}")
+        bad = [k for k in ["example_index", "position", *keys] if k not in shapes or shapes[k][0] != rows]
+        if bad:
+            raise TwinlensError(f"Shard {name} of {root} lacks {bad[:3]} or holds another row count than its "
+                                f"{rows} tokens. {_FIX}")
+        if lengths is not None:
+            want = sum(lengths[start:stop]) if positions == "all" else stop - start
+            if rows != want:
+                raise TwinlensError(
+                    f"Shard {name} of {root} holds {rows} rows, but examples {start}-{stop} at positions "
+                    f"{positions!r} have {want} tokens. {_FIX}")
+    if manifest.get("complete") and end != n_examples:
+        raise TwinlensError(f"{where} says the capture is complete, but its shards end at example {end} of "
+                            f"{n_examples}. Set \"complete\" to false and rerun the same capture to resume.")
+
+
 class ActivationStore:
     """Read side of a capture folder. Reads are lazy and per hook; nothing is loaded at open."""
 
@@ -94,8 +189,10 @@ class ActivationStore:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise TwinlensError(f"{path} is not valid JSON ({exc}); the store is damaged.") from None
-        if manifest.get("format") != FORMAT:
-            raise TwinlensError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise TwinlensError(f"{path} has format {found!r}, expected {FORMAT!r}.")
+        check_manifest(root, manifest)
         return cls(root, manifest)
 
     # ----------------------------------------------------------------- metadata
