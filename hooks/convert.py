@@ -14,6 +14,8 @@ folder reloads with identical logits (tests/test_real_smollm2.py).
 from __future__ import annotations
 
 import argparse
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -22,19 +24,59 @@ from safetensors.torch import save_file
 from hooks.errors import TwinlensError
 
 
+def load_pickle_weights(file: Path) -> dict[str, torch.Tensor]:
+    """{name: tensor} of one pickle checkpoint, loaded with ``torch.load(weights_only=True)``,
+    which never runs code from the file. Raises TwinlensError (never torch's own traceback, whose
+    advice to retry with ``weights_only=False`` would run that code) when the file holds code or
+    objects other than tensors, is damaged, or is not a {name: tensor} state dict."""
+    try:
+        # weights_only=True refuses arbitrary objects: only tensors and plain containers load.
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise TwinlensError(
+                f"{file} holds code, not only weights: unpickling it would call {', '.join(found[:3])}. It was "
+                "not loaded and nothing ran. twinlens converts only plain tensors; get a safetensors copy "
+                "of these weights from their publisher (or re-save them, in a sandbox, as a plain "
+                "state dict)."
+            ) from None
+        raise TwinlensError(
+            f"{file} is not a pickle checkpoint twinlens can read (it holds objects other than tensors, "
+            "or is damaged); it was not loaded and nothing ran. Get a safetensors copy of the weights."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise TwinlensError(
+            f"{file} is damaged or not a PyTorch checkpoint ({exc.__class__.__name__}); re-download or "
+            "re-save it."
+        ) from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        kind = type(state).__name__ if not isinstance(state, dict) else f"dict with keys {list(state)[:5]}"
+        raise TwinlensError(
+            f"{file} holds a {kind}, not a state dict of tensors; save model.state_dict() (or pass the "
+            "folder of a save_pretrained checkpoint)."
+        )
+    return state
+
+
 def convert_to_safetensors(folder: str | Path) -> Path:
     """Rewrite the pickle checkpoints of `folder` as ``folder/model.safetensors``.
 
     Loads with ``torch.load(weights_only=True)``, which refuses arbitrary objects; tied weights
-    (one storage under two names) are stored once. Returns the written file's path.
+    (one storage under two names) are stored once. Returns the written file's path. Raises
+    TwinlensError for a missing folder, no checkpoint, or a file that holds code, is damaged or
+    is not a state dict (see load_pickle_weights).
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise TwinlensError(f"{folder} is not a folder; pass the folder that holds the *.bin / *.pt checkpoint.")
+    files = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt"))
+    if not files:
+        raise TwinlensError(f"No *.bin or *.pt checkpoint in {folder}.")
     state: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
-        # weights_only=True refuses arbitrary objects: only tensors and plain containers load.
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
-    if not state:
-        raise SystemExit(f"No *.bin or *.pt checkpoint in {folder}.")
+    for f in files:
+        state.update(load_pickle_weights(f))
     seen: dict[int, str] = {}
     out = {}
     for name, t in state.items():

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from hooks.errors import TwinlensError
+from hooks.safetensors_files import check_safetensors_files
 from hooks.validation import check_device, check_dtype, check_layer_range
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -574,6 +575,7 @@ def load_model(
     if not (path / "config.json").exists():
         raise TwinlensError(f"{path} has no config.json; pass a Hugging Face model folder.")
     weight_files = check_weights_are_safe(path)
+    check_safetensors_files(weight_files)  # a damaged file is named here, not deep in transformers
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from hooks.errors import TwinlensError
+from hooks.safetensors_files import read_safetensors_header
 
 __all__ = ["CheckpointNotFoundError", "SafetensorsCheckpoint", "TensorEntry", "resolve_checkpoint_files"]
 
@@ -160,25 +160,10 @@ def resolve_checkpoint_files(source: str | os.PathLike) -> tuple[Path, list[Path
 
 
 def _read_header(file: Path) -> dict[str, TensorEntry]:
-    with open(file, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise TwinlensError(f"{file} is not a safetensors file (too short).")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise TwinlensError(f"{file} is not a safetensors file (header length {n}).")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TwinlensError(f"{file} is not a safetensors file (unreadable header).") from exc
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        b, e = info["data_offsets"]
-        out[name] = TensorEntry(name, file, info["dtype"], tuple(info["shape"]), base + b, base + e)
-    return out
+    """The tensor index of one file, through the kit's one safetensors header check
+    (hooks.safetensors_files: a damaged or truncated file is a TwinlensError naming it)."""
+    return {name: TensorEntry(name, file, info["dtype"], info["shape"], info["start"], info["end"])
+            for name, info in read_safetensors_header(file).items()}
 
 
 class SafetensorsCheckpoint:
