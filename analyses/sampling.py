@@ -14,6 +14,7 @@ not the tempered sampling distribution.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses.task import Task, TaskProblem, prompt_id
+from hooks.cluster import RayCluster, as_cluster, load_model_on_worker, model_spec
 from hooks.errors import TwinlensError
 from hooks.generation import pad_token_id
 from hooks.interventions import forward_layout, right_padded_layout
@@ -283,6 +285,7 @@ def sample(
     sample_from: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    cluster: RayCluster | str | bool | None = None,
 ) -> Samples:
     """Draw ``n`` samples per problem from each model in ``sample_from`` (default: all).
 
@@ -291,9 +294,10 @@ def sample(
     (None: text and log-probs only). out: JSONL path; rows already there (key: model, problem
     id, sample index) are kept and not redrawn, so an interrupted run resumes. Returns the
     requested rows, ordered by model, problem, sample index.
+    cluster: a hooks.cluster.RayCluster (or a Ray address, or True) to sample on Ray actors that
+    each hold the models; the rows, and the file, are those of a run in this process.
     """
-    from hooks import generate
-
+    cluster = as_cluster(cluster)
     family = as_model_family(models)
     probs = as_problems(problems)
     if n < 1:
@@ -304,7 +308,6 @@ def sample(
         raise TwinlensError(f"sample_from names {unknown}, not among the models {list(family)}.")
     if max_new_tokens is None:
         max_new_tokens = task.max_new_tokens if task is not None else 256
-    tokenizer = next(iter(family.values())).tokenizer
     meta = {
         "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
         "task": task.name if task is not None else None, "scored_with": sorted(family),
@@ -327,48 +330,89 @@ def sample(
         tmp.write_text(json.dumps(merged, indent=1))
         tmp.replace(meta_path)
     encoded = {p.id: _encode(family[labels[0]], p.prompt) for p in probs}
-    by_id = {p.id: p for p in probs}
     # Problems per generate call: about one batch of rows, so progress and disk writes are regular.
+    # The groups are the same with or without a cluster (same batches: same numbers).
     chunk = max(1, batch_size // n)
+    groups: list[_Group] = []
     for label in labels:
         todo = [p for p in probs if any((label, p.id, j) not in done for j in range(n))]
-        bar = tqdm(total=len(todo), desc=f"sample {label}", disable=not progress or not todo, leave=False)
         for start in range(0, len(todo), chunk):
             group = todo[start : start + chunk]
-            prompts = [encoded[p.id] for p in group]
-            completions = generate(
-                family[label], prompts, max_new_tokens, temperature=temperature, top_p=top_p,
-                n=n, seed=seed, batch_size=batch_size, row_ids=[p.id for p in group],
-            )
-            new: list[SampleRow] = []
-            for i, p in enumerate(group):
-                for j in range(n):
-                    if (label, p.id, j) in done:
-                        continue
-                    comp = completions[i * n + j]
-                    new.append(SampleRow(
-                        model=label, problem_id=p.id, sample_index=j, prompt_ids=prompts[i],
-                        completion_ids=list(comp), text=tokenizer.decode(list(comp), skip_special_tokens=True),
-                        logprobs={}, finished=len(comp) < max_new_tokens,
-                    ))
-            for scorer, m in family.items():
-                scores = score_completions(m, [r.prompt_ids for r in new], [r.completion_ids for r in new],
-                                           batch_size=max(1, batch_size // 2))
-                for r, s in zip(new, scores, strict=True):
-                    r.logprobs[scorer] = s
-            for r in new:
-                _annotate(r, by_id[r.problem_id], task, tokenizer)
-                done[r.key] = r
-            if path is not None and new:
-                with open(path, "a", encoding="utf-8") as fh:
-                    for r in new:
-                        fh.write(json.dumps(asdict(r)) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            bar.update(len(group))
-        bar.close()
+            groups.append(_Group(label, group, [encoded[p.id] for p in group],
+                                 frozenset((p.id, j) for p in group for j in range(n) if (label, p.id, j) in done)))
+    draw = functools.partial(_draw_group, n=n, temperature=temperature, top_p=top_p,
+                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, task=task)
+    if cluster is None:
+        bar = tqdm(total=sum(len(g.problems) for g in groups), desc="sample", disable=not progress or not groups,
+                   leave=False)
+        results = ((i, draw(family, g)) for i, g in enumerate(groups))
+    else:
+        bar = tqdm(disable=True)
+        gpu = cluster.gpus_per_worker > 0
+        setup = functools.partial(_load_family, {k: model_spec(m, gpu) for k, m in family.items()})
+        results = cluster.map(setup, draw, groups, desc="sample (ray)", weights=[len(g.problems) for g in groups],
+                              progress=progress, unit="problem")
+    for i, new in results:
+        for r in new:
+            done[r.key] = r
+        if path is not None and new:
+            with open(path, "a", encoding="utf-8") as fh:
+                for r in new:
+                    fh.write(json.dumps(asdict(r)) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        bar.update(len(groups[i].problems))
+    bar.close()
     rows = [done[(label, p.id, j)] for label in labels for p in probs for j in range(n)]
     return Samples(rows, meta, path)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Problems sampled in one generate call: the unit of work (in process or on a cluster)."""
+
+    label: str  # the model that samples
+    problems: list[TaskProblem]
+    prompt_ids: list[list[int]]
+    skip: frozenset  # (problem id, sample index) already on disk
+
+
+def _draw_group(family: Mapping[str, Any], group: _Group, *, n: int, temperature: float, top_p: float,
+                max_new_tokens: int, seed: int, batch_size: int, task: Task | None) -> list[SampleRow]:
+    """Sample, score under every model and annotate the rows of one group. Rows depend only on
+    the group and the settings (seeds per (problem id, sample index)), not on where it runs."""
+    from hooks import generate
+
+    tokenizer = next(iter(family.values())).tokenizer
+    completions = generate(
+        family[group.label], group.prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
+        n=n, seed=seed, batch_size=batch_size, row_ids=[p.id for p in group.problems],
+    )
+    new: list[SampleRow] = []
+    for i, p in enumerate(group.problems):
+        for j in range(n):
+            if (p.id, j) in group.skip:
+                continue
+            comp = completions[i * n + j]
+            new.append(SampleRow(
+                model=group.label, problem_id=p.id, sample_index=j, prompt_ids=group.prompt_ids[i],
+                completion_ids=list(comp), text=tokenizer.decode(list(comp), skip_special_tokens=True),
+                logprobs={}, finished=len(comp) < max_new_tokens,
+            ))
+    for scorer, m in family.items():
+        scores = score_completions(m, [r.prompt_ids for r in new], [r.completion_ids for r in new],
+                                   batch_size=max(1, batch_size // 2))
+        for r, s in zip(new, scores, strict=True):
+            r.logprobs[scorer] = s
+    by_id = {p.id: p for p in group.problems}
+    for r in new:
+        _annotate(r, by_id[r.problem_id], task, tokenizer)
+    return new
+
+
+def _load_family(specs: Mapping[str, dict]) -> dict[str, Any]:
+    """On a cluster worker: the driver's family, loaded from the same folders (weights checked)."""
+    return {label: load_model_on_worker(spec) for label, spec in specs.items()}
 
 
 def _encode(model: Any, prompt: str) -> list[int]:

@@ -9,6 +9,7 @@ refused rather than mixed in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -116,8 +117,12 @@ def _inputs_hash(token_ids: list[list[int]], pos: list[list[int]]) -> str:
 
 
 class _ShardWriter:
-    def __init__(self, root: Path, manifest: dict):
-        self.root, self.manifest = root, manifest
+    """Buffers the rows of consecutive batches and writes them as one shard, named by its first
+    example (unique in a store whoever writes it: shards cover disjoint example ranges);
+    ``on_shard`` gets the shard's manifest entry once the file is in place."""
+
+    def __init__(self, root: Path, on_shard: Callable[[dict], None]):
+        self.root, self.on_shard = root, on_shard
         self.parts: dict[str, list[Tensor]] = {}
         self.bytes = 0
         self.first_example: int | None = None
@@ -135,25 +140,29 @@ class _ShardWriter:
         if self.first_example is None:
             return
         tensors = {k: torch.cat(v) for k, v in self.parts.items()}
-        # the next free name: never one a listed shard already has (a file left by a killed run
-        # after its rename but before the manifest listed it is replaced, which is what we want)
-        listed = {s["file"] for s in self.manifest["shards"]}
-        index = len(self.manifest["shards"])
-        while f"shard-{index:05d}.safetensors" in listed:
-            index += 1
-        name = f"shard-{index:05d}.safetensors"
+        name = f"shard-{self.first_example:09d}.safetensors"
         digest = save_tensors_atomic(tensors, self.root / name)
-        self.manifest["shards"].append(
-            {
-                "file": name,
-                "rows": int(tensors["tokens"].shape[0]),
-                "example_start": self.first_example,
-                "example_end": self.last_example,
-                "sha256": digest,
-            }
-        )
-        write_json_atomic(self.root / MANIFEST, self.manifest)
+        self.on_shard({
+            "file": name,
+            "rows": int(tensors["tokens"].shape[0]),
+            "example_start": self.first_example,
+            "example_end": self.last_example,
+            "sha256": digest,
+        })
         self.parts, self.bytes, self.first_example = {}, 0, None
+
+
+def _record_shard(root: Path, manifest: dict, shard: dict) -> None:
+    """Append a written shard to the manifest and replace it atomically. Shards are recorded in
+    example order, each starting where the last ended (the store's row order; hooks.store's
+    check_manifest refuses anything else), whoever wrote them."""
+    end = manifest["shards"][-1]["example_end"] if manifest["shards"] else 0
+    if shard["example_start"] != end:
+        raise TwinlensError(f"Shard {shard['file']} starts at example {shard['example_start']}, but the shards in "
+                            f"{root / MANIFEST} end at {end}: two captures are writing into one folder. Capture "
+                            "into a new folder.")
+    manifest["shards"].append(shard)
+    write_json_atomic(root / MANIFEST, manifest)
 
 
 class _StopForward(Exception):
@@ -287,12 +296,19 @@ def capture(
     progress: bool = True,
     metadata: dict | None = None,
     engine: str = "auto",
+    cluster: Any = None,
 ) -> ActivationStore:
     """Run every example through the model(s) and store the chosen hooks at the chosen
     positions. Returns the finished store. See API.md.
 
     engine: "auto" (HF module hooks where every hook maps to an HF module, else the bridge),
-    "hf" or "bridge"; both give the same numbers (tested), "hf" is the fast one."""
+    "hf" or "bridge"; both give the same numbers (tested), "hf" is the fast one.
+    cluster: a hooks.cluster.RayCluster (or a Ray address, or True): the missing example ranges
+    are captured by Ray actors holding the models, each writing shards into ``out`` (which must
+    be on a file system every node sees); the store reads exactly as a single-process one."""
+    from hooks.cluster import as_cluster
+
+    cluster = as_cluster(cluster)
     models = _models_of(target)
     first = next(iter(models.values()))
     batch_size = check_positive_int("batch_size", batch_size)
@@ -302,9 +318,9 @@ def capture(
     token_ids = _tokenize(first, inputs)
     pos = _position_lists(positions, token_ids)
     hook_names = first.resolve_hooks(hooks)
-    plans = {key: _plan(m, hook_names, engine) for key, m in models.items()}  # before writing anything
+    plans = _plans(models, hook_names, engine)  # before writing anything
     store_dtype = store_dtype or first.dtype
-    root = Path(out)
+    root = Path(out).absolute()  # workers on other nodes have other working folders
     identity = {
         "format": FORMAT,
         "models": {
@@ -357,30 +373,80 @@ def capture(
         write_json_atomic(root / MANIFEST, manifest)
 
     done = manifest["shards"][-1]["example_end"] if manifest["shards"] else 0
-    if done >= len(token_ids):
-        manifest["complete"] = True
-        write_json_atomic(root / MANIFEST, manifest)
-        return ActivationStore.open(root)
+    todo = [(done, len(token_ids))] if done < len(token_ids) else []
+    record = functools.partial(_record_shard, root, manifest)
+    run = functools.partial(_capture_range, hook_names=hook_names, batch_size=batch_size, shard_bytes=shard_bytes,
+                            store_dtype=store_dtype, root=root, n_examples=len(token_ids))
+    if cluster is not None and todo:
+        _capture_on_cluster(cluster, models, plans_of=functools.partial(_plans, hook_names=hook_names, engine=engine),
+                            run=run, todo=todo, token_ids=token_ids, pos=pos, record=record, progress=progress,
+                            batch_size=batch_size, desc=f"capture -> {root.name} (ray)")
+    else:
+        bar = tqdm(total=len(token_ids), initial=len(token_ids) - sum(b - a for a, b in todo),
+                   desc=f"capture -> {root.name}", disable=not progress or not todo, unit="ex")
+        state = (models, plans)
+        for a, b in todo:
+            run(state, _Range(a, b, token_ids[a:b], pos[a:b]), on_shard=record, on_batch=bar.update)
+        bar.close()
+    manifest["complete"] = True
+    write_json_atomic(root / MANIFEST, manifest)
+    return ActivationStore.open(root)
 
+
+@dataclass(frozen=True)
+class _Range:
+    """Examples [start, end) to capture: the unit of work (in process or on a cluster)."""
+
+    start: int
+    end: int
+    token_ids: list[list[int]]
+    positions: list[list[int]]
+
+
+def _plans(models: dict[str, Model], hook_names: list[str], engine: str) -> dict[str, _Plan]:
+    return {key: _plan(m, hook_names, engine) for key, m in models.items()}
+
+
+def _capture_range(state: tuple[dict[str, Model], dict[str, _Plan]], rng: _Range, *, hook_names: list[str],
+                   batch_size: int, shard_bytes: int, store_dtype: torch.dtype, root: Path, n_examples: int,
+                   on_shard: Callable[[dict], None] | None = None,
+                   on_batch: Callable[[int], Any] | None = None) -> list[dict]:
+    """Capture one example range (of ``n_examples`` in the capture) in batches of ``batch_size``
+    from its start, writing shards of about ``shard_bytes``; returns their manifest entries (each also given to ``on_shard`` as
+    soon as its file is in place)."""
+    models, plans = state
+    if not (root / INPUTS).exists():
+        import socket
+
+        raise TwinlensError(f"{root} is not visible from {socket.gethostname()}: a cluster capture writes its "
+                            "shards from every worker, so --out must be on a file system all nodes share.")
+    first = next(iter(models.values()))
     pad = first.tokenizer.pad_token_id
     pad = pad if pad is not None else 0
-    writer = _ShardWriter(root, manifest)
-    bar = tqdm(total=len(token_ids), initial=done, desc=f"capture -> {root.name}", disable=not progress, unit="ex")
-    for start in range(done, len(token_ids), batch_size):
-        end = min(start + batch_size, len(token_ids))
-        ids = token_ids[start:end]
+    written: list[dict] = []
+
+    def keep(shard: dict) -> None:
+        written.append(shard)
+        if on_shard is not None:
+            on_shard(shard)
+
+    writer = _ShardWriter(root, keep)
+    for at in range(0, rng.end - rng.start, batch_size):
+        start, end = rng.start + at, min(rng.start + at + batch_size, rng.end)
+        ids = rng.token_ids[at : at + batch_size]
+        pos = rng.positions[at : at + batch_size]
         width = max(len(t) for t in ids)
         batch = torch.full((len(ids), width), pad, dtype=torch.long)
         for r, t in enumerate(ids):
             batch[r, : len(t)] = torch.tensor(t)
-        sel_b = torch.tensor([r for r in range(len(ids)) for _ in pos[start + r]], dtype=torch.long)
-        sel_p = torch.tensor([p for r in range(len(ids)) for p in pos[start + r]], dtype=torch.long)
+        sel_b = torch.tensor([r for r in range(len(ids)) for _ in pos[r]], dtype=torch.long)
+        sel_p = torch.tensor([p for r in range(len(ids)) for p in pos[r]], dtype=torch.long)
         rows: dict[str, Tensor] = {
             "tokens": batch[sel_b, sel_p],
             "example_index": sel_b + start,
             "position": sel_p.clone(),
         }
-        layout = right_padded_layout([len(t) for t in ids], width, start, len(token_ids))
+        layout = right_padded_layout([len(t) for t in ids], width, start, n_examples)
         for key, m in models.items():
             with forward_layout(m, layout):  # where each token sits, for position-restricted steering
                 acts = _forward_capture(m, hook_names, batch.to(m.device), sel_b.to(m.device),
@@ -389,9 +455,36 @@ def capture(
         writer.add(start, end, rows)
         if writer.bytes >= shard_bytes:
             writer.flush()
-        bar.update(end - start)
+        if on_batch is not None:
+            on_batch(end - start)
     writer.flush()
-    bar.close()
-    manifest["complete"] = True
-    write_json_atomic(root / MANIFEST, manifest)
-    return ActivationStore.open(root)
+    return written
+
+
+def _load_capture_state(specs: dict[str, dict], plans_of: Callable) -> tuple[dict[str, Model], dict[str, _Plan]]:
+    """On a cluster worker: the driver's models (weights checked) and their capture plans."""
+    from hooks.cluster import load_model_on_worker
+
+    models = {key: load_model_on_worker(spec) for key, spec in specs.items()}
+    return models, plans_of(models)
+
+
+def _capture_on_cluster(cluster: Any, models: dict[str, Model], *, plans_of: Callable, run: Callable,
+                        todo: list[tuple[int, int]], token_ids: list[list[int]], pos: list[list[int]],
+                        record: Callable[[dict], None], progress: bool, batch_size: int, desc: str) -> None:
+    """The missing ranges cut into whole batches (the single-process batches: same numbers),
+    about four units per worker, captured by actors that each hold the models; the driver alone
+    writes the manifest, as each unit's shards arrive."""
+    ray = cluster.connect()
+    n_batches = sum(-(-(b - a) // batch_size) for a, b in todo)
+    per_unit = max(1, -(-n_batches // (4 * cluster.n_workers(ray)))) * batch_size
+    units = [_Range(s, min(s + per_unit, b), token_ids[s : min(s + per_unit, b)], pos[s : min(s + per_unit, b)])
+             for a, b in todo for s in range(a, b, per_unit)]
+    gpu = cluster.gpus_per_worker > 0
+    from hooks.cluster import model_spec
+
+    setup = functools.partial(_load_capture_state, {k: model_spec(m, gpu) for k, m in models.items()}, plans_of)
+    for _, shards in cluster.map(setup, run, units, desc=desc, weights=[u.end - u.start for u in units],
+                                 progress=progress, unit="ex"):
+        for shard in shards:
+            record(shard)

@@ -3,13 +3,14 @@
 Layout (flat, token-major, no padding):
     manifest.json                 models, hooks, shapes, dtype, capture arguments, shard list
     inputs.safetensors            every example's token ids (flat) and offsets
-    shard-00000.safetensors       rows of a contiguous example range:
+    shard-000000000.safetensors   rows of a contiguous example range (named by its first example):
         tokens, example_index, position          Int[n_rows]
         <model>/<hook>                           Float[n_rows, d], one per model and hook
 A paired store keeps base and RL activations in the same shard, so row r is the same token for
 both. Shards are written to a temporary name and renamed, then the manifest is replaced the same
-way: after an interrupt, the manifest lists only complete shards and a rerun continues from the
-first example not covered, so no row is lost or duplicated. Each shard's sha256 is in the
+way: after an interrupt, the manifest lists only complete shards, in example order, and a rerun
+captures exactly the examples no shard covers, so no row is lost or duplicated (also when several
+cluster workers wrote shards of one store: only the driver writes the manifest). Each shard's sha256 is in the
 manifest and is checked before its first read.
 """
 

@@ -1,0 +1,155 @@
+"""Sampling, capture and the weight diff on a two-node local Ray cluster give exactly the results
+of one process, also when a worker is killed in the middle of an item (it is restarted and the
+item retried). One cluster for the whole file (~5-15 s to start on a busy 2-core machine).
+
+The kill: ``KillOnce`` wraps the library's work function so that the first item a worker runs
+ends its process with ``os._exit`` (no cleanup, like a lost node) the first time only, detected
+by a marker file; cloudpickle ships the wrapper by value, so the workers need not import this
+test module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import ray  # installed by the dev extra: twinlens[ray]
+import torch
+from ray import cloudpickle  # the pickler Ray ships work with
+
+import organism
+from analyses.sampling import sample
+from analyses.task import organism_task
+from hooks import ActivationStore, TwinlensError, capture, load_pair
+from hooks.cluster import RayCluster, as_cluster
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _die_once(fn, marker, state, item):
+    """The first call anywhere on the cluster kills its worker process; later calls run ``fn``."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return fn(state, item)
+    os.close(fd)
+    os._exit(1)
+
+
+class KillOnce(RayCluster):
+    """A RayCluster whose first work item kills its worker (once per marker file)."""
+
+    marker: str = ""
+
+    def map(self, setup, fn, items, **kw):
+        return super().map(setup, functools.partial(_die_once, fn, self.marker), items, **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Two 1-CPU nodes on this machine, Ray's test harness for multi-node runs."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 200 << 20})
+    cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _kill_once(tmp_path: Path, **kw) -> KillOnce:
+    c = KillOnce(workers=2, max_retries=2, **kw)
+    c.marker = str(tmp_path / "killed")
+    return c
+
+
+def test_without_cluster_ray_is_not_imported():
+    code = ("import sys, hooks, hooks.cluster, analyses.sampling, analyses.subnetworks, probes.sweep;"
+            "from hooks.cluster import as_cluster; assert as_cluster(None) is None;"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_bad_cluster_arguments_are_refused_before_any_work():
+    with pytest.raises(TwinlensError, match="RayCluster"):
+        as_cluster(3)
+    with pytest.raises(TwinlensError, match="workers"):
+        RayCluster(workers=0)
+    with pytest.raises(TwinlensError, match="not both 0"):
+        RayCluster(cpus_per_worker=0)
+
+
+@pytest.fixture(scope="module")
+def organism_pair():
+    return load_pair(organism.checkpoint_path("base"), organism.checkpoint_path("rl-seed0"))
+
+
+def test_sampling_on_two_nodes_resumes_and_writes_the_rows_of_one_process_after_a_worker_kill(
+        ray_cluster, organism_pair, tmp_path):
+    """A file left by an interrupted run (first 2 problems) is resumed on the cluster, where a
+    worker dies on its first item: the file has the bytes of the same resume in one process
+    (token ids, log-probs under both models, grades, row order), and the rows are those of one
+    uninterrupted run."""
+    task = organism_task()
+    problems = task.problems(6, seed=3)
+    kw = dict(task=task, temperature=1.0, top_p=0.95, max_new_tokens=24, seed=5, batch_size=4, progress=False)
+    full = sample(organism_pair, problems, 2, **kw)
+    for name, cluster in (("local", None), ("ray", _kill_once(tmp_path))):
+        sample(organism_pair, problems[:2], 2, out=tmp_path / f"{name}.jsonl", **kw)
+        got = sample(organism_pair, problems, 2, out=tmp_path / f"{name}.jsonl", cluster=cluster, **kw)
+        assert [json.dumps(asdict(r)) for r in got.rows] == [json.dumps(asdict(r)) for r in full.rows]
+    assert Path(tmp_path / "killed").exists()  # a worker really died
+    assert len(full) == 2 * 6 * 2
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+
+
+def _read_all(store: ActivationStore) -> dict:
+    out = {k: getattr(store, k) for k in ("tokens", "example_index", "position")}
+    for model in store.model_keys:
+        for hook in store.hooks:
+            out[f"{model}/{hook}"] = store.read(hook, model=model)
+    return out
+
+
+def test_capture_on_two_nodes_reads_as_the_single_process_store_after_a_worker_kill(
+        ray_cluster, organism_pair, tmp_path):
+    """Workers write shards of one store; the driver's manifest lists them in example order with
+    checksums and no overlap, and every read equals the single-process capture bit for bit.
+    Then a shard lost from the middle is recaptured by a resume, filling only that gap."""
+    prompts = [p.prompt + "3+5=08;" for p in organism_task().problems(24, seed=2)]
+    kw = dict(hooks=["blocks.*.hook_out"], positions="all", batch_size=3, shard_bytes=6 << 10, progress=False)
+    local = capture(organism_pair, prompts, out=tmp_path / "local", **kw)
+    cluster = _kill_once(tmp_path)
+    remote = capture(organism_pair, prompts, out=tmp_path / "ray", cluster=cluster, **kw)
+    assert (tmp_path / "killed").exists()
+    assert remote.complete and len(remote.shards) >= 4  # several units, several shards
+    ranges = [(s.example_start, s.example_end) for s in remote.shards]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 24
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # in order, no gap, no overlap
+    remote.verify()  # every checksum
+    want, got = _read_all(local), _read_all(remote)
+    assert want.keys() == got.keys() and len(want) == 3 + 2 * organism_pair.base.n_layers
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    # Lose a middle shard (file and manifest entry); the rerun fills that gap only.
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    lost = manifest["shards"].pop(len(manifest["shards"]) // 2)
+    (tmp_path / "ray" / lost["file"]).unlink()
+    (tmp_path / "ray" / "manifest.json").write_text(json.dumps(manifest))
+    kept = {s["file"]: s["sha256"] for s in manifest["shards"]}
+    resumed = capture(organism_pair, prompts, out=tmp_path / "ray", **kw)
+    assert {s.file: s.sha256 for s in resumed.shards if s.file in kept} == kept
+    assert sum(s.rows for s in resumed.shards) == local.n_rows
+    got = _read_all(resumed)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
