@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooks.cluster import RayCluster, as_cluster, load_model_on_worker, model_spec
 from hooks.errors import TwinlensError
 from hooks.generation import embedding_rows
 from hooks.interventions import expect_applied, forward_layout, right_padded_layout
@@ -296,7 +297,7 @@ def capture(
     progress: bool = True,
     metadata: dict | None = None,
     engine: str = "auto",
-    cluster: Any = None,
+    cluster: RayCluster | str | bool | None = None,
 ) -> ActivationStore:
     """Run every example through the model(s) and store the chosen hooks at the chosen
     positions. Returns the finished store. See API.md.
@@ -306,8 +307,6 @@ def capture(
     cluster: a hooks.cluster.RayCluster (or a Ray address, or True): the missing example ranges
     are captured by Ray actors holding the models, each writing shards into ``out`` (which must
     be on a file system every node sees); the store reads exactly as a single-process one."""
-    from hooks.cluster import as_cluster
-
     cluster = as_cluster(cluster)
     models = _models_of(target)
     first = next(iter(models.values()))
@@ -463,13 +462,11 @@ def _capture_range(state: tuple[dict[str, Model], dict[str, _Plan]], rng: _Range
 
 def _load_capture_state(specs: dict[str, dict], plans_of: Callable) -> tuple[dict[str, Model], dict[str, _Plan]]:
     """On a cluster worker: the driver's models (weights checked) and their capture plans."""
-    from hooks.cluster import load_model_on_worker
-
     models = {key: load_model_on_worker(spec) for key, spec in specs.items()}
     return models, plans_of(models)
 
 
-def _capture_on_cluster(cluster: Any, models: dict[str, Model], *, plans_of: Callable, run: Callable,
+def _capture_on_cluster(cluster: RayCluster, models: dict[str, Model], *, plans_of: Callable, run: Callable,
                         todo: list[tuple[int, int]], token_ids: list[list[int]], pos: list[list[int]],
                         record: Callable[[dict], None], progress: bool, batch_size: int, desc: str) -> None:
     """The missing ranges cut into whole batches (the single-process batches: same numbers),
@@ -481,8 +478,6 @@ def _capture_on_cluster(cluster: Any, models: dict[str, Model], *, plans_of: Cal
     units = [_Range(s, min(s + per_unit, b), token_ids[s : min(s + per_unit, b)], pos[s : min(s + per_unit, b)])
              for a, b in todo for s in range(a, b, per_unit)]
     gpu = cluster.gpus_per_worker > 0
-    from hooks.cluster import model_spec
-
     setup = functools.partial(_load_capture_state, {k: model_spec(m, gpu) for k, m in models.items()}, plans_of)
     for _, shards in cluster.map(setup, run, units, desc=desc, weights=[u.end - u.start for u in units],
                                  progress=progress, unit="ex"):

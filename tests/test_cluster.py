@@ -153,3 +153,25 @@ def test_capture_on_two_nodes_reads_as_the_single_process_store_after_a_worker_k
     got = _read_all(resumed)
     for key in want:
         assert torch.equal(want[key], got[key]), key
+
+
+def test_weight_diff_on_two_nodes_equals_one_process_masks_included_after_a_worker_kill(ray_cluster, tmp_path):
+    """Two RL seeds and the SFT model against the base: every count, rank, spectrum, overlap,
+    consensus bin and packed mask bit of the cluster run equals the single-process diff."""
+    from analyses.subnetworks import diff_runs
+
+    base = organism.checkpoint_path("base")
+    runs = [organism.checkpoint_path("rl-seed0"), organism.checkpoint_path("rl-seed1")]
+    sft = organism.checkpoint_path("sft")
+    local = diff_runs(base, runs, sft=sft, keep_masks=True, progress=False)
+    cluster = _kill_once(tmp_path)
+    remote = diff_runs(base, runs, sft=sft, keep_masks=True, progress=False, cluster=cluster)
+    assert (tmp_path / "killed").exists()
+    assert json.dumps(remote.to_dict(), sort_keys=True) == json.dumps(local.to_dict(), sort_keys=True)
+    n_tensors = len(local.primary.tensors)
+    assert n_tensors > 10 and [t.name for t in remote.primary.tensors] == [t.name for t in local.primary.tensors]
+    for run in [*local.runs, "sft"]:
+        a = local.runs[run] if run != "sft" else local.sft
+        b = remote.runs[run] if run != "sft" else remote.sft
+        assert a.masks.packed.keys() == b.masks.packed.keys()
+        assert all((a.masks.packed[n] == b.masks.packed[n]).all() for n in a.masks.packed)

@@ -27,6 +27,7 @@ the expectations for two independent random subsets of the same sizes.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hooks.cluster import RayCluster, as_cluster
 from hooks.errors import TwinlensError
 
 from .change_counts import ENGINES, TOLERANCE_KINDS, UpdatedCounts, compare_tensor, prepare_engine
@@ -503,7 +505,8 @@ def _is_ranked_matrix(name: str, shape: tuple[int, ...]) -> bool:
 
 def diff_runs(base: Source, runs: Sequence[Source] | Mapping[str, Source], sft: Source | None = None, *,
               settings: DiffSettings | None = None, keep_masks: bool = False, progress: bool = True,
-              prefetch: bool = True, **setting_kwargs) -> RunFamilyDiff:
+              prefetch: bool = True, cluster: RayCluster | str | bool | None = None,
+              **setting_kwargs) -> RunFamilyDiff:
     """Diff each run (and ``sft``) against ``base`` in one streaming pass over the tensors.
 
     base, runs, sft: checkpoint folders, .safetensors files, hub ids or SafetensorsCheckpoint.
@@ -511,8 +514,12 @@ def diff_runs(base: Source, runs: Sequence[Source] | Mapping[str, Source], sft: 
     ``settings`` or keyword arguments of DiffSettings (tolerance=, compare=, rank=, spectral=, ...).
     ``keep_masks``: keep each run's changed mask (at ``overlap_tolerance``) packed in memory,
     1 bit per parameter, as ``WeightDiff.masks`` (save with ``.save(path)``).
+    ``cluster``: a hooks.cluster.RayCluster (or a Ray address, or True): groups of tensors are
+    compared by Ray actors reading the safetensors where they lie (the same path on every node);
+    the result, masks included, is the single-process one.
     Raises TwinlensError when the checkpoints' names or shapes differ.
     """
+    cluster = as_cluster(cluster)
     settings = settings or DiffSettings(**setting_kwargs)
     run_srcs = _run_names(runs)
     if not run_srcs:
@@ -527,14 +534,15 @@ def diff_runs(base: Source, runs: Sequence[Source] | Mapping[str, Source], sft: 
     if sft is not None:
         cks["sft"] = _open(sft)
     try:
-        return _diff_pass(cks, list(run_srcs), sft is not None, settings, keep_masks, progress, prefetch)
+        return _diff_pass(cks, list(run_srcs), sft is not None, settings, keep_masks, progress, prefetch,
+                          cluster)
     finally:
         for ck in cks.values():
             ck.close()
 
 
 def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_sft: bool, st: DiffSettings,
-               keep_masks: bool, progress: bool, prefetch: bool) -> RunFamilyDiff:
+               keep_masks: bool, progress: bool, prefetch: bool, cluster: RayCluster | None = None) -> RunFamilyDiff:
     ck_base = cks["__base__"]
     engine = prepare_engine(st.engine)
     others = run_names + (["sft"] if has_sft else [])
@@ -549,6 +557,23 @@ def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_
     both = np.zeros((len(others), len(others)), dtype=np.int64)
     hist = np.zeros(n_cons + 1, dtype=np.int64)
     total = 0
+
+    def record(name: str, res: _TensorResult) -> None:
+        nonlocal both, hist, total
+        both += res.both
+        hist += res.consensus_hist
+        total += res.numel
+        for j, k in enumerate(others):
+            diffs[k].tensors.append(res.tensors[j])
+            if keep_masks:
+                diffs[k].masks.shapes[name] = res.tensors[j].shape
+                diffs[k].masks.packed[name] = res.packed[j]
+
+    diff_one = functools.partial(_diff_tensor, others=others, st=st, n_cons=n_cons, keep_masks=keep_masks,
+                                 engine=engine)
+    if cluster is not None:
+        _diff_on_cluster(cluster, cks, order, diff_one, record, progress)
+        order = []
     pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
     try:
         pending = None
@@ -560,42 +585,7 @@ def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_
                 pending = None
             if pool and i + 1 < len(order):
                 pending = pool.submit(lambda n=order[i + 1]: [c.prefetch(n) for c in cks.values()])
-            w0 = ck_base.load(name)
-            ws = [cks[k].load(name) for k in others]
-            cmp = compare_tensor(w0, ws, tol=st.tolerance, compare=st.compare, mask_tolerance=st.overlap_tolerance,
-                                 n_consensus=n_cons, pack=[keep_masks] * len(others), chunk=st.chunk,
-                                 workers=st.n_workers, engine=engine)
-            both += cmp.both
-            hist += cmp.consensus_hist
-            total += w0.numel()
-            shape = tuple(w0.shape)
-            kind, layer = module_kind(name), layer_index(name)
-            ranked = _is_ranked_matrix(name, shape)
-            base_sub = None
-            with single_thread_if_small(w0.numel(), st.device):
-                if ranked and st.spectral:
-                    base_sub = top_singular_subspaces(w0.to(st.device, torch.float32), st.spectral_k,
-                                                      st.rank_method, st.gram_threshold)
-                tds = []
-                for j in range(len(others)):
-                    td = TensorDiff(name, shape, kind, layer, str(ws[j].dtype).replace("torch.", ""), cmp.counts[j])
-                    if ranked and st.rank:
-                        delta = _delta_matrix(w0, ws[j], st).to(st.device)
-                        r, method = update_rank(delta, st.rank_method, st.gram_threshold)
-                        del delta
-                        td.update_rank, td.rank_method = r / min(shape), method
-                    if base_sub is not None:
-                        sub = top_singular_subspaces(ws[j].to(st.device, torch.float32), st.spectral_k,
-                                                     st.rank_method, st.gram_threshold)
-                        td.spectral = compare_spectra(name, base_sub, sub, shape)
-                    tds.append(td)
-            for j, k in enumerate(others):
-                td = tds[j]
-                diffs[k].tensors.append(td)
-                if keep_masks:
-                    diffs[k].masks.shapes[name] = shape
-                    diffs[k].masks.packed[name] = cmp.packed[j]
-            del w0, ws, cmp
+            record(name, diff_one(cks, name))
     finally:
         if pool:
             pool.shutdown(wait=True)
@@ -615,6 +605,103 @@ def _diff_pass(cks: dict[str, SafetensorsCheckpoint], run_names: list[str], has_
                          overlaps, sft_overlaps, consensus, tied, skipped, engine)
 
 
+@dataclass
+class _TensorResult:
+    """One parameter compared against every run: what the pass adds up (also what a cluster
+    worker sends back)."""
+
+    tensors: list[TensorDiff]  # one per run (runs, then sft)
+    both: np.ndarray
+    consensus_hist: np.ndarray
+    packed: list  # per run: packed mask bits (np.ndarray) or None
+    numel: int
+
+
+def _diff_tensor(cks: Mapping[str, SafetensorsCheckpoint], name: str, *, others: list[str], st: DiffSettings,
+                 n_cons: int, keep_masks: bool, engine: str) -> _TensorResult:
+    """Compare tensor ``name`` of the base with every run: counts, masks, rank, spectra."""
+    w0 = cks["__base__"].load(name)
+    ws = [cks[k].load(name) for k in others]
+    cmp = compare_tensor(w0, ws, tol=st.tolerance, compare=st.compare, mask_tolerance=st.overlap_tolerance,
+                         n_consensus=n_cons, pack=[keep_masks] * len(others), chunk=st.chunk,
+                         workers=st.n_workers, engine=engine)
+    shape = tuple(w0.shape)
+    kind, layer = module_kind(name), layer_index(name)
+    ranked = _is_ranked_matrix(name, shape)
+    base_sub = None
+    with single_thread_if_small(w0.numel(), st.device):
+        if ranked and st.spectral:
+            base_sub = top_singular_subspaces(w0.to(st.device, torch.float32), st.spectral_k,
+                                              st.rank_method, st.gram_threshold)
+        tds = []
+        for j in range(len(others)):
+            td = TensorDiff(name, shape, kind, layer, str(ws[j].dtype).replace("torch.", ""), cmp.counts[j])
+            if ranked and st.rank:
+                delta = _delta_matrix(w0, ws[j], st).to(st.device)
+                r, method = update_rank(delta, st.rank_method, st.gram_threshold)
+                del delta
+                td.update_rank, td.rank_method = r / min(shape), method
+            if base_sub is not None:
+                sub = top_singular_subspaces(ws[j].to(st.device, torch.float32), st.spectral_k,
+                                             st.rank_method, st.gram_threshold)
+                td.spectral = compare_spectra(name, base_sub, sub, shape)
+            tds.append(td)
+    return _TensorResult(tds, cmp.both, cmp.consensus_hist, list(cmp.packed), w0.numel())
+
+
+def _header(ck: SafetensorsCheckpoint) -> dict[str, tuple]:
+    return {n: (e.file.name, e.dtype, tuple(e.shape), e.start, e.end) for n, e in ck.entries.items()}
+
+
+def _open_on_worker(sources: Mapping[str, str], headers: Mapping[str, dict], engine: str) -> dict:
+    """On a cluster worker: the driver's checkpoints, opened where they lie, refused if this node
+    sees other files there (other headers)."""
+    import socket
+
+    cks = {key: SafetensorsCheckpoint(src) for key, src in sources.items()}
+    for key, ck in cks.items():
+        if _header(ck) != headers[key]:
+            raise TwinlensError(f"Node {socket.gethostname()} sees another checkpoint at {sources[key]} than the "
+                                "driver (other tensors or byte ranges); put the same files at the same path on "
+                                "every node (or on a shared file system).")
+    prepare_engine(engine)
+    return cks
+
+
+def _diff_group(cks: Mapping[str, SafetensorsCheckpoint], names: list[str], *, diff_one) -> list[_TensorResult]:
+    return [diff_one(cks, name) for name in names]
+
+
+def _diff_on_cluster(cluster: RayCluster, cks: Mapping[str, SafetensorsCheckpoint], order: list[str], diff_one, record,
+                     progress: bool) -> None:
+    """Tensors in groups of about 1/4 of a worker's share of the bytes (a big tensor alone) as
+    work items of actors that open the checkpoints where they lie; results are added up in
+    storage order, as in one process."""
+    ray = cluster.connect()
+    nbytes = {n: sum(ck.entries[n].nbytes for ck in cks.values()) for n in order}
+    target = max(1, sum(nbytes.values()) // (4 * cluster.n_workers(ray)))
+    groups: list[list[str]] = []
+    size = target
+    for name in order:
+        if size >= target:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes[name]
+
+    def where(ck: SafetensorsCheckpoint) -> str:
+        local = Path(ck.source)
+        return str(local.absolute()) if local.exists() else str(ck.folder)
+
+    setup = functools.partial(_open_on_worker, {k: where(ck) for k, ck in cks.items()},
+                              {k: _header(ck) for k, ck in cks.items()}, diff_one.keywords["engine"])
+    for i, results in cluster.map(setup, functools.partial(_diff_group, diff_one=diff_one), groups,
+                                  desc="weight diff (ray)", weights=[len(g) for g in groups],
+                                  progress=progress, unit="tensor"):
+        for name, res in zip(groups[i], results, strict=True):
+            record(name, res)
+
+
 def _delta_matrix(w0: torch.Tensor, w1: torch.Tensor, st: DiffSettings) -> torch.Tensor:
     """The update as float32: rounded in the stored 16-bit dtype first when compare='native' (paper's code)."""
     if st.compare == "native" and w0.dtype == w1.dtype and w0.dtype in (torch.bfloat16, torch.float16):
@@ -623,8 +710,10 @@ def _delta_matrix(w0: torch.Tensor, w1: torch.Tensor, st: DiffSettings) -> torch
 
 
 def diff_weights(base: Source, rl: Source, *, name: str | None = None, settings: DiffSettings | None = None,
-                 keep_masks: bool = False, progress: bool = True, **setting_kwargs) -> WeightDiff:
-    """Diff one run against the base (see ``diff_runs``); returns its WeightDiff."""
+                 keep_masks: bool = False, progress: bool = True, cluster: RayCluster | str | bool | None = None,
+                 **setting_kwargs) -> WeightDiff:
+    """Diff one run against the base (see ``diff_runs``, also for ``cluster``); returns its WeightDiff."""
     runs = {name: rl} if name else _run_names([rl])
-    fam = diff_runs(base, runs, settings=settings, keep_masks=keep_masks, progress=progress, **setting_kwargs)
+    fam = diff_runs(base, runs, settings=settings, keep_masks=keep_masks, progress=progress, cluster=cluster,
+                    **setting_kwargs)
     return fam.primary
