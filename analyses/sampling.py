@@ -299,6 +299,7 @@ def sample(
     """
     cluster = as_cluster(cluster)
     family = as_model_family(models)
+    specs = {k: model_spec(m, cluster.gpus_per_worker > 0) for k, m in family.items()} if cluster else None
     probs = as_problems(problems)
     if n < 1:
         raise TwinlensError(f"n (samples per problem) must be >= 1, got {n}.")
@@ -348,8 +349,7 @@ def sample(
         results = ((i, draw(family, g)) for i, g in enumerate(groups))
     else:
         bar = tqdm(disable=True)
-        gpu = cluster.gpus_per_worker > 0
-        setup = functools.partial(_load_family, {k: model_spec(m, gpu) for k, m in family.items()})
+        setup = functools.partial(_load_family, specs)
         results = cluster.map(setup, draw, groups, desc="sample (ray)", weights=[len(g.problems) for g in groups],
                               progress=progress, unit="problem")
     for i, new in results:

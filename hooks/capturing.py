@@ -318,6 +318,7 @@ def capture(
     pos = _position_lists(positions, token_ids)
     hook_names = first.resolve_hooks(hooks)
     plans = _plans(models, hook_names, engine)  # before writing anything
+    specs = {k: model_spec(m, cluster.gpus_per_worker > 0) for k, m in models.items()} if cluster else None
     store_dtype = store_dtype or first.dtype
     root = Path(out).absolute()  # workers on other nodes have other working folders
     identity = {
@@ -377,7 +378,7 @@ def capture(
     run = functools.partial(_capture_range, hook_names=hook_names, batch_size=batch_size, shard_bytes=shard_bytes,
                             store_dtype=store_dtype, root=root, n_examples=len(token_ids))
     if cluster is not None and todo:
-        _capture_on_cluster(cluster, models, plans_of=functools.partial(_plans, hook_names=hook_names, engine=engine),
+        _capture_on_cluster(cluster, specs, plans_of=functools.partial(_plans, hook_names=hook_names, engine=engine),
                             run=run, todo=todo, token_ids=token_ids, pos=pos, record=record, progress=progress,
                             batch_size=batch_size, desc=f"capture -> {root.name} (ray)")
     else:
@@ -466,7 +467,7 @@ def _load_capture_state(specs: dict[str, dict], plans_of: Callable) -> tuple[dic
     return models, plans_of(models)
 
 
-def _capture_on_cluster(cluster: RayCluster, models: dict[str, Model], *, plans_of: Callable, run: Callable,
+def _capture_on_cluster(cluster: RayCluster, specs: dict[str, dict], *, plans_of: Callable, run: Callable,
                         todo: list[tuple[int, int]], token_ids: list[list[int]], pos: list[list[int]],
                         record: Callable[[dict], None], progress: bool, batch_size: int, desc: str) -> None:
     """The missing ranges cut into whole batches (the single-process batches: same numbers),
@@ -477,8 +478,7 @@ def _capture_on_cluster(cluster: RayCluster, models: dict[str, Model], *, plans_
     per_unit = max(1, -(-n_batches // (4 * cluster.n_workers(ray)))) * batch_size
     units = [_Range(s, min(s + per_unit, b), token_ids[s : min(s + per_unit, b)], pos[s : min(s + per_unit, b)])
              for a, b in todo for s in range(a, b, per_unit)]
-    gpu = cluster.gpus_per_worker > 0
-    setup = functools.partial(_load_capture_state, {k: model_spec(m, gpu) for k, m in models.items()}, plans_of)
+    setup = functools.partial(_load_capture_state, specs, plans_of)
     for _, shards in cluster.map(setup, run, units, desc=desc, weights=[u.end - u.start for u in units],
                                  progress=progress, unit="ex"):
         for shard in shards:

@@ -237,7 +237,15 @@ def as_cluster(cluster: RayCluster | str | bool | None) -> RayCluster | None:
 def model_spec(model: Any, gpu: bool = False) -> dict:
     """What a worker needs to load the same model: folder, dtype, device, weight hash.
     ``gpu``: the worker holds a GPU (Ray sets CUDA_VISIBLE_DEVICES): load on ``cuda`` if the
-    driver's model is on a GPU, else on the CPU."""
+    driver's model is on a GPU, else on the CPU. Refuses a model with forward hooks on it (an
+    open intervention such as add_to_residual): the workers' fresh copies would run without it."""
+    hooked = [name for name, m in model.hf.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        raise TwinlensError(
+            f"{model.name} has forward hooks on {hooked[:3]} (an open intervention?); cluster workers load "
+            "their own copy of the model and would run without them. Run interventions in this process "
+            "(no cluster=/--ray), or close the intervention first."
+        )
     device = str(model.device)
     if device.startswith("cuda"):
         device = "cuda" if gpu else "cpu"

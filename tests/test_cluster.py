@@ -175,3 +175,19 @@ def test_weight_diff_on_two_nodes_equals_one_process_masks_included_after_a_work
         b = remote.runs[run] if run != "sft" else remote.sft
         assert a.masks.packed.keys() == b.masks.packed.keys()
         assert all((a.masks.packed[n] == b.masks.packed[n]).all() for n in a.masks.packed)
+
+
+def test_a_cluster_run_under_an_open_intervention_is_refused_before_any_work(organism_pair, tmp_path):
+    """Workers load their own models: a steering hook on the driver's model would silently not
+    apply there, so the job refuses (no Ray connection, nothing written)."""
+    from hooks import add_to_residual
+
+    vector = torch.ones(organism_pair.base.d_model)
+    with add_to_residual(organism_pair.base, layer=0, vector=vector, alpha=1.0):
+        with pytest.raises(TwinlensError, match="intervention"):
+            capture(organism_pair, ["1+2+3+4+5:"], out=tmp_path / "acts", cluster=RayCluster(address="nowhere:1"),
+                    progress=False)
+        with pytest.raises(TwinlensError, match="intervention"):
+            sample(organism_pair, ["1+2+3+4+5:"], 1, out=tmp_path / "s.jsonl", progress=False,
+                   cluster=RayCluster(address="nowhere:1"))
+    assert not (tmp_path / "acts").exists() and not list(tmp_path.iterdir())
