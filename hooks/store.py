@@ -8,9 +8,9 @@ Layout (flat, token-major, no padding):
         <model>/<hook>                           Float[n_rows, d], one per model and hook
 A paired store keeps base and RL activations in the same shard, so row r is the same token for
 both. Shards are written to a temporary name and renamed, then the manifest is replaced the same
-way: after an interrupt, the manifest lists only complete shards, in example order, and a rerun
-captures exactly the examples no shard covers, so no row is lost or duplicated (also when several
-cluster workers wrote shards of one store: only the driver writes the manifest). Each shard's sha256 is in the
+way: after an interrupt, the manifest lists only complete shards and a rerun continues from the
+first example not covered, so no row is lost or duplicated (also when cluster workers write the
+shards: the driver alone lists them, in example order). Each shard's sha256 is in the
 manifest and is checked before its first read.
 """
 
