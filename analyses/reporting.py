@@ -7,6 +7,11 @@ interrupted job never leaves a half-written file where a finished one was.
 
 ``results`` may hold numpy / torch scalars and arrays, tuples, Paths and dataclasses: they are
 converted to plain JSON. Non-finite floats (NaN, inf) become ``null``, since JSON has no NaN.
+
+Every writer here belongs to the job-folder contract (analyses.jobdir): it refuses a folder that
+another process holds the lock of (one writer at a time), and a write that fails for lack of space
+or permission ends in a TwinlensError that says what the folder kept and how to resume, instead of
+a raw OSError. Files get the usual permissions (0666 minus the umask), not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -51,18 +56,47 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _check_writer(folder: Path) -> None:
+    """TwinlensError when another process holds ``folder``'s lock (hooks.locking)."""
+    from hooks.errors import TwinlensError
+    from hooks.locking import describe_owner, lock_owner
+
+    owner = lock_owner(folder)
+    if owner is not None and owner.get("pid") != os.getpid():
+        raise TwinlensError(f"{folder} is in use by {describe_owner(owner)}: only one writer at a time. "
+                            "Wait for it to finish, or write into another folder.")
+
+
 @contextmanager
 def _atomic_target(path: Path, suffix: str) -> Iterator[str]:
     """A temp file next to ``path`` for the block to write; renamed onto ``path`` when the block
-    succeeds, removed when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    succeeds, removed when it fails. Failed writes (space, permissions): see the module docstring."""
+    from analyses.jobdir import write_failure
+    from hooks.locking import WRITE_ERRNOS, make_folder
+
+    make_folder(path.parent)
+    _check_writer(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, _FILE_MODE)
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failure(path.parent, exc) from None
         raise
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from hooks.errors import TwinlensError
 from hooks.generation import embedding_rows
 from hooks.interventions import expect_applied, forward_layout, right_padded_layout
 from hooks.loading import Model, ModelPair
+from hooks.locking import LOCK_NAME, WRITE_ERRNOS, FolderLock
 from hooks.store import (
     FORMAT,
     INPUTS,
@@ -284,6 +287,33 @@ def _forward_capture(
     return got
 
 
+@contextmanager
+def _store_write_errors(root: Path) -> Iterator[None]:
+    """Disk full / read-only / no permission while writing the store -> TwinlensError saying what
+    the store kept and how to resume."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise _store_write_error(root, exc) from None
+
+
+def _store_write_error(root: Path, exc: OSError) -> TwinlensError:
+    try:
+        shards = json.loads((root / MANIFEST).read_text())["shards"]
+        kept = (f"{len(shards)} complete shards (examples 0-{shards[-1]['example_end']})" if shards
+                else "no complete shard yet")
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        kept = "no complete shard yet"
+    return TwinlensError(
+        f"Writing the activation store {root} failed: {exc.strerror or exc}"
+        f"{f' ({exc.filename})' if exc.filename else ''}. The store keeps {kept}; nothing complete was lost. "
+        "Free space (or make the folder writable), then rerun the same capture: it resumes after the last "
+        "complete shard."
+    )
+
+
 def capture(
     target: Model | ModelPair,
     inputs: Sequence[str] | Sequence[Sequence[int]] | Tensor,
@@ -348,49 +378,52 @@ def capture(
         "metadata": metadata or {},
     }
 
-    if (root / MANIFEST).exists():
-        store = ActivationStore.open(root)
-        old = store.manifest
-        diffs = [k for k in identity if k != "capture_args" and old.get(k) != identity[k]]
-        if diffs:
-            raise TwinlensError(
-                f"{root} already holds a capture made with a different {', '.join(diffs)}. "
-                "Capture into a new folder (nothing in the existing store was changed)."
-            )
-        manifest = old
-        for s in store.shards:  # resume only on top of intact shards
-            store.verify(s)
-    else:
-        if root.exists() and any(root.iterdir()):
-            raise TwinlensError(
-                f"{root} exists and is not an activation store; pick an empty or new folder."
-            )
-        root.mkdir(parents=True, exist_ok=True)
-        flat = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.long)
-        offsets = torch.tensor([0] + [len(ids) for ids in token_ids]).cumsum(0)
-        save_tensors_atomic({"tokens": flat, "offsets": offsets}, root / INPUTS)
-        manifest = {**identity, "shards": [], "complete": False}
-        write_json_atomic(root / MANIFEST, manifest)
+    # One writer per store: a second capture into it (another process, or this one) is refused
+    # instead of racing on manifest.json.tmp; a failed write says what the store kept.
+    with FolderLock(root, what="capture"), _store_write_errors(root):
+        if (root / MANIFEST).exists():
+            store = ActivationStore.open(root)
+            old = store.manifest
+            diffs = [k for k in identity if k != "capture_args" and old.get(k) != identity[k]]
+            if diffs:
+                raise TwinlensError(
+                    f"{root} already holds a capture made with a different {', '.join(diffs)}. "
+                    "Capture into a new folder (nothing in the existing store was changed)."
+                )
+            manifest = old
+            for s in store.shards:  # resume only on top of intact shards
+                store.verify(s)
+        else:
+            if root.exists() and any(p.name != LOCK_NAME for p in root.iterdir()):
+                raise TwinlensError(
+                    f"{root} exists and is not an activation store; pick an empty or new folder."
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            flat = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.long)
+            offsets = torch.tensor([0] + [len(ids) for ids in token_ids]).cumsum(0)
+            save_tensors_atomic({"tokens": flat, "offsets": offsets}, root / INPUTS)
+            manifest = {**identity, "shards": [], "complete": False}
+            write_json_atomic(root / MANIFEST, manifest)
 
-    done = manifest["shards"][-1]["example_end"] if manifest["shards"] else 0
-    todo = [(done, len(token_ids))] if done < len(token_ids) else []
-    record = functools.partial(_record_shard, root, manifest)
-    run = functools.partial(_capture_range, hook_names=hook_names, batch_size=batch_size, shard_bytes=shard_bytes,
-                            store_dtype=store_dtype, root=root, n_examples=len(token_ids))
-    if cluster is not None and todo:
-        _capture_on_cluster(cluster, specs, plans_of=functools.partial(_plans, hook_names=hook_names, engine=engine),
-                            run=run, todo=todo, token_ids=token_ids, pos=pos, record=record, progress=progress,
-                            batch_size=batch_size, desc=f"capture -> {root.name} (ray)")
-    else:
-        bar = tqdm(total=len(token_ids), initial=len(token_ids) - sum(b - a for a, b in todo),
-                   desc=f"capture -> {root.name}", disable=not progress or not todo, unit="ex")
-        state = (models, plans)
-        for a, b in todo:
-            run(state, _Range(a, b, token_ids[a:b], pos[a:b]), on_shard=record, on_batch=bar.update)
-        bar.close()
-    manifest["complete"] = True
-    write_json_atomic(root / MANIFEST, manifest)
-    return ActivationStore.open(root)
+        done = manifest["shards"][-1]["example_end"] if manifest["shards"] else 0
+        todo = [(done, len(token_ids))] if done < len(token_ids) else []
+        record = functools.partial(_record_shard, root, manifest)
+        run = functools.partial(_capture_range, hook_names=hook_names, batch_size=batch_size, shard_bytes=shard_bytes,
+                                store_dtype=store_dtype, root=root, n_examples=len(token_ids))
+        if cluster is not None and todo:
+            _capture_on_cluster(cluster, specs, plans_of=functools.partial(_plans, hook_names=hook_names, engine=engine),
+                                run=run, todo=todo, token_ids=token_ids, pos=pos, record=record, progress=progress,
+                                batch_size=batch_size, desc=f"capture -> {root.name} (ray)")
+        else:
+            bar = tqdm(total=len(token_ids), initial=len(token_ids) - sum(b - a for a, b in todo),
+                       desc=f"capture -> {root.name}", disable=not progress or not todo, unit="ex")
+            state = (models, plans)
+            for a, b in todo:
+                run(state, _Range(a, b, token_ids[a:b], pos[a:b]), on_shard=record, on_batch=bar.update)
+            bar.close()
+        manifest["complete"] = True
+        write_json_atomic(root / MANIFEST, manifest)
+        return ActivationStore.open(root)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -54,10 +55,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """safetensors' save_file, with its I/O failures raised as the OSError they are (errno set):
+    safetensors reports a full disk or a read-only folder as a SafetensorError whose text holds
+    "(os error N)", which callers could not tell from a bad tensor."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        errno_ = int(code.group(1))
+        raise OSError(errno_, os.strerror(errno_), str(path)) from exc
+
+
 def save_tensors_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict | None = None) -> str:
     """Write a safetensors file via temp + rename; return its sha256."""
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    save_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
     digest = sha256_file(tmp)
     os.replace(tmp, path)
     return digest

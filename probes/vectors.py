@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from hooks.errors import TwinlensError
+from hooks.store import save_safetensors
 from probes.datasets import ProbeDataset
 
 __all__ = [
@@ -131,7 +131,7 @@ def save_vectors(path: str | Path, vectors: Sequence[StrategyVector]) -> Path:
     tensors = {f"vector.{i}": v.direction.contiguous() for i, v in enumerate(vectors)}
     meta = {"format": _FORMAT, "vectors": json.dumps([v.metadata() for v in vectors])}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, tmp, metadata=meta)
     tmp.replace(path)
     return path
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,6 +130,8 @@ def alpha_list(text: str) -> list[float]:
     if len(set(alphas)) != len(alphas):
         raise argparse.ArgumentTypeError(f"{text!r} repeats a coefficient; list each alpha once")
     return alphas
+OVERWRITE_HELP = ("--out holds another job's or another run's outputs (other settings or models): delete them "
+                  "and start anew (default: refuse; the same job with the same settings resumes)")
 
 
 class _Adder:
@@ -189,8 +192,8 @@ def add_sampling_args(ap: argparse.ArgumentParser, *, temperature: float = 0.6, 
 
 def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batch_size: int | None = 128,
                  seed: bool = True, helps: Mapping[str, str | None] | None = None) -> None:
-    """--seed, --n-boot, --batch-size, --device, --threads, --out, --json (n_boot / batch_size
-    None or seed False: that option is left out)."""
+    """--seed, --n-boot, --batch-size, --device, --threads, --out, --overwrite, --json (n_boot /
+    batch_size None or seed False: that option is left out)."""
     add = _Adder(ap, helps)
     if seed:
         add("--seed", type=nonnegative_int, default=0)
@@ -201,6 +204,7 @@ def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batc
     add("--device", DEVICE_HELP, type=device, default="cpu")
     add("--threads", THREADS_HELP, type=nonnegative_int, default=1)
     add("--out", required=True)
+    add("--overwrite", OVERWRITE_HELP, action="store_true")
     add("--json", action="store_true")
     add.done()
 
@@ -213,15 +217,37 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def job_name(run: Callable[..., Any]) -> str:
+    """The job a script runs: its file name without .py (``scripts/passk.py`` -> ``passk``), the
+    name demo.py and job.json use."""
+    return Path(run.__code__.co_filename).stem
+
+
 def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argparse.Namespace) -> int:
-    """Exit code of ``run(args)``, which writes the outputs and returns the results, after
-    apply_threads: 0, and with --json the results printed as JSON (the text of results.json); a
-    TwinlensError is printed as ``error: ...`` on stderr and gives 2."""
+    """Exit code of ``run(args)``, which writes the outputs into ``args.out`` and returns the results.
+
+    Before ``run`` (so before any model loads) the output folder is claimed by the job-folder
+    contract (analyses.jobdir): writable, locked against a second writer, and refused when it holds
+    another job's or another run's outputs unless --overwrite; afterwards job.json is marked complete.
+    Then apply_threads; 0, and with --json the results printed as JSON (the text of results.json);
+    a TwinlensError (bad input, a refused folder, a full disk) is printed as ``error: ...`` on stderr
+    and gives 2."""
+    from analyses.jobdir import claim_folder, job_identity
     from hooks import TwinlensError
 
     apply_threads(args)
     try:
-        results = run(args)
+        identity = job_identity(job_name(run), args)
+        with claim_folder(args.out, identity, overwrite=getattr(args, "overwrite", False)) as folder:
+            if folder.replaced:
+                print(f"note: --overwrite: deleted the earlier outputs in {args.out} "
+                      f"({', '.join(folder.replaced[:6])}{', ...' if len(folder.replaced) > 6 else ''})",
+                      file=sys.stderr)
+            elif folder.resumed:
+                print(f"note: {args.out} holds an earlier run of this job with the same settings and models; "
+                      "reusing what it kept", file=sys.stderr)
+            results = run(args)
+            folder.finish()
     except TwinlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

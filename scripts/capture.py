@@ -52,8 +52,8 @@ def summarize(store, models: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = cli.make_parser(__doc__)
     ap.add_argument("--base", help="base model folder or hub id (default: organism base)")
     ap.add_argument("--rl", help="RL model folder or hub id (default: organism rl-seed0)")
     ap.add_argument("--model", help="capture a single model instead of a pair")
@@ -61,32 +61,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=cli.positive_int, default=64, help="number of prompts")
     ap.add_argument("--hooks", nargs="+", default=["blocks.*.hook_out"])
     ap.add_argument("--positions", default="all", choices=["all", "last"])
-    ap.add_argument("--batch-size", type=cli.positive_int, default=8)
-    ap.add_argument("--device", type=cli.device, default="cpu", help=cli.DEVICE_HELP)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--json", action="store_true", help="print results.json to stdout")
-    args = ap.parse_args(argv)
+    cli.add_run_args(ap, n_boot=None, batch_size=8, seed=False, helps={"--json": cli.JSON_HELP})
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
     from analyses.reporting import save_figure, write_results
 
-    try:
-        if args.model:
-            target = load_model(args.model, device=args.device)
-            keys = ["model"]
-        else:
-            import organism
+    if args.model:
+        target = load_model(args.model, device=args.device)
+        keys = ["model"]
+    else:
+        import organism
 
-            base = args.base or organism.checkpoint_path("base")
-            rl = args.rl or organism.checkpoint_path("rl-seed0")
-            target = load_pair(base, rl, device=args.device)
-            keys = ["base", "rl"]
-        prompts = read_prompts(args.prompts, args.n)
-        out = Path(args.out)
-        store = capture(target, prompts, hooks=args.hooks, out=out / "store",
-                        positions=args.positions, batch_size=args.batch_size)
-    except TwinlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        base = args.base or organism.checkpoint_path("base")
+        rl = args.rl or organism.checkpoint_path("rl-seed0")
+        target = load_pair(base, rl, device=args.device)
+        keys = ["base", "rl"]
+    prompts = read_prompts(args.prompts, args.n)
+    out = Path(args.out)
+    store = capture(target, prompts, hooks=args.hooks, out=out / "store",
+                    positions=args.positions, batch_size=args.batch_size)
 
     results = summarize(store, keys)
     plt = cli.pyplot()
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["| hook | cosine(base, rl) |", "|---|---|"]
         lines += [f"| {h} | {c:.3f} |" for h, c in results["cosine_base_rl"].items()]
     write_results(out, results, "\n".join(lines) + "\n")
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -4,22 +4,34 @@
     python scripts/demo.py                          # the shipped organism, into runs/demo/
     python scripts/demo.py --base B --rl R [--rl R2] [--sft S] --out runs/mypair
 
-Each job runs as its own process into its own folder under --out; a job whose results.json
-exists is skipped unless --force; a failing job is reported at the end and does not stop the
-others. Finally scripts/report.py writes report.html and report.md and prints the verdict table.
+Each job runs as its own process into its own folder under --out (its output in
+--out/logs/<job>.log). A job whose folder records (job.json) a finished run with the same models
+(weight hashes) and settings is skipped unless --force; a folder made with other models or settings
+is rerun from scratch (the job gets --overwrite), and the demo says so. A failing job is reported at
+the end and does not stop the others. Job processes die with the demo (Linux: parent-death signal),
+and one demo at a time may write into --out (a lock). Finally scripts/report.py writes report.html
+and report.md and prints the verdict table.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analyses.jobdir import compare_identity, job_identity, read_job_record  # noqa: E402
+from hooks import TwinlensError  # noqa: E402
+from hooks.locking import FolderLock  # noqa: E402
 
 
 @dataclass
@@ -61,47 +73,138 @@ def job_command(job: Job, args: argparse.Namespace, out: Path) -> list[str]:
     return cmd
 
 
+def script_identity(job: Job, cmd: list[str]) -> dict[str, Any]:
+    """The identity (analyses.jobdir.job_identity) the job's script will record for ``cmd``: its
+    own parse_args on the same options, so defaults are the script's."""
+    path = ROOT / "scripts" / job.script
+    spec = importlib.util.spec_from_file_location(f"_twinlens_demo_{path.stem}", path)
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses in a script look their module up there
+        spec.loader.exec_module(module)
+    return job_identity(path.stem, module.parse_args(cmd[2:]))
+
+
+def plan_job(job: Job, cmd: list[str], job_out: Path, force: bool) -> tuple[str, str]:
+    """("skip" | "run" | "rerun", why) for a job about to run into ``job_out``: skip a finished run
+    with the same identity (unless force); rerun (with --overwrite) a folder made by another run."""
+    if not job_out.exists() or not any(p for p in job_out.iterdir() if p.name != ".twinlens.lock"):
+        return "run", ""
+    try:
+        asked = script_identity(job, cmd)
+        record = read_job_record(job_out)
+    except (TwinlensError, SystemExit) as exc:  # the job itself will give the error
+        return "run", f"({exc})"
+    if record is None:
+        left = [p.name for p in job_out.iterdir() if p.name != ".twinlens.lock"]
+        if left == ["log.txt"]:  # the log an earlier demo kept inside the job folder, nothing else
+            (job_out / "log.txt").unlink()
+            return "run", ""
+        if (job_out / "results.json").exists():
+            return "rerun", "its folder was made before job folders recorded their models (no job.json)"
+        return "run", ""
+    diffs = compare_identity(record, asked)
+    if diffs:
+        return "rerun", "its folder was made with other models or settings (" + "; ".join(diffs[:4]) + ")"
+    if record.get("complete") and (job_out / "results.json").exists() and not force:
+        return "skip", ""
+    return "run", "resuming the earlier run with the same settings" if not record.get("complete") else ""
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn for a job: the kernel sends it SIGTERM when the demo dies, however the demo dies
+    (SIGKILL included), so no job is left writing into a folder a rerun will use (Linux prctl)."""
+
+    def set_signal() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before the prctl took effect
+            os._exit(1)
+
+    return set_signal if sys.platform.startswith("linux") else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    names = [j.name for j in JOBS]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base")
     ap.add_argument("--rl", action="append")
     ap.add_argument("--sft")
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--only", nargs="+", help="run only these jobs")
-    ap.add_argument("--skip", nargs="+", default=[], help="skip these jobs")
-    ap.add_argument("--force", action="store_true", help="rerun finished jobs")
+    ap.add_argument("--only", nargs="+", metavar="JOB", help="run only these jobs: " + ", ".join(names))
+    ap.add_argument("--skip", nargs="+", default=[], metavar="JOB", help="skip these jobs")
+    ap.add_argument("--force", action="store_true", help="rerun finished jobs (same settings: reusing their samples)")
     args = ap.parse_args(argv)
+    for option, given in (("--only", args.only or []), ("--skip", args.skip)):
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            ap.error(f"{option}: unknown job(s) {', '.join(unknown)}; the jobs are: {', '.join(names)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FolderLock(out, what="demo").acquire()
+    except TwinlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run_jobs(args, out)
+    finally:
+        lock.release()
+
+
+def _run_jobs(args: argparse.Namespace, out: Path) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "MPLBACKEND": "Agg"}
     jobs = [j for j in JOBS if (not args.only or j.name in args.only) and j.name not in args.skip]
     failed: list[tuple[str, str]] = []
+    logs = out / "logs"
     t_start = time.time()
     for i, job in enumerate(jobs, 1):
         job_out = out / job.name
-        if (job_out / "results.json").exists() and not args.force:
-            print(f"[{i}/{len(jobs)}] {job.name}: done before, skipped (--force to rerun)", flush=True)
-            continue
         if not (ROOT / "scripts" / job.script).exists():
             failed.append((job.name, f"scripts/{job.script} is missing"))
             print(f"[{i}/{len(jobs)}] {job.name}: MISSING scripts/{job.script}", flush=True)
             continue
-        print(f"[{i}/{len(jobs)}] {job.name} ...", flush=True)
+        cmd = job_command(job, args, job_out)
+        action, why = plan_job(job, cmd, job_out, args.force)
+        if action == "skip":
+            print(f"[{i}/{len(jobs)}] {job.name}: done before with the same models and settings, skipped "
+                  "(--force to rerun)", flush=True)
+            continue
+        if action == "rerun":
+            cmd.append("--overwrite")
+            print(f"[{i}/{len(jobs)}] {job.name}: {why}; rerunning it from scratch ...", flush=True)
+        else:
+            print(f"[{i}/{len(jobs)}] {job.name} ...{' ' + why if why else ''}", flush=True)
         t0 = time.time()
-        job_out.mkdir(parents=True, exist_ok=True)
-        with open(job_out / "log.txt", "w") as log:
-            proc = subprocess.run(job_command(job, args, job_out), stdout=log, stderr=subprocess.STDOUT, env=env)
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{job.name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=_die_with_parent(os.getpid()))
         took = time.time() - t0
         if proc.returncode != 0 or not (job_out / "results.json").exists():
-            tail = (job_out / "log.txt").read_text().strip().splitlines()[-3:]
+            tail = log_path.read_text().strip().splitlines()[-3:]
             failed.append((job.name, " | ".join(tail)))
-            print(f"[{i}/{len(jobs)}] {job.name}: FAILED after {took:.0f}s (see {job_out / 'log.txt'})", flush=True)
+            print(f"[{i}/{len(jobs)}] {job.name}: FAILED after {took:.0f}s (see {log_path})", flush=True)
         else:
             print(f"[{i}/{len(jobs)}] {job.name}: ok in {took:.0f}s", flush=True)
     print(f"jobs finished in {time.time() - t_start:.0f}s", flush=True)
+    for job in JOBS:  # the report also shows the jobs not run now: say which were made otherwise
+        if job in jobs or not (out / job.name / "job.json").exists():
+            continue
+        try:
+            diffs = compare_identity(read_job_record(out / job.name),
+                                     script_identity(job, job_command(job, args, out / job.name)))
+        except (TwinlensError, SystemExit):
+            continue
+        if diffs:
+            print(f"note: {job.name} (not run now) was made with other models or settings "
+                  f"({'; '.join(diffs[:3])}); the report shows it as it is. Rerun it with --only {job.name}.",
+                  flush=True)
 
-    sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts"))
     from report import write_report
 

@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rl", action="append", default=None, help="RL checkpoint; repeat for several runs")
     ap.add_argument("--sft", help="SFT checkpoint from the same base, shown beside RL")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
     ap.add_argument("--json", action="store_true", help=cli.JSON_HELP)
     ap.add_argument("--tolerance", type=cli.nonnegative_float, default=1e-5, help="atol: unchanged iff |delta| <= tolerance")
     ap.add_argument("--compare-dtype", choices=["native", "float32"], default="native",

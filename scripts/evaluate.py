@@ -9,7 +9,7 @@ Writes DIR/results.json, DIR/summary.md and DIR/accuracy.png, DIR/formats.png.
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -91,7 +91,7 @@ def summary_markdown(results: list[CheckpointEval], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     ap.add_argument("--checkpoints", nargs="+", default=None,
                     help="shipped names (organism.list_checkpoints()) or HF folders; default: "
@@ -103,16 +103,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=cli.positive_int, default=1, help="samples per problem at T=1")
     ap.add_argument("--max-new-tokens", type=cli.positive_int, default=100)
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
     ap.add_argument("--json", action="store_true", help="print results.json to stdout")
     ap.add_argument("--threads", type=cli.nonnegative_int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     args = ap.parse_args(argv)
-    cli.apply_threads(args)
-    names = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
+    args.checkpoints = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
     try:
-        paths = {n: resolve(n) for n in names}  # fail before any work on a wrong name
+        args._paths = {n: resolve(n) for n in args.checkpoints}  # fail before any work on a wrong name
     except LookupError as e:
         ap.error(str(e.args[0]) + " (or give a folder holding config.json)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_main(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    paths = args._paths
     problems = eval_problems(args.n, args.eval_set, args.difficulty)
     results: list[CheckpointEval] = []
     for name, path in paths.items():
@@ -137,12 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
                "paths": {n: str(p) for n, p in paths.items()}}
     write_results(args.out, payload, summary_markdown(results, args))
     write_plots(results, args.out)
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
+    if not args.json:
         print(summary_markdown(results, args))
     return payload
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -214,6 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=cli.nonnegative_int, default=0)
     ap.add_argument("--device", type=cli.device, default="cpu", help=cli.DEVICE_HELP)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
     ap.add_argument("--json", action="store_true", help=cli.JSON_HELP)
     return ap.parse_args(argv)
 

@@ -123,8 +123,8 @@ def write_report(out: str | Path, positives: str | Path | None = None, negatives
             md += [text, ""]
             body.append(_markdown_to_html(text))
         elif not (folder / "results.json").exists():
-            md += ["Job did not finish; see its log.txt.", ""]
-            body.append("<p><em>Job did not finish; see its log.txt.</em></p>")
+            md += [f"Job did not finish; see logs/{job}.log.", ""]
+            body.append(f"<p><em>Job did not finish; see logs/{job}.log.</em></p>")
         for png in sorted(folder.glob("*.png")):
             md.append(f"![{png.stem}]({job}/{png.name})")
             data = base64.b64encode(png.read_bytes()).decode()

@@ -22,7 +22,7 @@ def test_demo_runs_jobs_skips_finished_ones_and_writes_the_report(tmp_path):
     assert (out / "report.html").exists() and "| 2 | RL updates a sparse" in first.stdout
     stamp = (out / "diff" / "results.json").stat().st_mtime_ns
     again = run_demo("--out", str(out), "--only", "diff")
-    assert "done before, skipped" in again.stdout
+    assert "done before with the same models and settings, skipped" in again.stdout
     assert (out / "diff" / "results.json").stat().st_mtime_ns == stamp
 
 

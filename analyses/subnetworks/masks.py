@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from hooks.errors import TwinlensError
+from hooks.store import save_safetensors
 
 __all__ = ["MASK_FORMAT", "PackedMasks", "pack_mask", "unpack_mask", "save_masks", "load_masks",
            "read_mask_metadata", "patch"]
@@ -90,7 +90,7 @@ def _save_packed(path, packed: Mapping[str, np.ndarray], shapes: Mapping[str, tu
     meta["shapes"] = json.dumps({n: list(s) for n, s in shapes.items()})
     tensors = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8)) for n, a in packed.items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
     return path
 
