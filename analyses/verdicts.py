@@ -49,6 +49,9 @@ UNTESTED = "untested: no organism checkpoint plants this claim yet (organism v2)
 #: 0.02 AUROC is below the spread between probe runs with different seeds on the organism (~0.01),
 #: doubled, so an equal-to-baseline probe cannot pass by noise.
 SELECTIVITY_MIN = 0.02
+#: A token baseline at or above this AUROC leaves the probe no room to show selectivity (it would need
+#: more than SELECTIVITY_MIN above it): a ceiling, so the comparison is undetermined, not negative.
+BASELINE_CEILING = 1.0 - SELECTIVITY_MIN
 #: Decision-point probes: the residual just before a strategy starts must predict it above chance.
 #: AUROC 0.5 is chance; the lower CI must clear 0.55 (a weak but real signal) and the shuffled control.
 DECISION_AUROC_MIN = 0.55
@@ -211,9 +214,11 @@ def verdict_probes(r: Mapping | None) -> Verdict:
     before a strategy starts vs other decision points), never on raw AUROC: on the organism a
     model-free token classifier reaches 0.92-0.997 by itself.
     supported: every strategy's selectivity lower CI >= SELECTIVITY_MIN and its decision-point AUROC
-    lower CI >= DECISION_AUROC_MIN (and above its shuffled control);
-    not supported: some strategy's selectivity upper CI < SELECTIVITY_MIN or decision-point AUROC
-    upper CI < DECISION_AUROC_MIN; undetermined otherwise, or when the baselines are missing.
+    lower CI >= DECISION_AUROC_MIN, above its shuffled control and above the token baseline on the
+    same decision points (its selectivity lower CI > 0);
+    not supported: some strategy's selectivity upper CI < SELECTIVITY_MIN, decision-point AUROC
+    upper CI < DECISION_AUROC_MIN, or decision-point selectivity upper CI <= 0; undetermined
+    otherwise, or when the baselines are missing.
     """
     v = Verdict(1, "Base models already hold the strategies as linear directions (probes)", "probe")
     rows = {k: x for k, x in (get(r, "acceptance") or {}).items() if isinstance(x, Mapping) and "auroc" in x}
@@ -221,7 +226,7 @@ def verdict_probes(r: Mapping | None) -> Verdict:
         return v
     v.shows = "best-layer probe on held-out base traces: AUROC, selectivity over the token baseline, decision-point AUROC"
     parts, controls, trivial = [], [], []
-    missing, fails, passes = [], [], []
+    missing, fails, passes, ceilings = [], [], [], []
     for name, x in rows.items():
         sel_v, sel_ci = value_ci(x.get("selectivity"))
         tok_v, tok_ci = value_ci(x.get("token_baseline_auroc"))
@@ -238,11 +243,20 @@ def verdict_probes(r: Mapping | None) -> Verdict:
             missing.append(name)
             continue
         dp_ctrl = dp.get("control_auroc")
-        if sel_ci[1] < SELECTIVITY_MIN or dp_ci[1] < DECISION_AUROC_MIN:
+        # the decision point has its own token baseline (position predicts steps in fixed-length
+        # problems): the decision-point probe must beat it too, when it is reported
+        _, dp_sel_ci = value_ci(dp.get("selectivity"))
+        dp_tok_v, _ = value_ci(dp.get("token_baseline_auroc"))
+        tok_ceiling = _num(tok_v) and tok_v >= BASELINE_CEILING
+        dp_ceiling = _num(dp_tok_v) and dp_tok_v >= BASELINE_CEILING
+        if (sel_ci[1] < SELECTIVITY_MIN and not tok_ceiling) or dp_ci[1] < DECISION_AUROC_MIN or (
+                dp_sel_ci and dp_sel_ci[1] <= 0 and not dp_ceiling):
             fails.append(name)
         elif sel_ci[0] >= SELECTIVITY_MIN and dp_ci[0] >= DECISION_AUROC_MIN and (
-                not _num(dp_ctrl) or dp_ci[0] > dp_ctrl):
+                not _num(dp_ctrl) or dp_ci[0] > dp_ctrl) and (dp_sel_ci is None or dp_sel_ci[0] > 0):
             passes.append(name)
+        elif tok_ceiling or dp_ceiling:
+            ceilings.append(name)
     v.number, v.control = "; ".join(parts), "; ".join(controls)
     v.trivial = "token identity (one-hot current/previous token + position): " + "; ".join(trivial)
     if fails:
@@ -253,6 +267,10 @@ def verdict_probes(r: Mapping | None) -> Verdict:
         v.outcome, v.why = UNDETERMINED, (
             f"{', '.join(missing)}: no token baseline / decision-point probe in the results; raw AUROC alone "
             "cannot rule out token identity")
+    elif ceilings:
+        v.outcome, v.why = UNDETERMINED, (
+            f"{', '.join(ceilings)}: token identity and position alone reach AUROC >= {BASELINE_CEILING}: no room "
+            "for a probe to show selectivity (the task's strategies are written in its tokens)")
     elif len(passes) == len(rows):
         v.outcome, v.why = SUPPORTED, (f"every strategy: selectivity lower CI >= {SELECTIVITY_MIN} and "
                                        f"decision-point AUROC lower CI >= {DECISION_AUROC_MIN}")

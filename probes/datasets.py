@@ -30,6 +30,7 @@ class ProbeDataset:
     example, position: `[n_rows]` example id and token position of each row.
     reasoning: `[n_rows]` bool, the row lies in its example's reasoning span.
     labels: strategy -> bool `[n_rows]`, the row lies in a segment of that strategy.
+    tokens: `[n_rows]` token id of each row (for the token-identity baseline), when known.
     spans: example id -> its `ExampleLabels` (segments in positions).
     model: the store's model key ("base", "rl", ...); model_name / weight_hash: provenance.
     """
@@ -45,6 +46,7 @@ class ProbeDataset:
     model_name: str = ""
     weight_hash: str = ""
     label_source: str = ""
+    tokens: np.ndarray | None = None  # [n_rows] token id of each row (the token baselines read it)
     _row_index: dict[tuple[int, int], int] | None = field(default=None, repr=False)
 
     @property
@@ -236,4 +238,5 @@ def build_dataset(
         model_name=str(info.get("name", key)),
         weight_hash=str(info.get("weight_hash", "")),
         label_source=",".join(sources),
+        tokens=tokens,
     )

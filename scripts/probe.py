@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import load_task  # noqa: E402
-from hooks import capture, load_pair  # noqa: E402
+from hooks import capture, load_model, load_pair  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import ExampleSplit, build_dataset, split_examples  # noqa: E402
 from probes.labels import task_labeler  # noqa: E402
@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steer-samples", type=cli.positive_int, default=4)
     ap.add_argument("--alphas", type=cli.alpha_list, default="0,0.5,1,2", help="steering coefficients (must include 0)")
     ap.add_argument("--no-steer", action="store_true")
+    ap.add_argument("--no-random-init", action="store_true",
+                    help="skip the random-init control model (same architecture, fresh weights)")
     ap.add_argument("--acts", help="keep the paired activation store in this folder (default: a temp folder)")
     cli.add_run_args(ap, n_boot=None, batch_size=64, helps={"--json": cli.JSON_HELP, "--threads": (
         "torch CPU threads (default 1: the organism's small matmuls gain nothing from "
@@ -172,6 +174,8 @@ def run(args) -> tuple[dict, dict]:
         log(f"{s}: base best layer {best} AUROC {sweeps['base'].auroc.max():.3f} "
             f"(control {sweeps['base'].control_auroc[ds['base'].layer_index(best)]:.3f}); "
             f"attribution layer {att.chosen_layer}")
+    if probed:
+        trivial_baselines(args, pair, traces, ds, split, probed, all_sweeps, results, log)
     names = list(extra["vectors"])
     results["vector_cosine_between_strategies"] = {
         f"{a}|{b}": vector_cosines(extra["vectors"][a], extra["vectors"][b]).tolist()
@@ -217,7 +221,69 @@ def run(args) -> tuple[dict, dict]:
     return results, extra
 
 
+def trivial_baselines(args, pair, traces, ds, split, probed, all_sweeps, results, log) -> None:
+    """What each base probe must beat (probes.baselines): the token-identity baseline on the same
+    held-out tokens (selectivity, paired CI), a random-init model of the same architecture through the
+    same capture path, and decision-point probes with their own token baseline."""
+    from probes.baselines import (
+        decision_point_positions,
+        decision_point_probe,
+        paired_auroc_difference,
+        random_init_model,
+        token_baseline_scores,
+    )
+    from probes.metrics import bootstrap_metrics
+
+    vocab = max(len(pair.base.tokenizer), int(getattr(pair.base.hf.config, "vocab_size", 0) or 0))
+    base = ds["base"]
+    tr_m, te_m = split.masks(base.example)
+    tr, te = np.nonzero(tr_m & base.reasoning)[0], np.nonzero(te_m & base.reasoning)[0]
+    groups = base.example[te]
+    for s in probed:
+        sw = all_sweeps["base"][s]
+        y = base.y(s)
+        tok = token_baseline_scores(base, y, tr, te, vocab, C=args.C)
+        tm = bootstrap_metrics(tok[None], y[te], groups, args.n_bootstrap, args.seed)
+        li = base.layer_index(sw.best_layer)
+        probe_scores = sw.probe.decision_function(base.X[:, te])[li]
+        sel, sel_ci = paired_auroc_difference(probe_scores, tok, y[te], groups, args.n_bootstrap, args.seed)
+        results["strategies"][s]["token_baseline"] = {
+            "auroc": float(tm["auroc"][0]), "auroc_ci": [float(x) for x in tm["auroc_ci"][0]],
+            "features": "one-hot current token, previous token, position in the completion",
+            "selectivity_at_best_layer": {"value": sel, "ci": list(sel_ci), "layer": sw.best_layer}}
+        log(f"{s}: token baseline AUROC {tm['auroc'][0]:.3f}; selectivity {sel:+.3f} [{sel_ci[0]:+.3f}, {sel_ci[1]:+.3f}]")
+    points = decision_point_positions(base, pair.base.tokenizer)
+    dp = decision_point_probe(base, probed, split, points, vocab, C=args.C, n_controls=args.n_controls,
+                              n_bootstrap=args.n_bootstrap, seed=args.seed)
+    for s in probed:
+        r = dp.get(s)
+        results["strategies"][s]["decision_point"] = r.to_dict() if hasattr(r, "to_dict") else {"skipped": r}
+    log("decision-point probes: " + "; ".join(
+        f"{s} {r.to_dict()['auroc']:.3f} (token baseline {r.token_baseline_auroc:.3f})" if hasattr(r, "to_dict")
+        else f"{s} skipped" for s, r in dp.items()))
+    if args.no_random_init:
+        return
+    with tempfile.TemporaryDirectory(prefix="twinlens-randinit-") as tmp:
+        folder = random_init_model(pair.base, Path(tmp) / "model", seed=args.seed)
+        rand = load_model(folder, device=args.device)
+        store = capture(rand, [t.token_ids for t in traces], hooks=["blocks.*.hook_out"], out=Path(tmp) / "acts",
+                        positions="all", batch_size=args.batch_size, progress=False)
+        labels = [t.labels for t in traces]
+        rds = build_dataset(store, labels)
+        rsw = sweep_strategies(rds, probed, split=split, C=args.C, class_weight=all_sweeps["base"][probed[0]].class_weight,
+                               control=args.control, n_bootstrap=args.n_bootstrap, seed=args.seed, n_controls=1)
+    for s in probed:
+        i = int(np.argmax(rsw[s].auroc))
+        results["strategies"][s]["random_init"] = {
+            "auroc": float(rsw[s].auroc[i]), "auroc_ci": rsw[s].auroc_ci[i].tolist(), "best_layer": rsw[s].best_layer,
+            "auroc_per_layer": rsw[s].auroc.tolist(), "seed": args.seed}
+    log("random-init model: " + "; ".join(f"{s} {rsw[s].auroc.max():.3f}" for s in probed))
+
+
 def acceptance(results: dict) -> dict:
+    """Per strategy, the numbers the verdict rule reads (analyses/verdicts.verdict_probes): raw AUROC
+    beside its shuffled control, the token baseline, selectivity, the random-init model and the
+    decision-point probe."""
     out = {}
     for s, e in results["strategies"].items():
         if "base" not in e:
@@ -227,6 +293,16 @@ def acceptance(results: dict) -> dict:
              "control_auroc": e["base"]["control_auroc"][i],
              "probe_auroc_ge_0.9": e["base"]["auroc"][i] >= 0.9,
              "control_auroc_le_0.6": e["base"]["control_auroc"][i] <= 0.6}
+        tb = e.get("token_baseline")
+        if tb:
+            a["token_baseline_auroc"] = {"value": tb["auroc"], "ci": tb["auroc_ci"]}
+            a["selectivity"] = {k: tb["selectivity_at_best_layer"][k] for k in ("value", "ci")}
+        if "random_init" in e:
+            a["random_init_auroc"] = {"value": e["random_init"]["auroc"], "ci": e["random_init"]["auroc_ci"]}
+        dp = e.get("decision_point")
+        if dp and "auroc" in dp:
+            a["decision_point"] = {k: dp[k] for k in ("auroc", "ci", "control_auroc", "layer", "n_pos", "n_neg",
+                                                      "token_baseline_auroc", "selectivity")}
         if "steering" in e:
             a["steering_3x_random"] = any(e["steering"]["comparison"]["passes"])
             a["steering_layer"] = e["steering"]["layer"]

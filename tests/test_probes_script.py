@@ -39,6 +39,16 @@ def test_probe_script_writes_the_results_contract(tmp_path):
     assert 0 <= e["attribution"]["chosen_layer"] < n_layers
     for name in ("probe_layers.png", "preexistence.png", "steering.png", "summary.md", "vectors.safetensors"):
         assert (out / name).stat().st_size > 0
+    # The trivial explanations sit beside every probed strategy (issue 15): token baseline with its
+    # selectivity, a random-init model of the same architecture, and the decision-point probe.
+    acc = res["acceptance"]["compute"]
+    assert 0.5 <= acc["token_baseline_auroc"]["value"] <= 1
+    lo, hi = acc["selectivity"]["ci"]
+    assert lo <= acc["selectivity"]["value"] <= hi
+    assert acc["selectivity"]["value"] == pytest.approx(acc["auroc"] - acc["token_baseline_auroc"]["value"], abs=1e-9)
+    assert 0 <= acc["random_init_auroc"]["value"] <= 1
+    dp = e["decision_point"]
+    assert "skipped" in dp or {"auroc", "ci", "token_baseline_auroc", "selectivity"} <= set(dp)
     # Strategies too rare at this size are reported as skipped, not silently dropped.
     assert all("base" in entry or "skipped" in entry for entry in res["strategies"].values())
 

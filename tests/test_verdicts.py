@@ -11,12 +11,13 @@ from analyses.verdicts import DETECTOR_FAILED, NOT_MEASURED, NOT_SUPPORTED, SUPP
 
 
 # ------------------------------------------------------------------ probes
-def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True):
+def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True, dp_sel_ci=(0.05, 0.1), tok=0.95):
     row = {"auroc": 0.98, "best_layer": 3, "control_auroc": 0.5}
     if baseline:
-        row |= {"token_baseline_auroc": {"value": 0.95, "ci": [0.94, 0.96]},
+        row |= {"token_baseline_auroc": {"value": tok, "ci": [tok - 0.01, min(1.0, tok + 0.01)]},
                 "selectivity": {"value": sum(sel_ci) / 2, "ci": sel_ci},
-                "decision_point": {"auroc": sum(dp_ci) / 2, "ci": dp_ci, "control_auroc": dp_ctrl}}
+                "decision_point": {"auroc": sum(dp_ci) / 2, "ci": dp_ci, "control_auroc": dp_ctrl,
+                                   "selectivity": {"value": sum(dp_sel_ci) / 2, "ci": list(dp_sel_ci)}}}
     return {"acceptance": {"compute": row, "backtracking": dict(row)}}
 
 
@@ -26,6 +27,11 @@ def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True):
     (_probe([0.03, 0.06], [0.45, 0.54]), NOT_SUPPORTED),  # the decision is not readable before the span
     (_probe([0.01, 0.05], [0.60, 0.70]), UNDETERMINED),  # selectivity CI straddles its threshold
     (_probe([0.03, 0.06], [0.60, 0.70], dp_ctrl=0.65), UNDETERMINED),  # not above its shuffled control
+    # position alone predicts the decision as well as the residual does
+    (_probe([0.03, 0.06], [0.60, 0.70], dp_sel_ci=(-0.1, -0.01)), NOT_SUPPORTED),
+    (_probe([0.03, 0.06], [0.60, 0.70], dp_sel_ci=(-0.05, 0.05)), UNDETERMINED),
+    # the organism today: token baseline 0.993 > probe 0.972 -- a ceiling, not a negative finding
+    (_probe([-0.032, -0.010], [0.95, 0.985], dp_sel_ci=(-0.007, 0.005), tok=0.993), UNDETERMINED),
     (_probe(None, None, baseline=False), UNDETERMINED),  # raw AUROC 0.98 alone: never "supported"
     (None, NOT_MEASURED),
 ])
