@@ -351,12 +351,17 @@ class Model:
             from_hf: dict[str, Any] = {}
             from_bridge: dict[str, Any] = {}
 
+            def copy_of(x: Any) -> Any:
+                # A copy at hook time, as capture takes: HF code may add to an output in place
+                # afterwards (Falcon: mlp_output += attention_output).
+                return x.detach().clone() if isinstance(x, torch.Tensor) else x
+
             def grab(name: str, where: str):
                 def post(_m, _args, output):
-                    from_hf[name] = output[0] if isinstance(output, tuple) else output
+                    from_hf[name] = copy_of(output[0] if isinstance(output, tuple) else output)
 
                 def pre(_m, args, kwargs):
-                    from_hf[name] = args[0] if args else kwargs.get("hidden_states")
+                    from_hf[name] = copy_of(args[0] if args else kwargs.get("hidden_states"))
 
                 return post if where == "output" else pre
 
@@ -379,7 +384,8 @@ class Model:
                 with suspend_interventions(self):
                     self.bridge.run_with_hooks(
                         ids, return_type=None,
-                        fwd_hooks=[(h, lambda act, hook=None, h=h: from_bridge.__setitem__(h, act)) for h in candidates],
+                        fwd_hooks=[(h, lambda act, hook=None, h=h: from_bridge.__setitem__(h, copy_of(act)))
+                               for h in candidates],
                     )
             except Exception as exc:  # a hook TransformerLens will not attach; no reference value
                 from_bridge = {}

@@ -52,15 +52,16 @@ FAST = [
 SLOW = [
     ("gpt_bigcode", "gpt_bigcode", {}), ("mpt", "mpt", {}), ("olmoe", "olmoe", {}),
     ("granitemoe", "granitemoe", {}), ("nemotron", "nemotron", {}), ("glm", "glm", {}),
-    ("cohere2", "cohere2", {}), ("codegen", "codegen", {}),
+    ("cohere2", "cohere2", {}), ("codegen", "codegen", {}), ("phimoe", "phimoe", {}),
     ("gemma2_bf16", "gemma2", {"dtype": torch.bfloat16}),
     ("gpt2_untied", "gpt2", {"tied": False}),
     ("qwen3_moe_sharded", "qwen3_moe", {"max_shard_size": "50KB"}),
 ]
 # TransformerLens 4.3 cannot build a bridge that reproduces HF for these (transformers 5.24):
 # falcon_new: its adapter splits the fused qkv as if num_kv_heads == num_heads (RuntimeError
-# split_with_sizes); codegen: its attention bridge reads `embed_positions`, gone from HF's module.
-NO_BRIDGE = {"falcon_new", "codegen"}
+# split_with_sizes); codegen: its attention bridge reads `embed_positions`, gone from HF's module;
+# phimoe: TransformerLens maps "PhiMoEForCausalLM", HF names it "PhimoeForCausalLM".
+NO_BRIDGE = {"falcon_new", "codegen", "phimoe"}
 CASES = [pytest.param(*c, id=c[0]) for c in FAST] + [
     pytest.param(*c, id=c[0], marks=pytest.mark.matrix_extra) for c in SLOW
 ]
@@ -124,6 +125,10 @@ def test_every_component_hook_equals_the_bridge(root, key, arch, kwargs):
     refused = model.verify_hf_modules(names)
     served = [n for n in names if n not in refused]
     assert "blocks.0.hook_out" in served and "blocks.0.hook_in" in served
+    # The fast path is not given up needlessly: attention and MLP outputs have HF modules
+    # everywhere except OPT's MLP (no submodule: the bridge's mlp is the whole decoder layer).
+    assert "blocks.0.attn.hook_out" in served
+    assert ("blocks.0.mlp.hook_out" in served) is (arch != "opt"), refused.get("blocks.0.mlp.hook_out")
     # The block hooks found without the bridge are the modules the bridge wraps.
     assert model.hf_module_name("blocks.0.hook_out")[0] == model._bridge_module_name("blocks.0.hook_out")[0]
     # The store keeps [batch, pos, ...] activations: skip per-head layouts ([batch, head, pos,

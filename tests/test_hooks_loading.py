@@ -113,6 +113,14 @@ def test_per_head_shaped_hooks_are_not_served_by_flat_hf_projections(tmp_path):
     assert model.hf_module_name("blocks.0.mlp.hook_out") == ("model.layers.0.mlp", "output")
 
 
+def test_an_output_changed_in_place_after_its_hook_is_still_verified(tmp_path):
+    # Falcon's HF block does `mlp_output += attention_output` after the MLP returns: a check that
+    # kept a reference instead of a copy saw attention + MLP and refused the MLP's module.
+    model = load_model(make_tiny_model(tmp_path / "falcon", "falcon"))
+    assert model.verify_hf_modules(["blocks.0.mlp.hook_out", "blocks.0.attn.hook_out"]) == {}
+    assert model.hf_module_name("blocks.0.mlp.hook_out") == ("transformer.h.0.mlp", "output")
+
+
 def test_falcon_new_decoder_architecture_works_without_a_bridge(tmp_path):
     # TransformerLens 4.3 cannot split Falcon's grouped qkv (num_kv_heads=2): everything that
     # runs on the HF model must keep working, and bridge-only requests get a clear error.
