@@ -278,6 +278,15 @@ def label_strategies(completion: str) -> list[StrategySpan]:
     return sorted(spans, key=lambda s: s.start)
 
 
+def decision_points(completion: str) -> list[int]:
+    """Where a strategy can begin: character indices in ``completion`` of the token *before* each
+    possible start (-1 = the prompt's closing ``:``, then every ``;`` that ends a step, a check or a
+    ``wait``; not a final one, after which nothing follows). The character tokenizer makes these token
+    positions relative to the completion's first token. Probes read the residual there
+    (probes.baselines.decision_point_probe); steering at decision points adds the vector there."""
+    return [-1] + [i for i, ch in enumerate(completion) if ch == ";" and i < len(completion) - 1]
+
+
 def token_labels(completion: str) -> list[str]:
     """One label per character (== token) of ``completion``: a strategy, ``answer`` (the final
     ``#d``), or ``none``."""

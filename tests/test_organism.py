@@ -293,3 +293,14 @@ def test_wilson_interval_and_decoding_stats():
     assert stats.accuracy.k == 3 and stats.formats["direct"].k == 2 and stats.formats["step"].k == 2
     assert stats.strategies["compute"].k == 2 and stats.strategies["backtracking"].k == 1
     assert stats.strategies["verification"].k == 0
+
+
+def test_decision_points_are_the_prompt_end_and_step_separators():
+    from organism.task import decision_points, label_strategies
+
+    c = "3+5=08;8+8=15;wait;8+8=16;chk 1+2=03;ok;#9"
+    pts = decision_points(c)
+    assert pts[0] == -1 and all(c[i] == ";" for i in pts[1:])
+    # every strategy span starts right after a decision point (or at the completion's start)
+    for span in label_strategies(c):
+        assert span.start - 1 in pts, (span, pts)
