@@ -240,7 +240,8 @@ def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer
         return
     text = row.text
     row.answer = task.extract_answer(text)
-    row.correct = bool(task.grade(problem, text))
+    # no reference answer (a problems file without them): not graded, rather than counted wrong
+    row.correct = None if problem.answer is None else bool(task.grade(problem, text))
     row.format = task.classify_format(text)
     spans = list(task.label_strategies(text))
     ans = task.answer_span(text)

@@ -9,6 +9,7 @@ sampling engine maps them to tokens).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Task:
     max_new_tokens: int = 256
     ngram: int = 4  # n of the repeated-n-gram detector (a meaningful unit of the task's text)
     char_tokens: bool = False
+    has_answers: bool = True  # False: a problems file without reference answers (nothing is graded)
     answer_space: int | None = None
 
     def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
@@ -200,26 +202,139 @@ def prompt_id(prompt: str) -> str:
     return "p-" + hashlib.blake2b(prompt.encode(), digest_size=8).hexdigest()
 
 
-def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant: str = "sum",
-              answer_pattern: str = r"\\boxed\{([^{}]*)\}") -> Task:
-    """The task a job runs on: the organism's (default), or a JSONL file of
-    ``{"prompt": ..., "answer": ...}`` rows graded by ``answer_pattern`` (``regex_task``)."""
-    if problems_file is None:
-        return organism_task(difficulty=difficulty, variant=variant)
-    import json
+# ----------------------------------------------------------------- prompts/problems files
+PROBLEMS_FORMAT = 'one JSON object a line, e.g. {"prompt": "What is 2+3?", "answer": "5"}'
+
+
+@dataclass(frozen=True)
+class ProblemRow:
+    """One row of a problems file: its 1-based ``line``, the prompt text, the reference answer
+    (None where the row has none) and the whole JSON object (extra fields, e.g. "gold")."""
+
+    line: int
+    prompt: str
+    answer: Hashable | None
+    fields: dict = field(compare=False, repr=False)
+
+
+def _decode_utf8(path: Any, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TwinlensError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}). "
+            "Save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+
+
+def _read_bytes(path: Any, what: str) -> bytes:
     from pathlib import Path
 
-    path = Path(problems_file)
-    if not path.exists():
-        raise TwinlensError(f"Problems file {path} does not exist; give a JSONL file of {{'prompt', 'answer'}} rows.")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise TwinlensError(f"{what} {path} {state}; give a file ({PROBLEMS_FORMAT}).")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TwinlensError(f"Could not read {what} {path}: {exc.strerror or exc}.") from None
+
+
+def _check_answer(path: Any, line: int, answer: Any) -> Hashable | None:
+    if answer is None or isinstance(answer, str) or (isinstance(answer, int) and not isinstance(answer, bool)):
+        return answer
+    if isinstance(answer, float) and answer == answer and abs(answer) != float("inf"):
+        return answer
+    raise TwinlensError(
+        f"{path}, line {line}: \"answer\" must be a string or a number (it is compared with the "
+        f"answer extracted from a completion), got {type(answer).__name__} {str(answer)[:60]}."
+    )
+
+
+def read_problems_file(path: Any, *, need_answers: bool = False, required: Sequence[str] = (),
+                       what: str = "Problems file") -> list[ProblemRow]:
+    """The rows of a JSONL prompts/problems file, checked before any model loads: UTF-8, one
+    JSON object a line (blank lines skipped), a non-empty string "prompt", an "answer" that is a
+    string or a number when present, the ``required`` extra fields, no prompt twice (a prompt's
+    hash keys its samples). ``need_answers``: every row must have an answer (a job that grades
+    refuses a file without them instead of reporting accuracy 0). Every error names the file,
+    the line and the fix (TwinlensError)."""
+    text = _decode_utf8(path, _read_bytes(path, what))
+    rows: list[ProblemRow] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
             continue
-        row = json.loads(line)
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise TwinlensError(f"{path}, line {i + 1}: expected a JSON object with 'prompt' (and 'answer').")
-        rows.append((str(row["prompt"]), row.get("answer")))
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise TwinlensError(
+                f"{path}, line {i}: not valid JSON ({exc.msg} at column {exc.colno}). The file needs "
+                f"{PROBLEMS_FORMAT}."
+            ) from None
+        if not isinstance(obj, dict):
+            raise TwinlensError(f"{path}, line {i}: a JSON {type(obj).__name__}, not an object; the file needs "
+                                f"{PROBLEMS_FORMAT}.")
+        if "prompt" not in obj:
+            raise TwinlensError(f"{path}, line {i}: no \"prompt\" field (it has {sorted(obj)[:6]}); the file "
+                                f"needs {PROBLEMS_FORMAT}.")
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str):
+            hint = (" A chat (list of messages) is not supported: apply the chat template and store the "
+                    "resulting text." if isinstance(prompt, list) else "")
+            raise TwinlensError(f"{path}, line {i}: \"prompt\" must be a string, got "
+                                f"{type(prompt).__name__} {str(prompt)[:60]}.{hint}")
+        if not prompt.strip():
+            raise TwinlensError(f"{path}, line {i}: \"prompt\" is empty; remove the line or give the text.")
+        if prompt in seen:
+            raise TwinlensError(f"{path}, line {i}: the same prompt as line {seen[prompt]}; a prompt keys its "
+                                "samples on disk, so each must occur once. Remove the duplicate.")
+        seen[prompt] = i
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise TwinlensError(f"{path}, line {i}: no {', '.join(repr(k) for k in missing)} field; every row "
+                                f"needs {', '.join(['prompt', *required])}.")
+        rows.append(ProblemRow(i, prompt, _check_answer(path, i, obj.get("answer")), obj))
     if not rows:
-        raise TwinlensError(f"{path} holds no problems.")
-    return regex_task(path.stem, rows, answer_pattern=answer_pattern)
+        raise TwinlensError(f"{path} holds no problems (no non-blank lines); the file needs {PROBLEMS_FORMAT}.")
+    if need_answers:
+        lacking = [r.line for r in rows if r.answer is None]
+        if lacking:
+            raise TwinlensError(
+                f"{path}: {len(lacking)} of {len(rows)} rows have no \"answer\" (lines {lacking[:5]}"
+                f"{', ...' if len(lacking) > 5 else ''}). This job grades completions, so every problem needs "
+                "its reference answer; without it every sample would count as wrong."
+            )
+    return rows
+
+
+def read_prompts_file(path: Any, n: int | None = None) -> list[str]:
+    """Prompts from a file: JSONL (``*.jsonl``, rows with "prompt", via read_problems_file) or
+    plain UTF-8 text, one prompt a line (blank lines skipped). The first ``n`` (all if None)."""
+    from pathlib import Path
+
+    if Path(path).suffix == ".jsonl":
+        prompts = [r.prompt for r in read_problems_file(path, what="Prompts file")]
+    else:
+        text = _decode_utf8(path, _read_bytes(path, "Prompts file"))
+        prompts = [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise TwinlensError(f"Prompts file {path} holds no prompts; give one prompt a line.")
+    return prompts if n is None else prompts[:n]
+
+
+def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant: str = "sum",
+              answer_pattern: str = r"\\boxed\{([^{}]*)\}", need_answers: bool = True) -> Task:
+    """The task a job runs on: the organism's (default), or a JSONL file of
+    ``{"prompt": ..., "answer": ...}`` rows graded by ``answer_pattern`` (``regex_task``), read
+    by ``read_problems_file``. ``need_answers`` (jobs that grade): every row must have an
+    answer; False: answers are optional, and ``task.has_answers`` says whether all rows have one."""
+    if problems_file is None:
+        return organism_task(difficulty=difficulty, variant=variant)
+    from pathlib import Path
+
+    rows = read_problems_file(problems_file, need_answers=need_answers)
+    task = regex_task(Path(problems_file).stem, [(r.prompt, r.answer) for r in rows], answer_pattern=answer_pattern)
+    task.has_answers = all(r.answer is not None for r in rows)
+    return task

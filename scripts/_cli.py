@@ -277,14 +277,16 @@ def pyplot() -> Any:
     return plt
 
 
-def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None) -> tuple[Any, dict, list]:
+def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None, *,
+                     need_answers: bool = True) -> tuple[Any, dict, list]:
     """(task, {"base": Model, <rl name>: Model, ...}, problems) from --problems/--difficulty,
     --base, --rl (repeatable; default organism rl-seed0), --n-problems, --problem-set.
-    ``rl_specs`` replaces --rl (e.g. a checkpoint series the script chose)."""
+    ``rl_specs`` replaces --rl (e.g. a checkpoint series the script chose). ``need_answers``
+    False: a --problems file without reference answers is accepted (task.has_answers False)."""
     from analyses.sampling import load_models, resolve_model_spec
     from analyses.task import load_task
 
-    task = load_task(args.problems, difficulty=args.difficulty)
+    task = load_task(args.problems, difficulty=args.difficulty, need_answers=need_answers)  # before any model loads
     rl_specs = rl_specs or args.rl or ["rl-seed0"]
     labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
     family = load_models([args.base, *rl_specs], labels=labels, device=args.device)

@@ -11,7 +11,6 @@ and base-vs-RL cosine), DIR/residual_norms.png and DIR/summary.md. Rerunning res
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,13 +29,12 @@ def read_prompts(spec: str, n: int) -> list[str]:
         problems = eval_problems(n)
         # Prompt + a reference step-by-step solution: the positions carry every strategy.
         return [p.prompt + write_completion(p, "step") for p in problems]
-    path = Path(spec)
-    if not path.exists():
-        raise TwinlensError(f"--prompts {spec!r}: no such file; give a text file (one prompt per line) or 'organism'.")
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r["prompt"] if isinstance(r, dict) else str(r) for r in rows][:n]
-    return [line for line in path.read_text().splitlines() if line.strip()][:n]
+    from analyses.task import read_prompts_file
+
+    if not Path(spec).exists():
+        raise TwinlensError(f"--prompts {spec!r}: no such file; give a text file (one prompt per line), a JSONL "
+                            "file of {\"prompt\": ...} rows, or 'organism'.")
+    return read_prompts_file(spec, n)
 
 
 def summarize(store, models: list[str]) -> dict:
@@ -72,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> dict:
     from analyses.reporting import save_figure, write_results
 
+    prompts = read_prompts(args.prompts, args.n)  # checked before any model loads
     if args.model:
         target = load_model(args.model, device=args.device)
         keys = ["model"]
@@ -82,7 +81,6 @@ def run(args: argparse.Namespace) -> dict:
         rl = args.rl or organism.checkpoint_path("rl-seed0")
         target = load_pair(base, rl, device=args.device)
         keys = ["base", "rl"]
-    prompts = read_prompts(args.prompts, args.n)
     out = Path(args.out)
     store = capture(target, prompts, hooks=args.hooks, out=out / "store",
                     positions=args.positions, batch_size=args.batch_size)

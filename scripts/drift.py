@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
 
+ANSWERS_NONE = ("none given: the problems file has rows without an \"answer\"; nothing here is graded "
+                "(KL and entropy need no answers), samples carry correct = null")
+
+
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     steps: dict[str, float] = {}
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> dict:
             raise TwinlensError(f"No organism checkpoints of run {args.series!r}; pass --rl.")
         series_specs = [d["name"] for d in series]
         steps = {d["name"]: d["step"] for d in series}
-    task, family, problems = cli.load_base_and_rl(args, series_specs)
+    # KL and entropy need no reference answers: a problems file without them is fine (and said so)
+    task, family, problems = cli.load_base_and_rl(args, series_specs, need_answers=False)
     labels = list(family)[1:]  # the RL models, after "base"
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
                           **cli.sample_kwargs(args))
@@ -86,7 +91,8 @@ def run(args: argparse.Namespace) -> dict:
         "ci_note": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
         "models": {label: str(m.path) for label, m in family.items()},
         "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
-                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
+                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
+                     "answers": "given" if task.has_answers else ANSWERS_NONE},
     }
     write_plots(drift, labels, steps, out)
     write_results(out, results, summary(results, labels))
@@ -142,6 +148,7 @@ def summary(results: dict, labels: list[str]) -> str:
         f"(temperature {s['temperature']}, top-p {s['top_p']}, seed {s['seed']}). Exact "
         "full-vocabulary KL per completion token, " + results["units"].split("; ", 1)[1]
         + ". Brackets: " + results["ci_note"] + ".", "",
+        *([f"Reference answers: {s['answers']}.", ""] if s.get("answers", "given") != "given" else []),
         "| model | step | KL(base\\|\\|rl) own samples | KL(rl\\|\\|base) own samples | KL(base\\|\\|rl) base samples | KL(rl\\|\\|base) base samples | entropy (own) |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -22,7 +22,6 @@ and DIR/checkpoints.png.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -41,15 +40,14 @@ def problem_set_from_args(args):
 
     if args.problems is None:
         return organism_problem_set(args.n_problems, seed=args.eval_set)
-    from analyses.task import regex_task
+    from analyses.task import read_problems_file, regex_task
 
     path = Path(args.problems)
-    if not path.exists():
-        raise TwinlensError(f"--problems {args.problems!r}: no such file; give a JSONL file.")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][: args.n_problems]
-    missing = [i for i, r in enumerate(rows) if not all(k in r for k in ("prompt", "answer", "gold"))]
-    if missing or not rows:
-        raise TwinlensError(f"{path}: every row needs 'prompt', 'answer' and 'gold' (rows {missing[:5]}).")
+    rows = [r.fields for r in read_problems_file(path, need_answers=True, required=("gold",))][: args.n_problems]
+    bad = [i for i, r in enumerate(rows) if not isinstance(r["gold"], str)
+           or ("reference" in r and not isinstance(r["reference"], str))]
+    if bad:
+        raise TwinlensError(f"{path}: row {bad[0] + 1}: \"gold\" (and \"reference\" when given) must be text.")
     task = regex_task(path.stem, problems=[(r["prompt"], r["answer"]) for r in rows],
                       answer_pattern=args.answer_pattern)
     refs = [r["reference"] for r in rows] if all("reference" in r for r in rows) else None
@@ -246,9 +244,9 @@ def run(args: argparse.Namespace) -> dict:
         base_path, rl_path = args.base, args.rl
     if args.problems is None and (args.base is not None) != (args.rl is not None):
         say("note: one model given, the other is the organism's")
+    problem_set = problem_set_from_args(args)  # the file is checked before any model loads
     pair = load_pair(base_path, rl_path, device=args.device)
     models = {"base": pair.base, "rl": pair.rl}
-    problem_set = problem_set_from_args(args)
     if args.append:
         problem_set.append_texts = tuple(args.append)
     cfg = MiPeaksConfig(

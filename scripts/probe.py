@@ -98,7 +98,8 @@ def run(args) -> tuple[dict, dict]:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
 
-    task = load_task(args.problems)
+    # the steering part grades completions (accuracy); probing alone needs no reference answers
+    task = load_task(args.problems, need_answers=not args.no_steer)
     (base_name, base_path), (rl_name, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
     pair = load_pair(base=base_path, rl=rl_path, device=args.device)
     problems = task.problems(args.n_problems, seed=args.seed)
@@ -215,6 +216,8 @@ def run(args) -> tuple[dict, dict]:
         "n_rows": int(ds["base"].n_rows), "layers": list(ds["base"].layers),
         "n_train_examples": int(len(split.train_examples)), "n_test_examples": int(len(split.test_examples)),
         "steer_problems": args.steer_problems, "steer_samples": args.steer_samples,
+        "answers": "given" if task.has_answers else "none given (the problems file has rows without an "
+                   "\"answer\"; probing needs none, and --no-steer skips the graded steering)",
         "ci": "95% percentile bootstrap over held-out examples (probes) or prompts (steering)",
         "seconds": round(time.time() - t0, 1),
     }
@@ -400,6 +403,7 @@ def summary(results: dict) -> str:
         f"on every layer at once, {st['n_train_examples']} train / {st['n_test_examples']} held-out traces; "
         f"control: labels shuffled ({st['control']}), AUROC averaged over {st['n_controls']} shuffles. "
         f"Brackets: {st['ci']}.", "",
+        *([f"Reference answers: {st['answers']}.", ""] if st.get("answers", "given") != "given" else []),
         "| strategy | base best layer | base AUROC | control | selectivity | RL AUROC (same layer) | "
         "base->RL | RL->base | cos(base, RL) vector | attribution layer |",
         "|---|---|---|---|---|---|---|---|---|---|",
