@@ -182,7 +182,78 @@ def _padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+# Positions whose full-vocabulary log-softmax is held at once: 256 x 152k vocab x 4 bytes x ~3
+# live copies (logits, log-softmax, float32 cast) ~ 0.5 GB at most, whatever the batch and length.
+LOGPROB_CHUNK = 256
+
+
+def output_logits(model: Any, hidden: Tensor) -> Tensor:
+    """The LM head of ``model.hf`` on final hidden states (after the final norm), with the
+    post-processing HF's own forward applies for the architectures that have one: Gemma 2's
+    ``final_logit_softcapping`` (tanh(z / c) * c), Cohere's ``logit_scale`` (z * s), Granite's
+    ``logits_scaling`` (z / s). Equals ``model.hf(...).logits`` at those positions (tests check
+    GPT-2, Llama, Qwen2, Gemma 2 with soft-capping, and SmolLM2)."""
+    hf = model.hf
+    z = hf.get_output_embeddings()(hidden)
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    scale = getattr(cfg, "logit_scale", None)
+    if isinstance(scale, (int, float)):
+        z = z * scale
+    scaling = getattr(cfg, "logits_scaling", None)
+    if isinstance(scaling, (int, float)):
+        z = z / scaling
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        z = torch.tanh(z / cap) * cap
+    return z
+
+
 @torch.no_grad()
+def iter_logprob_chunks(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    chunk: int = LOGPROB_CHUNK,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """For each (prompt, completion), the model's log-softmax next-token distributions at the
+    positions that predict the completion tokens, ``chunk`` positions at a time:
+    yields (row index, first completion position of the chunk, Float[Tensor, "n vocab"] float32
+    on the model's device), rows in order, a row's chunks in order.
+
+    One teacher-forced forward of the model body per batch (right padding; causal attention:
+    the padding never reaches a real token) gives the final hidden states; the LM head and the
+    log-softmax run on ``chunk`` positions at a time (``output_logits``), so peak memory is
+    chunk x vocab, not batch x length x vocab."""
+    if len(prompt_ids) != len(completion_ids):
+        raise TwinlensError("One completion per prompt is needed.")
+    if chunk < 1:
+        raise TwinlensError(f"chunk (positions per log-softmax) must be >= 1, got {chunk}.")
+    pad = pad_token_id(model.tokenizer)
+    body = model.hf.base_model
+    empty = torch.empty(0, model.hf.get_output_embeddings().weight.shape[0])
+    for start in range(0, len(prompt_ids), batch_size):
+        ps = prompt_ids[start : start + batch_size]
+        cs = completion_ids[start : start + batch_size]
+        if all(len(c) == 0 for c in cs):
+            for r in range(len(ps)):
+                yield start + r, 0, empty
+            continue
+        seqs = [list(p) + list(c) for p, c in zip(ps, cs, strict=True)]
+        ids, mask = _padded(seqs, pad)
+        layout = right_padded_layout([len(q) for q in seqs], ids.shape[1], start, len(prompt_ids))
+        with forward_layout(model, layout):  # open interventions act at absolute positions
+            hidden = body(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
+            if len(c) == 0:
+                yield start + r, 0, empty
+            for c0 in range(0, len(c), chunk):
+                c1 = min(len(c), c0 + chunk)
+                h = hidden[r, len(p) - 1 + c0 : len(p) - 1 + c1]
+                yield start + r, c0, torch.log_softmax(output_logits(model, h).float(), dim=-1)
+        del hidden
+
+
 def iter_completion_logprobs(
     model: Any,
     prompt_ids: Sequence[Sequence[int]],
@@ -191,22 +262,16 @@ def iter_completion_logprobs(
 ) -> Iterator[Tensor]:
     """For each (prompt, completion), the model's log-softmax next-token distributions at the
     positions that predict the completion tokens: Float[Tensor, "completion vocab"] (float32,
-    on CPU). One teacher-forced forward of ``model.hf`` per batch, right padding (causal
-    attention: the padding never reaches a real token)."""
-    if len(prompt_ids) != len(completion_ids):
-        raise TwinlensError("One completion per prompt is needed.")
-    pad = pad_token_id(model.tokenizer)
-    for start in range(0, len(prompt_ids), batch_size):
-        ps = prompt_ids[start : start + batch_size]
-        cs = completion_ids[start : start + batch_size]
-        seqs = [list(p) + list(c) for p, c in zip(ps, cs, strict=True)]
-        ids, mask = _padded(seqs, pad)
-        layout = right_padded_layout([len(q) for q in seqs], ids.shape[1], start, len(prompt_ids))
-        with forward_layout(model, layout):  # open interventions act at absolute positions
-            logits = model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
-            rows = logits[r, len(p) - 1 : len(p) - 1 + len(c)]
-            yield torch.log_softmax(rows.float(), dim=-1).cpu()
+    on CPU), from ``iter_logprob_chunks`` (one row's distributions held at a time)."""
+    row, parts = None, []
+    for r, _, lp in iter_logprob_chunks(model, prompt_ids, completion_ids, batch_size):
+        if r != row and row is not None:
+            yield torch.cat(parts).cpu() if len(parts) > 1 else parts[0].cpu()
+            parts = []
+        row = r
+        parts.append(lp)
+    if row is not None:
+        yield torch.cat(parts).cpu() if len(parts) > 1 else parts[0].cpu()
 
 
 def score_completions(
@@ -214,30 +279,55 @@ def score_completions(
     prompt_ids: Sequence[Sequence[int]],
     completion_ids: Sequence[Sequence[int]],
     batch_size: int = 32,
+    chunk: int = LOGPROB_CHUNK,
 ) -> list[list[float]]:
-    """log p(completion token | prefix) under ``model``, per token (teacher forcing)."""
-    out = []
-    for lp, c in zip(iter_completion_logprobs(model, prompt_ids, completion_ids, batch_size), completion_ids, strict=True):
-        idx = torch.tensor(list(c), dtype=torch.long)
-        out.append(lp.gather(-1, idx[:, None]).squeeze(-1).tolist() if len(c) else [])
+    """log p(completion token | prefix) under ``model``, per token (teacher forcing; natural
+    log, untempered). Gathered ``chunk`` positions at a time (``iter_logprob_chunks``): peak
+    memory ~ chunk x vocab floats beside the hidden states, not batch x length x vocab."""
+    out: list[list[float]] = [[] for _ in completion_ids]
+    for r, c0, lp in iter_logprob_chunks(model, prompt_ids, completion_ids, batch_size, chunk):
+        if lp.numel() == 0:
+            continue
+        idx = torch.tensor(list(completion_ids[r][c0 : c0 + lp.shape[0]]), dtype=torch.long, device=lp.device)
+        out[r] += lp.gather(-1, idx[:, None]).squeeze(-1).tolist()
     return out
 
 
 def char_spans_to_tokens(
     tokenizer: Any, ids: Sequence[int], spans: Sequence[tuple[str, int, int]]
 ) -> list[list]:
-    """Character spans of the decoded ``ids`` -> ``[name, start, end)`` token spans (a span takes
-    every token it overlaps), through the one mapping the kit has (probes.labels)."""
-    from probes.labels import char_spans_to_token_spans, token_char_offsets
+    """Character spans of ``completion_text(tokenizer, ids)`` -> ``[name, start, end)`` token
+    spans (a span takes every token it overlaps), through the kit's one mapping
+    (probes.labels.token_char_offsets: the tokenizer's offsets; special tokens never shift)."""
+    from probes.labels import token_char_offsets
 
     _, offsets = token_char_offsets(tokenizer, ids)
+    return spans_through_offsets(spans, offsets)
+
+
+def spans_through_offsets(spans: Sequence[tuple[str, int, int]], offsets: Sequence[tuple[int, int]]) -> list[list]:
+    from probes.labels import char_spans_to_token_spans
+
     return [[t.strategy, t.start, t.end] for t in char_spans_to_token_spans(spans, offsets)]
+
+
+def completion_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of a completion as every job sees it: special tokens skipped (the one decode
+    convention of probes.labels.token_char_offsets, so character spans in it map back)."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer: Any) -> None:
     row.reference = problem.answer
     if task is None:
         return
+    from probes.labels import token_char_offsets
+
+    offsets = None
+    if not (task.char_tokens and len(row.text) == len(row.completion_ids)):
+        # Text and offsets from one decode: labels and answer spans land on the tokens they
+        # were found in, whatever special tokens sit inside the completion.
+        row.text, offsets = token_char_offsets(tokenizer, row.completion_ids)
     text = row.text
     row.answer = task.extract_answer(text)
     # no reference answer (a problems file without them): not graded, rather than counted wrong
@@ -245,12 +335,12 @@ def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer
     row.format = task.classify_format(text)
     spans = list(task.label_strategies(text))
     ans = task.answer_span(text)
-    if task.char_tokens and len(text) == len(row.completion_ids):
+    if offsets is None:  # a character tokenizer: character spans are token spans
         row.strategy_spans = [[n, s, e] for n, s, e in spans]
         row.answer_span = list(ans) if ans else None
     else:
-        row.strategy_spans = char_spans_to_tokens(tokenizer, row.completion_ids, spans)
-        mapped = char_spans_to_tokens(tokenizer, row.completion_ids, [("answer", *ans)]) if ans else []
+        row.strategy_spans = spans_through_offsets(spans, offsets)
+        mapped = spans_through_offsets([("answer", *ans)], offsets) if ans else []
         row.answer_span = mapped[0][1:] if mapped else None
 
 
@@ -397,7 +487,7 @@ def _draw_group(family: Mapping[str, Any], group: _Group, *, n: int, temperature
             comp = completions[i * n + j]
             new.append(SampleRow(
                 model=group.label, problem_id=p.id, sample_index=j, prompt_ids=group.prompt_ids[i],
-                completion_ids=list(comp), text=tokenizer.decode(list(comp), skip_special_tokens=True),
+                completion_ids=list(comp), text=completion_text(tokenizer, comp),
                 logprobs={}, finished=len(comp) < max_new_tokens,
             ))
     for scorer, m in family.items():

@@ -33,6 +33,7 @@ __all__ = [
     "RegexLabeler",
     "char_spans_to_token_spans",
     "token_char_offsets",
+    "special_token_ids",
     "DEFAULT_LABELS_PATH",
 ]
 
@@ -204,26 +205,78 @@ def char_spans_to_token_spans(
     return out
 
 
+def special_token_ids(tokenizer, token_ids: Sequence[int]) -> set[int]:
+    """The ids among `token_ids` that the tokenizer drops when decoding with
+    ``skip_special_tokens=True`` (BOS/EOS, ``<|im_start|>``, ``<start_of_turn>``, every added
+    token marked special), found by asking the tokenizer itself, so no list can lag."""
+    out = set()
+    for i in set(int(t) for t in token_ids):
+        if tokenizer.decode([i], skip_special_tokens=True) == "" and tokenizer.decode(
+            [i], skip_special_tokens=False
+        ) != "":
+            out.add(i)
+    return out
+
+
 def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
     """Decoded text of `token_ids` and each token's `(start, end)` character range in it.
 
-    Fast path: re-encode the decoded text with `return_offsets_mapping` and use the offsets if
-    the ids come back unchanged. Otherwise (a sampled sequence that does not round-trip) decode
-    growing prefixes, one per token."""
-    ids = list(token_ids)
-    text = tokenizer.decode(ids)
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) == ids:
-            return text, [tuple(o) for o in enc["offset_mapping"]]
-    except (NotImplementedError, TypeError, ValueError, KeyError):
-        pass  # slow tokenizers have no offsets
-    offsets, prev = [], 0
+    The kit's one decode convention, used end to end (sampling rows' ``text``, the labelers,
+    MI peaks, graders): ``text == tokenizer.decode(ids, skip_special_tokens=True)``. A special
+    token (``<|im_start|>``, BOS, EOS, ...) gets an empty range at its place, so it never falls
+    inside a span and never shifts a later one. Byte-fallback pieces of one character (a
+    SentencePiece ``<0xE2><0x82><0xAC>``, a byte-level BPE split of an emoji) all get that
+    character's range.
+
+    Fast path: the tokenizer's own offset mapping, when re-encoding the text gives the ids back
+    (no special token, canonical tokenization). Otherwise the ends come from decoding growing
+    prefixes by the same convention (O(n^2) characters; only for texts that do not round-trip).
+    """
+    ids = [int(t) for t in token_ids]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    special = special_token_ids(tokenizer, ids)
+    if not special:
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            if list(enc["input_ids"]) == ids:
+                return text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        except (NotImplementedError, TypeError, ValueError, KeyError):
+            pass  # slow tokenizers have no offsets
+    ends, prev = [], 0
     for i in range(len(ids)):
-        cur = len(tokenizer.decode(ids[: i + 1]))
-        offsets.append((prev, max(prev, cur)))
-        prev = max(prev, cur)
+        if ids[i] in special:
+            ends.append(prev)
+            continue
+        cur = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        # A prefix that ends inside a multi-byte character decodes to U+FFFD, and clean-up of
+        # spaces may differ at the cut: count only what agrees with the full text.
+        n = len(cur) if text.startswith(cur) else _common_prefix_len(cur, text)
+        prev = max(prev, n)
+        ends.append(prev)
+    offsets = []
+    start = 0
+    for end in ends:
+        offsets.append((start, end))
+        start = end
+    # Pieces of one character (empty range, not special) take the range of the piece that
+    # completes it.
+    pending: list[int] = []
+    for i, (a, b) in enumerate(offsets):
+        if b > a:
+            for j in pending:
+                offsets[j] = (a, b)
+            pending = []
+        elif ids[i] not in special:
+            pending.append(i)
     return text, offsets
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 # ------------------------------------------------------------------ regex labeler

@@ -103,3 +103,20 @@ def test_a_gguf_folder_is_refused_with_the_convert_command(tmp_path):
     (tmp_path / "tiny.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(16))
     with pytest.raises(TwinlensError, match=r"hooks.convert --gguf .*tiny.Q4_K_M.gguf OUT_FOLDER"):
         load_model(tmp_path)
+
+
+def test_spans_after_a_chat_special_token_land_on_their_tokens(smol):
+    """A completion that opens a new chat turn (<|im_start|>, SmolLM2's special token) keeps
+    every later span on its own tokens (the old path put the answer '7' on ' Therefore')."""
+    from analyses.sampling import SampleRow, _annotate
+    from analyses.task import TaskProblem, regex_task
+
+    tok = smol.tokenizer
+    ids = (smol.encode("Adding 3 and 4 gives 7.") + [tok.convert_tokens_to_ids("<|im_start|>")]
+           + smol.encode("assistant\nTherefore, the answer is 7."))
+    row = SampleRow(model="m", problem_id="p", sample_index=0, prompt_ids=[1], completion_ids=ids,
+                    text="", logprobs={}, finished=True)
+    _annotate(row, TaskProblem(id="p", prompt="q", answer="7"), regex_task("t"), tok)
+    s, e = row.answer_span
+    assert tok.decode(ids[s:e]).strip() == "7" and s > ids.index(1)
+    assert row.correct and row.answer == "7"

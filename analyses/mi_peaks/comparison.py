@@ -95,10 +95,12 @@ def label_trajectories(
     """Fill ``text``, ``token_strategy`` (strategy of each emitted token, ``answer`` on the final
     answer when ``answer_span`` is given, "none" elsewhere and at eos) and ``strategy_marker``
     (the first token of each strategy span) from character spans."""
-    from analyses.sampling import char_spans_to_tokens
+    from analyses.sampling import spans_through_offsets
+    from probes.labels import token_char_offsets
 
     for t in trajectories:
-        text = tokenizer.decode(t.completion_ids, skip_special_tokens=True)
+        # One decode gives the text and each token's characters (special tokens never shift).
+        text, offsets = token_char_offsets(tokenizer, t.completion_ids)
         spans = [tuple(s) for s in label_strategies(text)]
         ans = answer_span(text) if answer_span is not None else None
         if ans is not None:
@@ -106,7 +108,7 @@ def label_trajectories(
         if char_tokens and len(text) == len(t.completion_ids):
             tok_spans = [[n, s, e] for n, s, e in spans]
         else:
-            tok_spans = char_spans_to_tokens(tokenizer, t.completion_ids, spans)
+            tok_spans = spans_through_offsets(spans, offsets)
         labels, marker = ["none"] * t.length, [False] * t.length
         for name, s, e in tok_spans:
             for i in range(s, min(e, len(t.completion_ids))):
