@@ -80,6 +80,7 @@ class Task:
     char_tokens: bool = False
     has_answers: bool = True  # False: a problems file without reference answers (nothing is graded)
     answer_space: int | None = None
+    answer_format: str = "exact"  # how answers are found: the organism's exact grader, or analyses.grading's
 
     def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
         if self.make_problems is None:
@@ -137,17 +138,32 @@ def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
 def regex_task(
     name: str,
     problems: Sequence[tuple[str, Hashable]] | None = None,
-    answer_pattern: str = r"\\boxed\{([^{}]*)\}",
+    answer_pattern: str | None = None,
     strategy_patterns: Mapping[str, str] | None = None,
     format_patterns: Mapping[str, str] | None = None,
     max_new_tokens: int = 1024,
+    answer_format: str = "auto",
 ) -> Task:
-    """A Task for real text. Answers: the last match of ``answer_pattern`` (group 1, stripped);
-    strategies: every match of each regex in ``strategy_patterns`` is a span, or by default
+    """A Task for real text. Answers: found by ``answer_format`` (analyses.grading: ``auto``,
+    ``boxed`` with nested braces, ``answer-is``, ``gsm8k``, ``last-number``), or, when
+    ``answer_pattern`` is given, the last match of that regex (group 1, stripped); graded by
+    mathematical equivalence with the reference (math-verify, analyses.grading); strategies:
+    every match of each regex in ``strategy_patterns`` is a span, or by default
     the kit's one regex labeler (``probes/default_labels.json`` via probes.labels.RegexLabeler); formats: the first of ``format_patterns`` that
     matches (search), else "other". ``problems``: (prompt, reference answer) pairs; ids are a
     hash of the prompt."""
-    ans_rx = re.compile(answer_pattern)
+    from analyses.grading import answer_span as find_answer
+    from analyses.grading import answers_equivalent, check_answer_format
+
+    check_answer_format(answer_format)
+    ans_rx = None
+    if answer_pattern is not None:
+        try:
+            ans_rx = re.compile(answer_pattern)
+        except re.error as err:
+            raise TwinlensError(f"answer_pattern {answer_pattern!r} is not a valid regex ({err}).") from None
+        if ans_rx.groups < 1:
+            raise TwinlensError(f"answer_pattern {answer_pattern!r} needs a group around the answer, e.g. 'is (\\d+)'.")
     strat = {k: re.compile(v) for k, v in (strategy_patterns or {}).items()}
     if strategy_patterns is None:
         from probes.labels import RegexLabeler
@@ -155,21 +171,18 @@ def regex_task(
         default_labeler = RegexLabeler.from_json(None)
     fmts = {k: re.compile(v) for k, v in (format_patterns or {}).items()}
 
-    def last_match(completion: str):
+    def answer_span(completion: str):
+        if ans_rx is None:
+            return find_answer(completion, answer_format)
         ms = list(ans_rx.finditer(completion))
-        return ms[-1] if ms else None
+        return ms[-1].span(1) if ms else None
 
     def extract(completion: str):
-        m = last_match(completion)
-        return m.group(1).strip() if m else None
-
-    def answer_span(completion: str):
-        m = last_match(completion)
-        return m.span(1) if m else None
+        span = answer_span(completion)
+        return (completion[span[0] : span[1]].strip() or None) if span else None
 
     def grade(problem: TaskProblem, completion: str) -> bool:
-        a = extract(completion)
-        return a is not None and problem.answer is not None and a == str(problem.answer).strip()
+        return answers_equivalent(extract(completion), problem.answer)
 
     def spans(completion: str) -> list[CharSpan]:
         if strategy_patterns is None:
@@ -194,6 +207,7 @@ def regex_task(
         name=name, grade=grade, extract_answer=extract, classify_format=classify,
         label_strategies=spans, answer_span=answer_span, make_problems=make if fixed else None,
         formats=tuple(fmts), strategies=tuple(strat), max_new_tokens=max_new_tokens,
+        answer_format=answer_format if answer_pattern is None else f"regex:{answer_pattern}",
     )
 
 
@@ -325,16 +339,27 @@ def read_prompts_file(path: Any, n: int | None = None) -> list[str]:
 
 
 def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant: str = "sum",
-              answer_pattern: str = r"\\boxed\{([^{}]*)\}", need_answers: bool = True) -> Task:
-    """The task a job runs on: the organism's (default), or a JSONL file of
-    ``{"prompt": ..., "answer": ...}`` rows graded by ``answer_pattern`` (``regex_task``), read
-    by ``read_problems_file``. ``need_answers`` (jobs that grade): every row must have an
-    answer; False: answers are optional, and ``task.has_answers`` says whether all rows have one."""
+              answer_format: str | None = None, answer_pattern: str | None = None,
+              need_answers: bool = True) -> Task:
+    """The task a job runs on: the organism's (default; its own exact grader), or a JSONL file
+    of ``{"prompt": ..., "answer": ...}`` rows (read by ``read_problems_file``) whose answers
+    ``answer_format`` finds (default ``auto``; or the regex ``answer_pattern``) and math-verify
+    grades (``regex_task``). ``need_answers`` (jobs that grade): every row must have an
+    answer; False: answers are optional, and ``task.has_answers`` says whether all rows have one.
+
+    An answer format or pattern without a problems file is refused: the organism's grader is
+    exact and takes neither."""
     if problems_file is None:
+        if answer_format not in (None, "exact") or answer_pattern is not None:
+            raise TwinlensError(
+                "--answer-format/--answer-pattern grade real text: give a problems file "
+                "(--problems FILE.jsonl) too; the organism task keeps its own exact grader."
+            )
         return organism_task(difficulty=difficulty, variant=variant)
     from pathlib import Path
 
     rows = read_problems_file(problems_file, need_answers=need_answers)
-    task = regex_task(Path(problems_file).stem, [(r.prompt, r.answer) for r in rows], answer_pattern=answer_pattern)
+    task = regex_task(Path(problems_file).stem, [(r.prompt, r.answer) for r in rows], answer_pattern=answer_pattern,
+                      answer_format=answer_format if answer_format not in (None, "exact") else "auto")
     task.has_answers = all(r.answer is not None for r in rows)
     return task

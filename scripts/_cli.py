@@ -28,6 +28,11 @@ THREADS_HELP = ("torch CPU threads (default 1: the organism's tiny matmuls gain 
 JSON_HELP = "print results.json to stdout"
 BASE_HELP = "base model: organism checkpoint name, folder or hub id"
 PROBLEMS_HELP = "JSONL of {prompt, answer} (default: the organism task)"
+ANSWER_FORMAT_HELP = ("how to find the final answer in real text (with --problems): auto (default: boxed, then "
+                      "'####', then 'answer is', then the last number), boxed (nested braces), answer-is, "
+                      "gsm8k ('#### N'), last-number; graded by math-verify equivalence. The organism keeps "
+                      "its exact grader")
+ANSWER_PATTERN_HELP = "a regex whose group 1 is the answer (with --problems; replaces --answer-format)"
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (must exist on this machine)"
 
 
@@ -177,6 +182,25 @@ def add_problem_args(ap: argparse.ArgumentParser, *, n_problems: int, n_samples:
     add("--n-problems", type=positive_int, default=n_problems)
     add("--n-samples", type=positive_int, default=n_samples)
     add.done()
+    add_answer_args(ap)
+
+
+def add_answer_args(ap: argparse.ArgumentParser) -> None:
+    """--answer-format and --answer-pattern: how real answers are found (analyses.grading)."""
+    from analyses.grading import ANSWER_FORMATS
+
+    ap.add_argument("--answer-format", choices=ANSWER_FORMATS, help=ANSWER_FORMAT_HELP)
+    ap.add_argument("--answer-pattern", help=ANSWER_PATTERN_HELP)
+
+
+def load_task_from_args(args: argparse.Namespace, need_answers: bool = True) -> Any:
+    """The job's Task from --problems, --difficulty, --answer-format, --answer-pattern (each
+    optional on the parser): the organism's by default, a graded problems file otherwise."""
+    from analyses.task import load_task
+
+    return load_task(getattr(args, "problems", None), difficulty=getattr(args, "difficulty", 5),
+                     answer_format=getattr(args, "answer_format", None),
+                     answer_pattern=getattr(args, "answer_pattern", None), need_answers=need_answers)
 
 
 def add_sampling_args(ap: argparse.ArgumentParser, *, temperature: float = 0.6, top_p: float | None = 0.95,
@@ -284,9 +308,7 @@ def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None
     ``rl_specs`` replaces --rl (e.g. a checkpoint series the script chose). ``need_answers``
     False: a --problems file without reference answers is accepted (task.has_answers False)."""
     from analyses.sampling import load_models, resolve_model_spec
-    from analyses.task import load_task
-
-    task = load_task(args.problems, difficulty=args.difficulty, need_answers=need_answers)  # before any model loads
+    task = load_task_from_args(args, need_answers=need_answers)  # before any model loads
     rl_specs = rl_specs or args.rl or ["rl-seed0"]
     labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
     family = load_models([args.base, *rl_specs], labels=labels, device=args.device)

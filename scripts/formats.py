@@ -35,7 +35,6 @@ from analyses.sampling import (  # noqa: E402
     sample_each,
 )
 from analyses.shortcuts import plot_shortcuts, shortcuts_by_checkpoint  # noqa: E402
-from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    task = load_task(args.problems, difficulty=args.difficulty)
+    task = cli.load_task_from_args(args)
     specs, labels, steps, compute = resolve_checkpoints(args)
     family = load_models(specs, labels=labels, device=args.device)
     problems = task.problems(args.n_problems, seed=args.problem_set)

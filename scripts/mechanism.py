@@ -37,7 +37,6 @@ from analyses.plasticity import measure_plasticity, plot_plasticity  # noqa: E40
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import checkpoint_series, load_models, sample  # noqa: E402
 from analyses.suppression import measure_suppression, plot_delta_logp  # noqa: E402
-from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
                             "budget measures no learning (or pass --no-plasticity).")
     if not args.no_plasticity and len(args.seeds) < 2:
         raise TwinlensError(f"Give at least two --seeds for the plasticity CIs, got {args.seeds}.")
-    task = load_task(args.problems, difficulty=args.difficulty)
+    task = cli.load_task_from_args(args)
     sampling = dict(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed,
                     batch_size=args.batch_size, progress=False)
     pair = load_models([args.base, args.rl], labels=["base", "rl"], device=args.device)

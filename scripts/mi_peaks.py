@@ -39,6 +39,9 @@ def problem_set_from_args(args):
     from analyses.mi_peaks import MiProblemSet, organism_problem_set
 
     if args.problems is None:
+        if args.answer_format or args.answer_pattern:
+            raise TwinlensError("--answer-format/--answer-pattern grade real text: give --problems FILE.jsonl "
+                                "too; the organism task keeps its own exact grader.")
         return organism_problem_set(args.n_problems, seed=args.eval_set)
     from analyses.task import read_problems_file, regex_task
 
@@ -49,7 +52,7 @@ def problem_set_from_args(args):
     if bad:
         raise TwinlensError(f"{path}: row {bad[0] + 1}: \"gold\" (and \"reference\" when given) must be text.")
     task = regex_task(path.stem, problems=[(r["prompt"], r["answer"]) for r in rows],
-                      answer_pattern=args.answer_pattern)
+                      answer_pattern=args.answer_pattern, answer_format=args.answer_format or "auto")
     refs = [r["reference"] for r in rows] if all("reference" in r for r in rows) else None
     return MiProblemSet(task=task, problems=task.problems(len(rows)), gold_texts=[r["gold"] for r in rows],
                         reference_completions=refs, append_texts=tuple(args.append or ("Wait",)))
@@ -195,7 +198,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="intermediate RL checkpoints (folders; 'stepN' at the end of a name gives its "
                          "step); default: the organism's rl-seed0-step* when --rl is not given; 'none' skips")
     ap.add_argument("--problems", help="JSONL problems for non-organism models (see the docstring)")
-    ap.add_argument("--answer-pattern", default=r"\\boxed\{([^{}]*)\}", help="answer regex for --problems")
+    cli.add_answer_args(ap)
     ap.add_argument("--append", nargs="+", help="thinking tokens for test-time scaling (default organism: "
                     "'wait;' 'chk '; else 'Wait')")
     ap.add_argument("--n-problems", type=cli.positive_int, default=64)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analyses.grading import no_answer_line, no_answer_share  # noqa: E402
 from analyses.passk import compare_pass_at_k, guesser_pass_at_k, plot_pass_at_k  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import sample  # noqa: E402
@@ -57,9 +58,11 @@ def run(args: argparse.Namespace) -> dict:
     results = {
         **cmp.to_dict(),
         "n_solved_only_by": {m: len(v) for m, v in cmp.solved_only_by.items()},
+        "no_answer": {m: no_answer_share(r.answer for r in samples.for_model(m).rows) for m in family},
         "ci": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
         "models": {label: str(m.path) for label, m in family.items()},
-        "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
+        "settings": {"task": task.name, "answer_format": task.answer_format,
+                     "n_problems": args.n_problems, "n_samples": args.n_samples,
                      "temperature": args.temperature, "top_p": args.top_p,
                      "max_new_tokens": samples.meta["max_new_tokens"], "seed": args.seed,
                      "problem_set": args.problem_set},
@@ -83,6 +86,7 @@ def summary(cmp, results: dict) -> str:
         f"{s['n_problems']} problems of `{s['task']}`, {s['n_samples']} samples each, temperature "
         f"{s['temperature']}, top-p {s['top_p']}, seed {s['seed']}. Unbiased estimator "
         "1 - C(n-c,k)/C(n,k); brackets: " + results["ci"] + ".", "",
+        no_answer_line(results["no_answer"], s["answer_format"]), "",
         "| k | " + " | ".join(f"{m} pass@k" for m in cmp.pass_at_k) + " | "
         + " | ".join(f"{m} maj@k" for m in cmp.maj_at_k) + " |",
         "|---|" + "---|" * (len(cmp.pass_at_k) + len(cmp.maj_at_k)),

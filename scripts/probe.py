@@ -39,7 +39,6 @@ import numpy as np  # noqa: E402
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
-from analyses.task import load_task  # noqa: E402
 from hooks import capture, load_model, load_pair  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import ExampleSplit, build_dataset, split_examples  # noqa: E402
@@ -63,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
+    cli.add_answer_args(ap)
     ap.add_argument("--labels", help="regex label config (JSON); default: the task's own labels "
                     "(organism ground truth), or probes/default_labels.json for --problems")
     ap.add_argument("--n-problems", type=cli.positive_int, default=400,
@@ -99,7 +99,7 @@ def run(args) -> tuple[dict, dict]:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
 
     # the steering part grades completions (accuracy); probing alone needs no reference answers
-    task = load_task(args.problems, need_answers=not args.no_steer)
+    task = cli.load_task_from_args(args, need_answers=not args.no_steer)
     (base_name, base_path), (rl_name, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
     pair = load_pair(base=base_path, rl=rl_path, device=args.device)
     problems = task.problems(args.n_problems, seed=args.seed)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from analyses.grading import no_answer_line, no_answer_share  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.routing import (  # noqa: E402
     DisagreeRouter,
@@ -38,8 +39,7 @@ from analyses.routing import (  # noqa: E402
     evaluate_hybrid,
     fit_strategy_tools,
 )
-from analyses.sampling import resolve_model_spec  # noqa: E402
-from analyses.task import load_task  # noqa: E402
+from analyses.sampling import completion_text, resolve_model_spec  # noqa: E402
 from hooks import generate, load_pair  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
+    cli.add_answer_args(ap)
     ap.add_argument("--difficulty", type=cli.difficulty, default=5)
     ap.add_argument("--problem-set", type=cli.nonnegative_int, default=0, help="held-out set to evaluate on")
     ap.add_argument("--fit-set", type=cli.nonnegative_int, default=1, help="held-out set the probe/vectors are fitted on")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    task = load_task(args.problems, difficulty=args.difficulty)
+    task = cli.load_task_from_args(args)
     (_, base_path), (_, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
     pair = load_pair(base_path, rl_path, device=args.device)
     base, rl = pair.base, pair.rl
@@ -110,12 +111,16 @@ def run(args: argparse.Namespace) -> dict:
     def grade(i: int, text: str) -> bool:
         return bool(task.grade(problems[i], text))
 
-    def correct_of(model, temperature: float) -> np.ndarray:
+    no_answer: dict[str, dict] = {}
+
+    def correct_of(model, temperature: float, label: str) -> np.ndarray:
         toks = generate(model, prompts, max_new, temperature=temperature, seed=args.seed,
                         batch_size=args.batch_size)
-        return np.array([grade(i, model.tokenizer.decode(t)) for i, t in enumerate(toks)])
+        texts = [completion_text(model.tokenizer, t) for t in toks]
+        no_answer[label] = no_answer_share(task.extract_answer(t) for t in texts)
+        return np.array([grade(i, t) for i, t in enumerate(texts)])
 
-    cb, cr = correct_of(base, 0.0), correct_of(rl, 0.0)
+    cb, cr = correct_of(base, 0.0, "base"), correct_of(rl, 0.0, "rl")
     kw = dict(max_new_tokens=max_new, seed=args.seed, batch_size=args.batch_size,
               label_strategies=task.label_strategies, n_bootstrap=args.n_boot)
     routers: dict[str, dict] = {}
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         routers["steered_disagree"] = steered
     # sampled: base, RL, disagree hybrid and random at its fraction, same seed per row
     T = args.temperature
-    sb, sr = correct_of(base, T), correct_of(rl, T)
+    sb, sr = correct_of(base, T, "base_sampled"), correct_of(rl, T, "rl_sampled")
     sd = evaluate_hybrid(base, rl, prompts, grade, DisagreeRouter(), sb, sr, temperature=T, **kw)
     sc = evaluate_hybrid(base, rl, prompts, grade, RandomRouter(sd.fraction_routed, args.seed), sb, sr,
                          temperature=T, **kw)
@@ -162,9 +167,11 @@ def run(args: argparse.Namespace) -> dict:
         "accuracy_gap_ci": [float(x) for x in np.quantile(gaps, [0.025, 0.975])],
         "rl_token_needed_fraction": routers["disagree"]["fraction_routed"],
         "accuracy_base_sampled": float(sb.mean()), "accuracy_rl_sampled": float(sr.mean()),
+        "no_answer": no_answer,
         "ci": f"95% percentile bootstrap over problems, paired ({args.n_boot} resamples, seed {args.seed})",
         "models": {"base": str(base.path), "rl": str(rl.path)},
-        "settings": {"task": task.name, "n_problems": args.n_problems, "problem_set": args.problem_set,
+        "settings": {"task": task.name, "answer_format": task.answer_format,
+                     "n_problems": args.n_problems, "problem_set": args.problem_set,
                      "fit_set": args.fit_set, "max_new_tokens": max_new, "seed": args.seed,
                      "temperature_sampled": T, "strategy": args.strategy, "alpha": args.alpha},
     }
@@ -216,6 +223,7 @@ def summary(results: dict) -> str:
         f"(sampled: {results['accuracy_base_sampled']:.3f}, {results['accuracy_rl_sampled']:.3f}); gap "
         f"{results['accuracy_rl'] - results['accuracy_base']:.3f} [{results['accuracy_gap_ci'][0]:.3f}, "
         f"{results['accuracy_gap_ci'][1]:.3f}].", "",
+        no_answer_line(results["no_answer"], s["answer_format"]), "",
         f"Under greedy decoding the `disagree` hybrid emits RL's greedy token wherever the two differ: it *is* RL's "
         f"greedy completion, so its gap recovered is 1 by construction. What it measures is how often RL's token "
         f"was needed: at {100 * results['rl_token_needed_fraction']:.1f}% of positions. The claim is decided on the "

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.scaling import compare_heldout, fit_sigmoid, plot_sigmoid_fit  # noqa: E402
-from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -76,7 +75,7 @@ def measure_series(args, out: Path) -> dict:
     missing = [d["name"] for d in series if d["compute"] is None]
     if missing:
         raise TwinlensError(f"No compute recorded for {missing}; pass --points with your own compute values.")
-    task = load_task(args.problems, difficulty=args.difficulty)
+    task = cli.load_task_from_args(args)
     family = load_models([d["name"] for d in series], device=args.device)
     problems = task.problems(args.n_problems, seed=args.problem_set)
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,

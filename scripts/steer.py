@@ -33,9 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from analyses.grading import no_answer_line, no_answer_share  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
-from analyses.task import load_task  # noqa: E402
 from hooks import TwinlensError, capture, load_model  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import build_dataset  # noqa: E402
@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
+    cli.add_answer_args(ap)
     ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
     ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
     ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
@@ -93,7 +94,7 @@ def run(args) -> tuple[dict, dict]:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
 
-    task = load_task(args.problems)
+    task = cli.load_task_from_args(args)
     name, path = resolve_model_spec(args.base)
     model = load_model(path, device=args.device)
     max_new = args.max_new_tokens or task.max_new_tokens
@@ -139,9 +140,15 @@ def run(args) -> tuple[dict, dict]:
     alphas = args.alphas
     problems = task.problems(args.n_problems, seed=args.seed + 1)
     prompts = [model.encode(p.prompt) for p in problems]
+    graded_answers: list = []
+
+    def grade_fn(i: int, text: str) -> bool:
+        graded_answers.append(task.extract_answer(text))
+        return task.grade(problems[i], text)
+
     runs = steering_experiment(
         model, selected, prompts, alphas, label_fn=task.label_strategies,
-        grade_fn=lambda i, text: task.grade(problems[i], text), strategies=strategies,
+        grade_fn=grade_fn, strategies=strategies,
         n_samples=args.n_samples, seed=args.seed, random_seed=args.random_seed,
         max_new_tokens=max_new, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
         factor=args.factor, progress=lambda r: log(f"{r.vector.strategy} layer {r.vector.layer} done"),
@@ -175,9 +182,11 @@ def run(args) -> tuple[dict, dict]:
         if best is not None:  # the headline numbers, flat, at the best passing layer
             r = per_layer[str(best[1])]
             results["strategies"][s].update({k: r[k] for k in ("layer", "alpha", "frequency", "random_frequency", "accuracy")})
+    # Over every graded completion (steered and unsteered, every vector and alpha).
+    results["no_answer"] = {"all completions": no_answer_share(graded_answers)}
     results["model"] = {"name": name, "path": str(path), "weight_hash": model.weight_hash}
     results["settings"] = {
-        "task": task.name, "alphas": alphas, "n_problems": args.n_problems, "n_samples": args.n_samples,
+        "task": task.name, "answer_format": task.answer_format, "alphas": alphas, "n_problems": args.n_problems, "n_samples": args.n_samples,
         "temperature": args.temperature, "max_new_tokens": max_new, "seed": args.seed,
         "random_seed": args.random_seed, "factor": args.factor, "layers": args.layers,
         "vectors": args.vectors or "found here (difference of means, base traces)",
@@ -223,6 +232,7 @@ def summary(results: dict) -> str:
         f"{st['vectors']}; control: a Gaussian random vector of equal norm (seed {st['random_seed']} + index). "
         f"Frequency = {st['frequency']}; brackets: {st['ci']}. Passes: alpha > 0, rise >= {st['factor']}x the "
         "random vector's change, CIs apart.", "",
+        no_answer_line(results["no_answer"], st["answer_format"]), "",
         "| strategy | layer | alpha | frequency [CI] | random [CI] | accuracy | length | passes |",
         "|---|---|---|---|---|---|---|---|",
     ]
