@@ -227,6 +227,31 @@ class Model:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def encode_continuation(self, text: str, previous_text: str = "", word_boundary: bool = True) -> list[int]:
+        """Token ids of `text` as a continuation of `previous_text` (appended to a completion):
+        never special tokens (no BOS in mid-sequence: `encode` would give Gemma's `[<bos>, Wait]`),
+        and, with `word_boundary`, a new word where the text starts one after a non-space
+        character: "Wait" after "... is 8." is the token of " Wait", the one the model writes
+        (GPT-2's "ĠWait", SentencePiece's "▁Wait"), not the word-internal "Wait".
+
+        The spaced form is encoded after an anchor ("." then " Wait") and the anchor's tokens
+        removed, so tokenizers that prepend a space to every encode (Llama-2's SentencePiece)
+        do not get two. `word_boundary=False` for a language without spaces between words (the
+        organism's). Raises TwinlensError when `text` encodes to no tokens."""
+        from hooks.errors import TwinlensError
+
+        def enc(t: str) -> list[int]:
+            return list(self.tokenizer(t, add_special_tokens=False)["input_ids"])
+
+        ids = enc(text)
+        if word_boundary and previous_text and not previous_text[-1].isspace() and text[:1].isalnum():
+            anchor = enc(".")
+            both = enc(". " + text)
+            ids = both[len(anchor):] if both[: len(anchor)] == anchor else enc(" " + text)
+        if not ids:
+            raise TwinlensError(f"The continuation {text!r} tokenizes to nothing; pass text with tokens.")
+        return ids
+
     def hook_names(self) -> list[str]:
         """Every hook point of the bridge, TransformerLens naming (`blocks.3.hook_out`, ...).
         TwinlensError when the bridge cannot be built for this architecture."""

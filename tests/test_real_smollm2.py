@@ -120,3 +120,38 @@ def test_spans_after_a_chat_special_token_land_on_their_tokens(smol):
     s, e = row.answer_span
     assert tok.decode(ids[s:e]).strip() == "7" and s > ids.index(1)
     assert row.correct and row.answer == "7"
+
+
+WORD_PROBLEMS = [
+    ("Tom has 3 apples and buys 5 more. How many apples does he have?", "8"),
+    ("What is 12 + 7?", "19"),
+    ("A box holds 4 pens. How many pens are in 2 boxes?", "8"),
+    ("What is 9 - 4?", "5"),
+    ("Sara had 10 candies and ate 3. How many are left?", "7"),
+    ("What is 6 times 7?", "42"),
+]
+
+
+def test_math_verify_grades_real_completions(smol):
+    """SmolLM2 answers in words ("... so he has 3 + 5 = 8 apples.", "6 times 7 is 42"): the old
+    boxed-only grader found no answer in any of them and scored 0; auto extraction + math-verify
+    finds an answer in every one and grades the right ones right (measured: 2 of 6 correct; the
+    model's arithmetic is wrong on the others, e.g. '12 + 7 = 9')."""
+    from analyses.grading import no_answer_share
+    from analyses.sampling import completion_text
+    from analyses.task import regex_task
+
+    tok = smol.tokenizer
+    task = regex_task("words", WORD_PROBLEMS)
+    problems = task.problems(len(WORD_PROBLEMS))
+    prompts = [smol.encode(tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                   add_generation_prompt=True)) for q, _ in WORD_PROBLEMS]
+    outs = generate(smol, prompts, max_new_tokens=60, temperature=0.0, batch_size=len(prompts))
+    texts = [completion_text(tok, o) for o in outs]
+    correct = [task.grade(p, t) for p, t in zip(problems, texts, strict=True)]
+    assert no_answer_share(task.extract_answer(t) for t in texts)["share"] == 0.0
+    # Every graded-correct completion does contain its reference; >= 2 right (measured 2).
+    assert all(p.answer in t for p, t, c in zip(problems, texts, correct, strict=True) if c)
+    assert sum(correct) >= 2, list(zip(texts, correct, strict=True))
+    boxed_only = regex_task("words", WORD_PROBLEMS, answer_format="boxed")
+    assert not any(boxed_only.grade(p, t) for p, t in zip(problems, texts, strict=True))

@@ -17,8 +17,9 @@ SPECIAL = "<start_of_turn>"
 LETTERS = "abcdefghijklmnopqrstuvwxyzTW0123456789.,:!?"
 
 
-def save_sentencepiece_byte_fallback(folder: Path):
-    """A tiny Gemma-style tokenizer: spaces become '▁' (no pre-tokenizer), BPE with byte fallback
+def save_sentencepiece_byte_fallback(folder: Path, add_bos: bool = False):
+    """A tiny Gemma-style tokenizer (with `add_bos`, <bos> on every encode, as Gemma's): spaces
+    become '▁' (no pre-tokenizer), BPE with byte fallback
     (é, € and emoji become <0xNN> pieces), decoder Replace('▁',' ') + ByteFallback + Fuse, and
     <bos>/<eos>/<start_of_turn> special tokens."""
     from tokenizers import Tokenizer, decoders, models, normalizers
@@ -35,6 +36,10 @@ def save_sentencepiece_byte_fallback(folder: Path):
     tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    if add_bos:  # Gemma's tokenizer prepends <bos> to every encode
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", unk_token="<unk>",
                                    additional_special_tokens=[SPECIAL])

@@ -122,9 +122,16 @@ def thinking_token_scaling(
     extract_answer: Callable[[str], object] | None = None,
     n_examples: int = 3,
     min_room: int = 16,
+    append_ids: Sequence[int] | None = None,
+    word_boundary: bool = True,
 ) -> ScalingResult:
     """Append ``append_text`` after each first completion and continue greedily; compare the
     graded accuracy before and after (paired, exact McNemar).
+
+    The appended tokens are ``model.encode_continuation(append_text, completion text,
+    word_boundary)``: no BOS, and " Wait" (a new word) after a completion ending in a non-space
+    character; ``append_ids`` gives the tokens instead (the random control, whose ids must not be
+    re-tokenized from their text).
 
     The answer after scaling is the model's last answer: with ``extract_answer``, the
     continuation (appended text + new tokens) is graded when it holds an answer, otherwise the
@@ -133,11 +140,15 @@ def thinking_token_scaling(
     (``n_no_room``)."""
     from scipy import stats
 
-    extra = model.encode(append_text)
-    if not extra:
-        raise TwinlensError(f"The appended text {append_text!r} tokenizes to nothing; pass a token string.")
+    if append_ids is not None:
+        if not append_ids:
+            raise TwinlensError("append_ids is empty; pass at least one token id.")
+        extras = [[int(t) for t in append_ids]] * len(completions)
+    else:
+        extras = [model.encode_continuation(append_text, model.decode(list(c)), word_boundary)
+                  for c in completions]
     n_ctx = model.n_ctx or 10**9
-    seqs = [list(p) + list(c) + extra for p, c in zip(prompts, completions, strict=True)]
+    seqs = [list(p) + list(c) + e for p, c, e in zip(prompts, completions, extras, strict=True)]
     # One budget for the batch; rows without room for min_room new tokens are left out (counted).
     keep = [i for i, s in enumerate(seqs) if n_ctx - len(s) >= min(min_room, max_new_tokens)]
     if not keep:
@@ -150,7 +161,7 @@ def thinking_token_scaling(
     before, after, examples = [], [], []
     no_new = 0
     for i, k in zip(keep, conts, strict=True):
-        c = list(completions[i])
+        c, extra = list(completions[i]), extras[i]
         full = model.decode(c + extra + list(k))
         before.append(bool(grade(i, model.decode(c))))
         if extract_answer is None:
@@ -174,12 +185,20 @@ def thinking_token_scaling(
     )
 
 
-def random_token_string(model: Model, candidate_ids: Sequence[int], n_tokens: int, seed: int = 0) -> str:
+def random_token_ids(model: Model, candidate_ids: Sequence[int], n_tokens: int, seed: int = 0) -> list[int]:
     """Control for thinking_token_scaling: ``n_tokens`` ids drawn (seeded, with replacement)
-    from ``candidate_ids`` (eos excluded), decoded."""
-    eos = model.tokenizer.eos_token_id
-    pool = sorted({int(t) for t in candidate_ids} - {eos})
+    from ``candidate_ids`` (eos and every special token excluded). Pass them as ``append_ids``:
+    decoding and re-encoding them need not give ``n_tokens`` tokens back."""
+    from probes.labels import special_token_ids
+
+    pool = sorted({int(t) for t in candidate_ids} - {model.tokenizer.eos_token_id}
+                  - special_token_ids(model.tokenizer, candidate_ids))
     if not pool:
         raise TwinlensError("No candidate tokens for the random control string.")
     rng = np.random.default_rng(seed)
-    return model.decode([int(x) for x in rng.choice(pool, size=n_tokens, replace=True)])
+    return [int(x) for x in rng.choice(pool, size=n_tokens, replace=True)]
+
+
+def random_token_string(model: Model, candidate_ids: Sequence[int], n_tokens: int, seed: int = 0) -> str:
+    """``random_token_ids`` decoded (for display; re-encoding it may not give the same ids)."""
+    return model.decode(random_token_ids(model, candidate_ids, n_tokens, seed))

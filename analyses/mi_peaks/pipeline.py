@@ -33,7 +33,7 @@ from analyses.mi_peaks.comparison import (
 from analyses.mi_peaks.estimators import PAPER_SIGMA
 from analyses.mi_peaks.interventions import (
     peak_token_suppression,
-    random_token_string,
+    random_token_ids,
     thinking_token_scaling,
 )
 from analyses.mi_peaks.peaks import DEFAULT_TOP_K
@@ -220,13 +220,17 @@ def run_interventions(
         out["suppression"] = {"skipped": "no non-eos peak tokens or too few other token types"}
     completions = [tr.completion_ids for tr in trajs]
     scaling = {}
+    # A language with spaces between words gets " Wait" after a word; the organism's has none.
+    boundary = not ps.task.char_tokens
     for text in ps.append_texts:
         scaling[text] = asdict(thinking_token_scaling(model, prompts, completions, grade, text, max_new,
-                                                      ps.task.extract_answer))
-        n_tok = len(model.encode(text))
-        ctrl = random_token_string(model, vocab_used, n_tok, cfg.seed)
-        scaling[f"control:{text}"] = asdict(
-            thinking_token_scaling(model, prompts, completions, grade, ctrl, max_new, ps.task.extract_answer))
+                                                      ps.task.extract_answer, word_boundary=boundary))
+        # The control appends as many tokens as the thinking text does after a sentence.
+        n_tok = len(model.encode_continuation(text, "x.", word_boundary=boundary))
+        ctrl_ids = random_token_ids(model, vocab_used, n_tok, cfg.seed)
+        scaling[f"control:{text}"] = asdict(thinking_token_scaling(
+            model, prompts, completions, grade, model.decode(ctrl_ids), max_new, ps.task.extract_answer,
+            append_ids=ctrl_ids))
     out["thinking_token_scaling"] = scaling
     return out
 
