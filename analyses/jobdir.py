@@ -107,7 +107,12 @@ def _model_entry(spec: Any) -> dict[str, Any]:
     if path.is_file() and path.suffix == ".safetensors":
         files = [path]
     elif path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
+        from hooks.loading import check_weights_are_safe
+
+        try:  # the files HF loads, as Model.weight_hash hashes them (a stray file is not one)
+            files = check_weights_are_safe(path)
+        except TwinlensError:  # not loadable: the job's loader gives the clear error
+            files = []
     else:
         return entry
     entry["path"] = str(path.resolve())

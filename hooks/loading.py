@@ -575,7 +575,7 @@ def check_loading_info(path: Path, info: dict, *, allow_missing_weights: bool = 
         text + "\nCheck that the folder holds every shard and the config of the same model (for an "
         "untied output layer, `lm_head.weight`; or set tie_word_embeddings in config.json if the "
         "model ties it). To load it anyway, with random values in the missing tensors, pass "
-        "allow_missing_weights=True."
+        "allow_missing_weights=True (scripts: --allow-missing-weights)."
     )
 
 
@@ -585,7 +585,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
-    allow_missing_weights: bool = False,
+    allow_missing_weights: bool | None = None,
 ) -> Model:
     """Load a causal LM (safetensors only) and its tokenizer. `trust_remote_code` stays off
     unless asked: it runs code shipped with the checkpoint.
@@ -594,7 +594,9 @@ def load_model(
     the first few): a *missing* tensor (e.g. `lm_head.weight` of an untied model) would be
     filled with fresh random values, different on every load, and an *unexpected* one is a
     weight the model never uses. `allow_missing_weights=True` loads it anyway, with a warning
-    naming them; the numbers then depend on the random initialisation.
+    naming them; the numbers then depend on the random initialisation. None (the default) reads
+    the environment variable TWINLENS_ALLOW_MISSING_WEIGHTS ("1" = allow), which the scripts'
+    --allow-missing-weights sets.
 
     `dtype`: a floating torch dtype or its name ('float32', 'bfloat16', ...); `device`: one this
     machine has ('cpu', 'cuda:0'). Bad values raise TwinlensError before anything is read."""
@@ -624,6 +626,8 @@ def load_model(
         trust_remote_code=trust_remote_code,
         output_loading_info=True,
     )
+    if allow_missing_weights is None:
+        allow_missing_weights = os.environ.get("TWINLENS_ALLOW_MISSING_WEIGHTS", "0") == "1"
     check_loading_info(path, loading_info, allow_missing_weights=allow_missing_weights)
     hf.to(device).eval()
     hf.requires_grad_(False)

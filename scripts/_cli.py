@@ -154,9 +154,17 @@ class _Adder:
             raise ValueError(f"helps for options this helper does not add: {sorted(self.helps)}")
 
 
+ALLOW_MISSING_WEIGHTS_HELP = (
+    "load a checkpoint whose safetensors lack tensors its architecture needs (they get random "
+    "values, different on every load) or hold tensors it does not use; refused without this flag")
+
+
 def make_parser(description: str | None) -> argparse.ArgumentParser:
-    """A parser that shows the script's docstring as written."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser that shows the script's docstring as written, with --allow-missing-weights
+    (run_main passes it to every model load through TWINLENS_ALLOW_MISSING_WEIGHTS)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--allow-missing-weights", action="store_true", help=ALLOW_MISSING_WEIGHTS_HELP)
+    return ap
 
 
 def add_model_args(ap: argparse.ArgumentParser, *, rl_repeatable: bool = True,
@@ -260,6 +268,8 @@ def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argpa
     from hooks import TwinlensError
 
     apply_threads(args)
+    if getattr(args, "allow_missing_weights", False):
+        os.environ["TWINLENS_ALLOW_MISSING_WEIGHTS"] = "1"  # read by hooks.load_model, also in children
     try:
         identity = job_identity(job_name(run), args)
         with claim_folder(args.out, identity, overwrite=getattr(args, "overwrite", False)) as folder:

@@ -155,3 +155,31 @@ def test_a_bridge_that_boots_but_cannot_run_is_refused_as_well(tmp_path):
         model.resolve_hooks(["blocks.0.attn.hook_out"])
     store = capture(model, PROMPTS, hooks="blocks.1.hook_out", out=tmp_path / "acts", progress=False)
     assert store.read("blocks.1.hook_out").shape == (store.n_rows, model.d_model)
+
+
+def test_capture_script_refuses_missing_weights_unless_the_flag_is_given(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    folder = make_tiny_model(tmp_path / "untied", "llama", tied=False)
+    _rewrite(folder / "model.safetensors", lambda t: t.pop("lm_head.weight"))
+    monkeypatch.delenv("TWINLENS_ALLOW_MISSING_WEIGHTS", raising=False)  # restored after the test
+    script = Path(__file__).resolve().parents[1] / "scripts" / "capture.py"
+    spec = importlib.util.spec_from_file_location("_test_loading_capture", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--model", str(folder), "--n", "2", "--hooks", "blocks.0.hook_out"]
+    assert module.main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "lm_head.weight" in err and "--allow-missing-weights" in err
+    with pytest.warns(UserWarning, match=r"lm_head\.weight"):
+        assert module.main([*argv, "--out", str(tmp_path / "b"), "--allow-missing-weights"]) == 0
+    assert list((tmp_path / "b").rglob("manifest.json"))
+
+
+def test_job_folder_records_the_hash_of_the_loaded_weights(tmp_path):
+    # The job-folder contract hashes a model before loading it: the same files as weight_hash.
+    from analyses.jobdir import _model_entry
+
+    folder = make_tiny_model(tmp_path / "sharded", "llama", max_shard_size="20KB")
+    save_file({"x": torch.zeros(4)}, folder / "optimizer_state.safetensors")
+    assert _model_entry(str(folder))["weight_hash"] == load_model(folder).weight_hash
