@@ -220,9 +220,10 @@ def read_job_record(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 # ----------------------------------------------------------------------------- the folder
 def _entries(folder: Path) -> list[Path]:
-    """What the folder holds besides the lock file and interrupted atomic writes' temp files."""
+    """What the folder holds besides lock files (the folder's, a samples file's) and interrupted
+    atomic writes' temp files."""
     return sorted(p for p in folder.iterdir() if p.name != LOCK_NAME and not
-                  (p.name.startswith(".") and p.name.endswith(".tmp")))
+                  (p.name.startswith(".") and p.name.endswith((".tmp", ".lock"))))
 
 
 def _clear(folder: Path) -> None:

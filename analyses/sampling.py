@@ -18,7 +18,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,6 +362,26 @@ def _check_meta(path: Path, meta: dict) -> dict:
     return old
 
 
+def _one_writer_per_file(fn: Callable[..., Samples]) -> Callable[..., Samples]:
+    """Around sample(out=path): one writer per samples file (``.<name>.lock`` beside it, held with
+    hooks.locking's flock), so two runs appending to one file at once (two notebooks, a job and a
+    notebook) are refused with the owner's pid instead of writing every row twice."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Samples:
+        out = kwargs.get("out")
+        if out is None:
+            return fn(*args, **kwargs)
+        from hooks.locking import FolderLock
+
+        path = Path(out)
+        with FolderLock(path.parent, what="sample", name=f".{path.name}.lock"):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@_one_writer_per_file
 def sample(
     models: Any,
     problems: Sequence[TaskProblem | str],

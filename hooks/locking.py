@@ -70,10 +70,10 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def lock_owner(folder: str | os.PathLike) -> dict[str, Any] | None:
+def lock_owner(folder: str | os.PathLike, name: str = LOCK_NAME) -> dict[str, Any] | None:
     """The owner recorded in ``folder``'s lock file ({pid, host, what, since}) if a live process
     holds the lock now, else None (no lock file, or a stale one)."""
-    path = Path(folder) / LOCK_NAME
+    path = Path(folder) / name
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -108,7 +108,8 @@ def describe_owner(owner: dict[str, Any]) -> str:
 
 
 class FolderLock:
-    """An exclusive, non-blocking lock on ``folder`` (created if missing) for this process.
+    """An exclusive, non-blocking lock on ``folder`` (created if missing) for this process;
+    ``name``: the lock file's name (another name locks one file of the folder, e.g. a samples file).
 
     acquire() raises TwinlensError naming the owner (pid, host, job) when another live process
     holds it, and one naming the folder when the lock file cannot be created (read-only, not a
@@ -116,9 +117,9 @@ class FolderLock:
     FolderLock on the same folder in the same process is refused too (two writers are two writers).
     """
 
-    def __init__(self, folder: str | os.PathLike, what: str = "twinlens"):
+    def __init__(self, folder: str | os.PathLike, what: str = "twinlens", name: str = LOCK_NAME):
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
         self.what = what
         self._fd: int | None = None
 
@@ -143,8 +144,10 @@ class FolderLock:
             except BlockingIOError:
                 owner = _read_owner(fd)
                 os.close(fd)
+                target = (self.folder if self.path.name == LOCK_NAME
+                          else self.folder / self.path.name.removeprefix(".").removesuffix(".lock"))
                 raise TwinlensError(
-                    f"{self.folder} is in use by {describe_owner(owner)}: only one writer at a time. Wait "
+                    f"{target} is in use by {describe_owner(owner)}: only one writer at a time. Wait "
                     "for it to finish (or stop it), or give another output folder."
                 ) from None
             except OSError as exc:

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from analyses.reporting import write_text_atomic  # noqa: E402
 from analyses.verdicts import Verdict, collect  # noqa: E402
 
 JOBS_READ = ("probe", "steer", "route", "diff", "mechanism", "formats", "evaluate", "passk", "drift",
@@ -138,8 +139,8 @@ def write_report(out: str | Path, positives: str | Path | None = None, negatives
              ".detector{color:#6a1b9a;font-weight:bold}td a{color:inherit}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>twinlens report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(page)
+    write_text_atomic(out / "report.md", "\n".join(md))
+    write_text_atomic(out / "report.html", page)
     return table
 
 

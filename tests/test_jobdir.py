@@ -278,6 +278,32 @@ def test_two_passk_runs_on_one_out_never_both_write(tiny_models, tmp_path):
         assert any("in use by pid" in err for rc, err in results if rc == 2)
 
 
+def test_two_writers_of_one_samples_file_are_refused(tiny_models, tmp_path):
+    from analyses.sampling import load_models, sample
+
+    family = load_models([str(tiny_models["llama"])], labels=["base"])
+    path = tmp_path / "s.jsonl"
+    with FolderLock(tmp_path, what="notebook", name=".s.jsonl.lock"):  # another run appending to it
+        with pytest.raises(TwinlensError, match=rf"{path} is in use by pid {os.getpid()} .*notebook"):
+            sample(family, ["1+2:"], 2, out=path, max_new_tokens=3, progress=False)
+    assert not path.exists()
+    rows = sample(family, ["1+2:"], 2, out=path, max_new_tokens=3, progress=False).rows
+    assert len(rows) == 2 and not (tmp_path / ".s.jsonl.lock").exists()
+
+
+def test_the_report_is_not_written_while_another_process_writes_the_folder(tmp_path):
+    report = load_script("report")
+    holder = _hold_lock(tmp_path / "demo", "demo")
+    try:
+        with pytest.raises(TwinlensError, match=f"in use by pid {holder.pid}"):
+            report.write_report(tmp_path / "demo")
+    finally:
+        holder.kill()
+        holder.wait()
+    report.write_report(tmp_path / "demo")
+    assert (tmp_path / "demo" / "report.md").exists()
+
+
 CAPTURE_CHILD = textwrap.dedent(
     """
     import sys, time
