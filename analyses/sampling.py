@@ -365,18 +365,25 @@ def _check_meta(path: Path, meta: dict) -> dict:
 def _one_writer_per_file(fn: Callable[..., Samples]) -> Callable[..., Samples]:
     """Around sample(out=path): one writer per samples file (``.<name>.lock`` beside it, held with
     hooks.locking's flock), so two runs appending to one file at once (two notebooks, a job and a
-    notebook) are refused with the owner's pid instead of writing every row twice."""
+    notebook) are refused with the owner's pid instead of writing every row twice; a write that
+    fails for space or permissions is a TwinlensError saying how many rows were kept (jobdir)."""
 
     @functools.wraps(fn)
     def locked(*args: Any, **kwargs: Any) -> Samples:
         out = kwargs.get("out")
         if out is None:
             return fn(*args, **kwargs)
-        from hooks.locking import FolderLock
+        from analyses.jobdir import write_failure
+        from hooks.locking import WRITE_ERRNOS, FolderLock
 
         path = Path(out)
         with FolderLock(path.parent, what="sample", name=f".{path.name}.lock"):
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno in WRITE_ERRNOS:
+                    raise write_failure(path.parent, exc) from None
+                raise
 
     return locked
 

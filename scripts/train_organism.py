@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from hooks import TwinlensError  # noqa: E402
+from hooks.locking import FolderLock  # noqa: E402
 from organism.corpus import SFT_MIX  # noqa: E402
 from organism.training import (  # noqa: E402
     RLConfig,
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.max_completion = 32  # an untrained model babbles up to the limit
     save_steps = tuple(s for s in RL_SAVE_STEPS if s < args.rl_steps) + (args.rl_steps,)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # one trainer per checkpoints folder; a file or unwritable path is refused before training
+        lock = FolderLock(out, what="train_organism").acquire()  # noqa: F841 -- held until main returns
+    except TwinlensError as exc:
+        ap.error(str(exc))
     stages = args.stages.split(",")
     if set(stages) - set(STAGES):
         ap.error(f"unknown stage(s) {sorted(set(stages) - set(STAGES))}; valid: {','.join(STAGES)}")

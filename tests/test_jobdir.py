@@ -200,6 +200,14 @@ def test_every_job_refuses_an_out_that_is_a_file_before_loading(script, tmp_path
     assert target.read_text() == "not a folder"
 
 
+def test_train_organism_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "checkpoints"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        load_script("train_organism").main(["--out", str(target), "--quick"])
+    assert exc.value.code == 2 and f"{target} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_unwritable_out_is_refused_naming_the_path(passk, tiny_models, tmp_path, capsys, no_model_loads,
                                                    monkeypatch):
     # /sys refuses new folders even for root: a real unwritable place.
@@ -371,6 +379,21 @@ def test_disk_full_while_sampling_says_what_was_kept_and_the_rerun_resumes(passk
     assert passk.main(passk_argv(tiny_models, out)) == 0
     keys = sample_keys(out / "samples.jsonl")
     assert keys[: len(kept)] == kept and len(keys) == len(set(keys)) == 12
+
+
+def test_disk_full_in_library_sampling_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
+    import analyses.sampling as sampling
+
+    family = sampling.load_models([str(tiny_models["llama"])], labels=["base"])
+
+    def full(path, mode="r", *a, **k):
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return open(path, mode, *a, **k)
+
+    monkeypatch.setattr(sampling, "open", full, raising=False)
+    with pytest.raises(TwinlensError, match=r"the disk is full.*Kept: s.jsonl.meta.json.*rerun the same command"):
+        sampling.sample(family, ["1+2:"], 2, out=tmp_path / "s.jsonl", max_new_tokens=3, progress=False)
 
 
 def test_disk_full_while_capturing_keeps_complete_shards_and_resumes(tiny_models, tmp_path, monkeypatch):
