@@ -32,6 +32,7 @@ from hooks.cluster import RayCluster, as_cluster, load_model_on_worker, model_sp
 from hooks.errors import TwinlensError
 from hooks.generation import pad_token_id
 from hooks.interventions import forward_layout, right_padded_layout
+from hooks.validation import check_int, check_positive_int, check_temperature, check_top_p
 
 META_SUFFIX = ".meta.json"
 # Settings that must match for rows on disk to be reused.
@@ -419,8 +420,12 @@ def sample(
     family = as_model_family(models)
     specs = {k: model_spec(m, cluster.gpus_per_worker > 0) for k, m in family.items()} if cluster else None
     probs = as_problems(problems)
-    if n < 1:
-        raise TwinlensError(f"n (samples per problem) must be >= 1, got {n}.")
+    # checked here, before the settings file is written or any model samples
+    n = check_positive_int("n (samples per problem)", n)
+    temperature, top_p = check_temperature(temperature), check_top_p(top_p)
+    seed, batch_size = check_int("seed", seed), check_positive_int("batch_size", batch_size)
+    if max_new_tokens is not None:
+        max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     labels = list(sample_from) if sample_from is not None else list(family)
     unknown = [m for m in labels if m not in family]
     if unknown:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hooks.errors import TwinlensError
-from hooks.validation import bootstrap_indices
+from hooks.validation import bootstrap_indices, check_finite, check_positive_int, check_temperature
 from probes.vectors import StrategyVector, random_vector_like
 
 __all__ = [
@@ -113,6 +113,14 @@ def steering_curve(
     vector.check_fits(model)
     if not prompts:
         raise TwinlensError("steering_curve needs at least one prompt.")
+    # every argument checked before the first (expensive) generation, not at the alpha that fails
+    alphas = [check_finite(f"alphas[{i}]", a) for i, a in enumerate(alphas)]
+    if not alphas:
+        raise TwinlensError("steering_curve needs at least one alpha (include 0, the unsteered reference).")
+    n_samples = check_positive_int("n_samples", n_samples)
+    check_positive_int("n_bootstrap", n_bootstrap)
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_temperature(temperature)
     strategies = list(strategies) if strategies is not None else [vector.strategy]
     P, S = len(prompts), n_samples
     freq = {s: [] for s in strategies}

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from hooks.errors import TwinlensError
 from hooks.store import save_safetensors
+from hooks.validation import check_finite_vector
 from probes.datasets import ProbeDataset
 
 __all__ = [
@@ -73,6 +74,7 @@ class StrategyVector:
             raise TwinlensError(
                 f"A StrategyVector direction must be 1-D [d_model], got {tuple(self.direction.shape)}."
             )
+        check_finite_vector(f"The {self.strategy!r} vector's direction", self.direction)
         self.layer = int(self.layer)
 
     @property

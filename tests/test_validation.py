@@ -342,3 +342,38 @@ def test_capture_script_refuses_a_reversed_hook_range(tmp_path, capsys):
     rc = module.main(["--out", str(tmp_path / "o"), "--n", "2", "--hooks", "blocks.3-1.hook_out"])
     assert rc == 2
     assert "reversed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": -1.0}, "temperature must be a number >= 0"),
+    ({"temperature": math.nan}, "not a finite number"),
+    ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+])
+def test_sample_refuses_bad_settings_before_writing_its_settings_file(llama, tmp_path, kwargs, match):
+    from analyses.sampling import sample
+
+    with pytest.raises(TwinlensError, match=match):
+        sample({"m": llama}, ["1+2:"], 2, out=tmp_path / "s.jsonl", progress=False, **kwargs)
+    assert not list(tmp_path.iterdir())  # no samples.jsonl.meta.json recording the bad value
+
+
+def test_steering_curve_checks_every_alpha_before_generating(llama, monkeypatch):
+    import hooks
+    from probes.steering import steering_curve
+    from probes.vectors import StrategyVector
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated before the arguments were checked")
+
+    monkeypatch.setattr(hooks, "generate", no_generation)
+    vec = StrategyVector(strategy="compute", layer=0, method="diff_of_means", direction=torch.ones(llama.d_model))
+    nan = torch.ones(llama.d_model)
+    nan[1] = math.nan
+    with pytest.raises(TwinlensError, match="vector's direction holds 1 non-finite"):
+        StrategyVector(strategy="compute", layer=0, method="diff_of_means", direction=nan)
+    with pytest.raises(TwinlensError, match=r"alphas\[2\] must be a finite number"):
+        steering_curve(llama, vec, [[1, 2]], [0.0, 1.0, math.inf], label_fn=lambda t: [])
+    with pytest.raises(TwinlensError, match="n_samples must be an integer >= 1"):
+        steering_curve(llama, vec, [[1, 2]], [0.0], label_fn=lambda t: [], n_samples=0)
