@@ -248,11 +248,17 @@ def _read_bytes(path: Any, what: str) -> bytes:
     path = Path(path)
     if not path.is_file():
         state = "is a folder" if path.is_dir() else "does not exist"
-        raise TwinlensError(f"{what} {path} {state}; give a file ({PROBLEMS_FORMAT}).")
+        raise TwinlensError(f"{what} {path} {state}; give the path of a file.")
     try:
         return path.read_bytes()
     except OSError as exc:
         raise TwinlensError(f"Could not read {what} {path}: {exc.strerror or exc}.") from None
+
+
+def read_text_file(path: Any, what: str = "File") -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder or non-UTF-8 bytes is a TwinlensError
+    naming the file (and the line of the first bad byte) with the fix."""
+    return _decode_utf8(path, _read_bytes(path, what))
 
 
 def _check_answer(path: Any, line: int, answer: Any) -> Hashable | None:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hooks.errors import TwinlensError
+
 __all__ = [
     "TokenSpan",
     "ExampleLabels",
@@ -302,10 +304,10 @@ class RegexLabeler:
         name: str = "custom",
     ):
         if extent not in ("sentence", "match"):
-            raise ValueError(f"RegexLabeler: extent must be 'sentence' or 'match', got {extent!r}.")
+            raise TwinlensError(f"RegexLabeler: extent must be 'sentence' or 'match', got {extent!r}.")
         unknown = set(flags) - set(_FLAG_NAMES)
         if unknown:
-            raise ValueError(f"RegexLabeler: unknown regex flags {sorted(unknown)}; use i, m, s.")
+            raise TwinlensError(f"RegexLabeler: unknown regex flags {sorted(unknown)}; use i, m, s.")
         flag_bits = 0
         for f in flags:
             flag_bits |= _FLAG_NAMES[f]
@@ -313,12 +315,15 @@ class RegexLabeler:
         for strategy, pats in strategies.items():
             if isinstance(pats, str):
                 pats = [pats]
+            if not isinstance(pats, (list, tuple)) or not all(isinstance(p, str) for p in pats):
+                raise TwinlensError(f"RegexLabeler: strategy {strategy!r} needs a regex or a list of regexes "
+                                    f"(strings), got {pats!r}.")
             compiled = []
             for p in pats:
                 try:
                     compiled.append(re.compile(p, flag_bits))
                 except re.error as err:
-                    raise ValueError(
+                    raise TwinlensError(
                         f"RegexLabeler: pattern {p!r} of strategy {strategy!r} is not a valid "
                         f"regular expression ({err})."
                     ) from err
@@ -331,14 +336,22 @@ class RegexLabeler:
     def from_json(cls, path: str | Path | None = None) -> RegexLabeler:
         """Load a labeler from a JSON config; `None` loads `probes/default_labels.json`."""
         path = Path(path) if path is not None else DEFAULT_LABELS_PATH
+        if not path.is_file():
+            raise TwinlensError(f"RegexLabeler: no label config at {path}; give a JSON file such as "
+                                f"{DEFAULT_LABELS_PATH.name} ({{\"strategies\": {{name: [regex, ...]}}}}).")
+        data = path.read_bytes()
         try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"RegexLabeler: no label config at {path}.") from err
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise TwinlensError(f"RegexLabeler: {path}, line {line}: not UTF-8 text; save it as UTF-8.") from None
+        try:
+            cfg = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"RegexLabeler: {path} is not valid JSON ({err}).") from err
-        if "strategies" not in cfg or not isinstance(cfg["strategies"], dict):
-            raise ValueError(
+            raise TwinlensError(f"RegexLabeler: {path}, line {err.lineno}: not valid JSON ({err.msg} at column "
+                                f"{err.colno}).") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("strategies"), dict):
+            raise TwinlensError(
                 f"RegexLabeler: {path} needs a 'strategies' object mapping names to patterns."
             )
         return cls(

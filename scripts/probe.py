@@ -101,11 +101,11 @@ def run(args) -> tuple[dict, dict]:
     # the steering part grades completions (accuracy); probing alone needs no reference answers
     task = cli.load_task_from_args(args, need_answers=not args.no_steer)
     (base_name, base_path), (rl_name, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
+    labeler = task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file: before loading
     pair = load_pair(base=base_path, rl=rl_path, device=args.device)
     problems = task.problems(args.n_problems, seed=args.seed)
     prompts = [pair.base.encode(p.prompt) for p in problems]
     max_new = args.max_new_tokens or task.max_new_tokens
-    labeler = task_labeler(task, args.labels, regex=bool(args.problems))
     traces = sample_traces(pair.models, prompts, args.n_samples, seed=args.seed, max_new_tokens=max_new,
                            temperature=args.temperature, labeler=labeler, batch_size=args.batch_size * 4)
     log(f"sampled {len(traces)} traces")

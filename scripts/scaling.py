@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -47,11 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_points(path: str) -> tuple[list[float], list[float]]:
+    from analyses.task import read_text_file
+
     p = Path(path)
     if not p.exists():
         raise TwinlensError(f"Points file {p} does not exist; give a CSV with columns compute,score.")
     compute, score = [], []
-    for i, row in enumerate(csv.reader(p.read_text().splitlines())):
+    for i, row in enumerate(csv.reader(read_text_file(p, "Points file").splitlines())):
         if not row or not "".join(row).strip():
             continue
         try:
@@ -60,6 +63,8 @@ def read_points(path: str) -> tuple[list[float], list[float]]:
             if i == 0:
                 continue  # header
             raise TwinlensError(f"{p}, line {i + 1}: expected two numbers 'compute,score', got {row}.") from None
+        if not (math.isfinite(c) and math.isfinite(s)):
+            raise TwinlensError(f"{p}, line {i + 1}: compute and score must be finite numbers, got {row}.")
         compute.append(c)
         score.append(s)
     return compute, score

@@ -95,6 +95,7 @@ def run(args) -> tuple[dict, dict]:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
 
     task = cli.load_task_from_args(args)
+    task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file fails here, before loading
     name, path = resolve_model_spec(args.base)
     model = load_model(path, device=args.device)
     max_new = args.max_new_tokens or task.max_new_tokens

@@ -145,3 +145,34 @@ def test_drift_without_answers_runs_and_says_none_were_given(tmp_path):
     assert "Reference answers: none given" in (out / "summary.md").read_text()
     rows = [json.loads(line) for f in (out / "samples").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert rows and all(r["correct"] is None for r in rows)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"strategies": {"x": "a"}}\n\xff', r"line 2: not UTF-8"),
+    ('{"strategies": {"x": "a"},\n  oops}', r"line 2: not valid JSON"),
+    ('["x"]', r"needs a 'strategies' object"),
+    ('{"strategies": {"x": 5}}', r"strategy 'x' needs a regex or a list of regexes"),
+    ('{"strategies": {"x": "(unclosed"}}', "not a valid regular expression"),
+])
+def test_label_config_errors_are_twinlens_errors_naming_file_and_line(tmp_path, content, words):
+    from probes.labels import RegexLabeler
+
+    with pytest.raises(TwinlensError, match=words):
+        RegexLabeler.from_json(write(tmp_path, content, "labels.json"))
+
+
+@pytest.mark.parametrize("script", ["probe", "steer"])
+def test_a_bad_labels_file_stops_the_script_before_any_model_loads(tmp_path, capsys, no_model_loading, script):
+    labels = write(tmp_path, '{"strategies": {"x": "(unclosed"}}', "labels.json")
+    rc = _load_script(script).main(["--out", str(tmp_path / "out"), "--labels", str(labels)])
+    assert rc == 2 and "not a valid regular expression" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"compute,score\n1,0.1\n\xff,0.2\n", "line 3: not UTF-8"),
+    ("compute,score\n1,0.1\n2,nan\n", "line 3: compute and score must be finite"),
+])
+def test_scaling_points_file_errors_name_the_line(tmp_path, capsys, content, words):
+    rc = _load_script("scaling").main(["--out", str(tmp_path / "out"), "--points",
+                                       str(write(tmp_path, content, "points.csv"))])
+    assert rc == 2 and words in capsys.readouterr().err
