@@ -16,7 +16,7 @@ import numpy as np
 from analyses.passk import maj_at_k, pass_at_k
 from analyses.sampling import Samples
 from hooks.errors import TwinlensError
-from hooks.validation import bootstrap_indices
+from hooks.validation import bootstrap_indices, check_probability
 
 
 def format_shares(
@@ -99,6 +99,7 @@ def format_collapse(
 ) -> FormatCollapse:
     """Track formats over checkpoints. ``samples`` holds rows sampled by each checkpoint (row
     model label = checkpoint name); ``steps[name]`` its RL step."""
+    threshold = check_probability("threshold", threshold)
     if not formats:
         raise TwinlensError("The task defines no formats; format collapse needs a format classifier.")
     if not steps:

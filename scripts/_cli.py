@@ -241,6 +241,16 @@ def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batc
     add.done()
 
 
+def check_k_values(ap: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """--k values must not exceed --n-samples (pass@k needs n >= k samples per problem): an
+    argparse error at parse time, not a failure after every model has sampled."""
+    too_big = [k for k in (getattr(args, "k", None) or []) if k > args.n_samples]
+    if too_big:
+        ap.error(f"argument --k: {too_big} exceed --n-samples {args.n_samples}; pass@k and maj@k need "
+                 "n >= k samples per problem (raise --n-samples or lower --k)")
+    return args
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     """torch.set_num_threads(args.threads) where the script has --threads; 0 leaves torch's default."""
     if getattr(args, "threads", 0):

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ngram", type=cli.positive_int, help="n of the repeated n-gram detector (default: the task's)")
     cli.add_sampling_args(ap)
     cli.add_run_args(ap, n_boot=1000)
-    return ap.parse_args(argv)
+    return cli.check_k_values(ap, ap.parse_args(argv))
 
 
 def step_of_folder(path: Path) -> tuple[float | None, float | None]:

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--k", type=cli.positive_int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
     cli.add_sampling_args(ap)
     cli.add_run_args(ap, n_boot=1000, helps={"--json": cli.JSON_HELP})
-    return ap.parse_args(argv)
+    return cli.check_k_values(ap, ap.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,6 +277,7 @@ SCRIPT_CASES = [
     ("evaluate", "--eval-set", "-1", ">= 0"), ("evaluate", "--difficulty", "0", "2..8"),
     ("evaluate", "--max-new-tokens", "0", ">= 1"), ("evaluate", "--seed", "x", "not an integer"),
     ("formats", "--threshold", "1.5", "[0, 1]"), ("formats", "--k", "0", ">= 1"),
+    ("formats", "--k", "99", "exceed --n-samples 8"), ("passk", "--k", "17", "exceed --n-samples 16"),
     ("formats", "--ngram", "0", ">= 1"), ("formats", "--step", "-1", ">= 0"),
     ("mechanism", "--phase-problems", "0", ">= 1"), ("mechanism", "--phase-samples", "0", ">= 1"),
     ("mechanism", "--budget", "0", ">= 1"), ("mechanism", "--seeds", "-1", ">= 0"),
