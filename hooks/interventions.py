@@ -479,8 +479,8 @@ def add_to_residual(
     if selection is not None and spec.n_fired and not spec.n_selected:
         raise TwinlensError(
             f"{spec.description} ran in {spec.n_fired} forward pass(es) but its positions matched no "
-            "token: they lie beyond every sequence, or the rows they name were not run. Positions "
-            "are absolute (0 = a row's first token)."
+            "token: they lie beyond every sequence (or every row ended before reaching them), or "
+            "the rows they name were not run. Positions are absolute (0 = a row's first token)."
         )
 
 
