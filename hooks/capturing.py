@@ -206,7 +206,16 @@ def _plan(model: Model, hooks: list[str], engine: str) -> _Plan:
     if engine == "hf" and targets is None:
         raise TwinlensError(f"engine='hf' cannot serve every requested hook: {refused} Use engine='bridge'.")
     if targets is None:
-        _ = model.bridge  # a model TransformerLens cannot bridge fails here, with what still works
+        bridge = model.bridge  # a model TransformerLens cannot bridge fails here, with what still works
+        gated = getattr(bridge, "_gated_hook_reason", lambda _name: None)
+        for h in hooks:
+            point = bridge.hook_dict.get(h)
+            reason = gated(getattr(point, "name", None) or h)
+            if reason is not None:  # TransformerLens would raise a bare ValueError mid-capture
+                raise TwinlensError(
+                    f"{h!r} is computed by TransformerLens only on request ({reason} is off). "
+                    f"Call model.bridge.set_{reason}(True) first, then capture again."
+                )
         return _Plan(None, None)
     order = {id(m): i for i, m in enumerate(model.hf.modules())}
     return _Plan(targets, max(targets, key=lambda t: (order[id(t[1])], t[2] == "output")))

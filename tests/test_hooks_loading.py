@@ -183,3 +183,16 @@ def test_job_folder_records_the_hash_of_the_loaded_weights(tmp_path):
     folder = make_tiny_model(tmp_path / "sharded", "llama", max_shard_size="20KB")
     save_file({"x": torch.zeros(4)}, folder / "optimizer_state.safetensors")
     assert _model_entry(str(folder))["weight_hash"] == load_model(folder).weight_hash
+
+
+def test_hooks_transformerlens_computes_only_on_request_get_a_clear_error(tmp_path):
+    # blocks.L.hook_mlp_in / attn.hook_result are gated in TransformerLens 4.3: a bare ValueError
+    # from inside the forward before; now a TwinlensError naming the switch, before any write.
+    model = load_model(make_tiny_model(tmp_path / "llama", "llama"))
+    for hook, switch in (("blocks.0.hook_mlp_in", "use_hook_mlp_in"), ("blocks.0.attn.hook_result", "use_attn_result")):
+        with pytest.raises(TwinlensError, match=f"set_{switch}\\(True\\)"):
+            capture(model, PROMPTS, hooks=[hook], out=tmp_path / hook, progress=False)
+        assert not (tmp_path / hook).exists()
+    model.bridge.set_use_hook_mlp_in(True)
+    store = capture(model, PROMPTS, hooks=["blocks.0.hook_mlp_in"], out=tmp_path / "on", progress=False)
+    assert store.read("blocks.0.hook_mlp_in").shape == (store.n_rows, model.d_model)
