@@ -46,16 +46,22 @@ def _hook_count(model):
             + sum(len(m._forward_hooks) for m in model.bridge.modules()))
 
 
-def test_capture_with_every_engine_is_steered_inside_and_clean_after(llama, v, tmp_path):
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def any_arch(request, tiny_models):
+    return load_model(tiny_models[request.param])
+
+
+def test_capture_with_every_engine_is_steered_inside_and_clean_after(any_arch, v, tmp_path):
+    model = any_arch  # three architectures, three bridges
     hooks = ["blocks.0.hook_out", "blocks.1.hook_out"]
     mixed = ["blocks.0.hook_out", "blocks.1.hook_resid_mid"]  # resid_mid has no HF module: auto runs the bridge
-    clean = _capture(llama, tmp_path, "hf", hooks, "clean")
-    clean_mid = _capture(llama, tmp_path, "bridge", mixed, "clean")
-    n_hooks = _hook_count(llama)
-    with add_to_residual(llama, 0, v, alpha=ALPHA):
-        hf = _capture(llama, tmp_path, "hf", hooks, "steered")
-        bridge = _capture(llama, tmp_path, "bridge", hooks, "steered")
-        auto = _capture(llama, tmp_path, "auto", mixed, "steered")
+    clean = _capture(model, tmp_path, "hf", hooks, "clean")
+    clean_mid = _capture(model, tmp_path, "bridge", mixed, "clean")
+    n_hooks = _hook_count(model)
+    with add_to_residual(model, 0, v, alpha=ALPHA):
+        hf = _capture(model, tmp_path, "hf", hooks, "steered")
+        bridge = _capture(model, tmp_path, "bridge", hooks, "steered")
+        auto = _capture(model, tmp_path, "auto", mixed, "steered")
     shift = (ALPHA * v).expand_as(clean["blocks.0.hook_out"])
     for got in (hf, bridge, auto):  # the steered block itself: exactly + alpha v at every token
         torch.testing.assert_close(got["blocks.0.hook_out"] - clean["blocks.0.hook_out"], shift, atol=1e-5, rtol=0)
@@ -65,12 +71,12 @@ def test_capture_with_every_engine_is_steered_inside_and_clean_after(llama, v, t
     assert (hf["blocks.1.hook_out"] - clean["blocks.1.hook_out"]).abs().max() > 0.1
     assert (auto["blocks.1.hook_resid_mid"] - clean_mid["blocks.1.hook_resid_mid"]).abs().max() > 0.1
 
-    with pytest.raises(RuntimeError, match="boom"), add_to_residual(llama, 0, v, alpha=ALPHA):
+    with pytest.raises(RuntimeError, match="boom"), add_to_residual(model, 0, v, alpha=ALPHA):
         raise RuntimeError("boom")
-    after = _capture(llama, tmp_path, "bridge", hooks, "after")
+    after = _capture(model, tmp_path, "bridge", hooks, "after")
     for h in hooks:
         torch.testing.assert_close(after[h], clean[h], atol=1e-5, rtol=0)
-    assert _hook_count(llama) == n_hooks and open_interventions(llama) == []
+    assert _hook_count(model) == n_hooks and open_interventions(model) == []
 
 
 def test_a_bridge_booted_inside_the_block_is_steered_once_and_a_deep_copy_runs_clean(tiny_models, v, tmp_path):
