@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from hooks.errors import TwinlensError
+from hooks.validation import check_int
 
 MANIFEST = "manifest.json"
 INPUTS = "inputs.safetensors"
@@ -251,7 +252,9 @@ class ActivationStore:
 
     # ----------------------------------------------------------------- inputs
     def example_tokens(self, i: int) -> list[int]:
-        """Token ids of example i as given to the model (all positions, stored or not)."""
+        """Token ids of example i (0 <= i < n_examples) as given to the model (all positions,
+        stored or not)."""
+        i = check_int("example index", i, minimum=0, maximum=self.n_examples - 1)
         with safe_open(str(self.root / INPUTS), framework="pt") as f:
             offsets = f.get_tensor("offsets")
             flat = f.get_slice("tokens")[int(offsets[i]) : int(offsets[i + 1])]

@@ -106,3 +106,11 @@ def test_resume_after_dropping_trailing_entries_gives_exactly_the_clean_rows(tin
     assert torch.equal(resumed.example_index, clean.example_index)
     assert torch.equal(resumed.read("blocks.0.hook_out"), clean.read("blocks.0.hook_out"))
     assert len(resumed) == len(clean)
+
+
+def test_example_tokens_outside_the_store_is_a_clear_error(store):
+    assert len(store.example_tokens(5)) == len(PROMPTS[5])  # the character tokenizer: one id a character
+    with pytest.raises(TwinlensError, match=r"example index must be an integer in 0..5, got 6"):
+        store.example_tokens(6)
+    with pytest.raises(TwinlensError, match="example index must be an integer in 0..5, got -1"):
+        store.example_tokens(-1)  # used to return [] silently
