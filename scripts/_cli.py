@@ -303,12 +303,34 @@ def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argpa
 
 
 def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of analyses.sampling.sample / sample_each that add_sampling_args and
-    add_run_args define: temperature, top_p, max_new_tokens (None where the script has no such
-    option: the task's default), seed, batch_size."""
+    """The keyword arguments of analyses.sampling.sample / sample_each that add_sampling_args,
+    add_run_args and add_ray_arg define: temperature, top_p, max_new_tokens (None where the
+    script has no such option: the task's default), seed, batch_size, cluster (None without
+    --ray)."""
     return {"temperature": args.temperature, "top_p": args.top_p,
             "max_new_tokens": getattr(args, "max_new_tokens", None), "seed": args.seed,
-            "batch_size": args.batch_size}
+            "batch_size": args.batch_size, "cluster": cluster(args)}
+
+
+RAY_HELP = ("run the heavy work on a Ray cluster: --ray alone uses Ray's default (RAY_ADDRESS, else a cluster "
+            "started with `ray start --head` on this machine, else a new local one); --ray ADDRESS connects to "
+            "one (auto, HOST:6379, ray://HOST:10001). Same results as without it. Needs twinlens[ray] on "
+            "every node and the models / --out at the same path on every node")
+
+
+def add_ray_arg(ap: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS] (hooks.cluster.RayCluster); read it with cluster(args)."""
+    ap.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help=RAY_HELP)
+
+
+def cluster(args: argparse.Namespace) -> Any:
+    """The RayCluster that --ray asks for, or None (this process; Ray is not imported)."""
+    value = getattr(args, "ray", None)
+    if value is None:
+        return None
+    from hooks.cluster import RayCluster
+
+    return RayCluster(address=value or None)
 
 
 def pyplot() -> Any:

@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--confidence", choices=["answer-prob", "stated"], default="answer-prob")
     ap.add_argument("--n-bins", type=cli.positive_int, default=10)
     cli.add_sampling_args(ap)
+    cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=500)
     return ap.parse_args(argv)
 

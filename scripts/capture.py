@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hooks", nargs="+", default=["blocks.*.hook_out"])
     ap.add_argument("--positions", default="all", choices=["all", "last"])
     cli.add_run_args(ap, n_boot=None, batch_size=8, seed=False, helps={"--json": cli.JSON_HELP})
+    cli.add_ray_arg(ap)
     return ap.parse_args(argv)
 
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
         keys = ["base", "rl"]
     out = Path(args.out)
     store = capture(target, prompts, hooks=args.hooks, out=out / "store",
-                    positions=args.positions, batch_size=args.batch_size)
+                    positions=args.positions, batch_size=args.batch_size, cluster=cli.cluster(args))
 
     results = summarize(store, keys)
     plt = cli.pyplot()

@@ -79,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="change counting: fused numba kernels, the numpy reference, or auto (same numbers)")
     ap.add_argument("--save-masks", action="store_true", help="write DIR/masks_<run>.safetensors")
     ap.add_argument("--no-progress", action="store_true")
+    cli.add_ray_arg(ap)
     return ap.parse_args(argv)
 
 
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
                     tolerance=args.tolerance, compare=args.compare_dtype,
                     overlap_tolerance=args.overlap_tolerance, rank=not args.no_rank,
                     rank_method=args.rank_method, spectral=not args.no_spectral,
-                    spectral_k=args.spectral_k, device=args.device, engine=args.engine)
+                    spectral_k=args.spectral_k, device=args.device, engine=args.engine, cluster=cli.cluster(args))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="without --rl: the organism run whose step checkpoints to measure ('' = final only)")
     cli.add_problem_args(ap, n_problems=64, n_samples=4)
     cli.add_sampling_args(ap)
+    cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=1000)
     return ap.parse_args(argv)
 

@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threshold", type=cli.probability, default=0.9)
     ap.add_argument("--ngram", type=cli.positive_int, help="n of the repeated n-gram detector (default: the task's)")
     cli.add_sampling_args(ap)
+    cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=1000)
     return cli.check_k_values(ap, ap.parse_args(argv))
 

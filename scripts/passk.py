@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--n-samples": "samples per problem (n)"})
     ap.add_argument("--k", type=cli.positive_int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
     cli.add_sampling_args(ap)
+    cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=1000, helps={"--json": cli.JSON_HELP})
     return cli.check_k_values(ap, ap.parse_args(argv))
 

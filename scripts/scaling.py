@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--extrapolate", type=cli.positive_float, default=10.0, help="plot up to this x the last compute")
     cli.add_problem_args(ap, n_problems=64, n_samples=8)
     cli.add_sampling_args(ap, max_new_tokens=False)
+    cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=None)
     return ap.parse_args(argv)
 

@@ -192,3 +192,29 @@ def test_a_cluster_run_under_an_open_intervention_is_refused_before_any_work(org
             sample(organism_pair, ["1+2+3+4+5:"], 1, out=tmp_path / "s.jsonl", progress=False,
                    cluster=RayCluster(address="nowhere:1"))
     assert not (tmp_path / "acts").exists() and not list(tmp_path.iterdir())
+
+
+def test_diff_script_with_ray_writes_the_results_of_a_run_without(ray_cluster, tmp_path):
+    """scripts/diff.py --ray ADDRESS (a driver process of its own joining the cluster) writes the
+    results.json of the same command without --ray."""
+    root = Path(__file__).resolve().parents[1]
+    results = {}
+    for name, extra in (("local", []), ("ray", ["--ray", ray_cluster.address])):
+        res = subprocess.run([sys.executable, str(root / "scripts" / "diff.py"), "--out", str(tmp_path / name),
+                              "--no-progress", "--save-masks", *extra], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+        assert set(results[name].pop("masks")) == {"rl-seed0", "rl-seed1", "sft"}  # paths in its own --out
+    assert results["ray"] == results["local"]
+    masks = sorted(p.name for p in (tmp_path / "local").glob("masks_*.safetensors"))
+    assert masks and all((tmp_path / "ray" / m).read_bytes() == (tmp_path / "local" / m).read_bytes() for m in masks)
+
+
+def test_ray_option_of_the_scripts_names_the_cluster(tmp_path):
+    from scripts import _cli as cli
+
+    ap = cli.make_parser(None)
+    cli.add_ray_arg(ap)
+    assert cli.cluster(ap.parse_args([])) is None
+    assert cli.cluster(ap.parse_args(["--ray"])).address is None  # Ray's default address
+    assert cli.cluster(ap.parse_args(["--ray", "10.0.0.1:6379"])).address == "10.0.0.1:6379"
