@@ -236,8 +236,8 @@ def as_cluster(cluster: RayCluster | str | bool | None) -> RayCluster | None:
 # ---------------------------------------------------------------------- models on workers
 def model_spec(model: Any, gpu: bool = False) -> dict:
     """What a worker needs to load the same model: folder, dtype, device, weight hash.
-    ``gpu``: the worker holds a GPU (Ray sets CUDA_VISIBLE_DEVICES): load on ``cuda`` if the
-    driver's model is on a GPU, else on the CPU. Refuses a model with forward hooks on it (an
+    ``gpu``: the workers hold a GPU (Ray sets CUDA_VISIBLE_DEVICES): a model on a GPU here loads
+    on ``cuda`` there; a model on a GPU with ``gpu`` False is refused. Refuses a model with forward hooks on it (an
     open intervention such as add_to_residual): the workers' fresh copies would run without it."""
     hooked = [name for name, m in model.hf.named_modules() if m._forward_hooks or m._forward_pre_hooks]
     if hooked:
@@ -248,7 +248,13 @@ def model_spec(model: Any, gpu: bool = False) -> dict:
         )
     device = str(model.device)
     if device.startswith("cuda"):
-        device = "cuda" if gpu else "cpu"
+        if not gpu:
+            raise TwinlensError(
+                f"{model.name} is on {device}, but the cluster's workers hold no GPU (they would run it on "
+                "the CPU, with other float rounding than this process). Pass RayCluster(gpus_per_worker=1) "
+                "(scripts: --device cuda does), or load the model on the CPU."
+            )
+        device = "cuda"
     return {
         "path": str(model.path.absolute()),
         "dtype": str(model.dtype).removeprefix("torch."),

@@ -324,13 +324,15 @@ def add_ray_arg(ap: argparse.ArgumentParser) -> None:
 
 
 def cluster(args: argparse.Namespace) -> Any:
-    """The RayCluster that --ray asks for, or None (this process; Ray is not imported)."""
+    """The RayCluster that --ray asks for, or None (this process; Ray is not imported). With
+    --device cuda each worker holds one GPU (and the models run there, as here)."""
     value = getattr(args, "ray", None)
     if value is None:
         return None
     from hooks.cluster import RayCluster
 
-    return RayCluster(address=value or None)
+    gpu = str(getattr(args, "device", "cpu")).startswith("cuda")
+    return RayCluster(address=value or None, gpus_per_worker=1.0 if gpu else 0.0)
 
 
 def pyplot() -> Any:

@@ -10,6 +10,7 @@ test module.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -206,8 +207,15 @@ def test_diff_script_with_ray_writes_the_results_of_a_run_without(ray_cluster, t
         results[name] = json.loads((tmp_path / name / "results.json").read_text())
         assert set(results[name].pop("masks")) == {"rl-seed0", "rl-seed1", "sft"}  # paths in its own --out
     assert results["ray"] == results["local"]
+    # (not the files' bytes: safetensors writes its metadata map in a per-process hash order)
+    from analyses.subnetworks import load_masks, read_mask_metadata
+
     masks = sorted(p.name for p in (tmp_path / "local").glob("masks_*.safetensors"))
-    assert masks and all((tmp_path / "ray" / m).read_bytes() == (tmp_path / "local" / m).read_bytes() for m in masks)
+    assert len(masks) == 3
+    for m in masks:
+        a, b = load_masks(tmp_path / "local" / m), load_masks(tmp_path / "ray" / m)
+        assert read_mask_metadata(tmp_path / "local" / m) == read_mask_metadata(tmp_path / "ray" / m)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_ray_option_of_the_scripts_names_the_cluster(tmp_path):
@@ -218,3 +226,18 @@ def test_ray_option_of_the_scripts_names_the_cluster(tmp_path):
     assert cli.cluster(ap.parse_args([])) is None
     assert cli.cluster(ap.parse_args(["--ray"])).address is None  # Ray's default address
     assert cli.cluster(ap.parse_args(["--ray", "10.0.0.1:6379"])).address == "10.0.0.1:6379"
+    gpu = cli.cluster(argparse.Namespace(ray="", device="cuda:0"))
+    assert (gpu.gpus_per_worker, cli.cluster(argparse.Namespace(ray="", device="cpu")).gpus_per_worker) == (1, 0)
+
+
+def test_a_gpu_model_on_cpu_workers_is_refused(organism_pair):
+    """Workers without a GPU would run a GPU model on the CPU (other rounding): refused."""
+    from hooks.cluster import model_spec
+
+    class OnGpu:  # the attributes model_spec reads, as a GPU model has them
+        name, path, weight_hash, device, dtype = "m", Path("/m"), "h", torch.device("cuda:0"), torch.float32
+        hf = organism_pair.base.hf
+
+    with pytest.raises(TwinlensError, match="gpus_per_worker"):
+        model_spec(OnGpu(), gpu=False)
+    assert model_spec(OnGpu(), gpu=True)["device"] == "cuda"
