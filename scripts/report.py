@@ -103,6 +103,28 @@ def _markdown_to_html(md: str) -> str:
     return "\n".join(out)
 
 
+def made_with(folder: Path) -> str:
+    """'Made with base=... (weights 1a2b3c4d5e6f); rl=...' from the job folder's job.json (the
+    models that produced its numbers; a demo folder can hold jobs of different runs), or ''."""
+    from analyses.jobdir import read_job_record
+    from hooks import TwinlensError
+
+    try:
+        record = read_job_record(folder)
+    except TwinlensError:
+        return "job.json is damaged: which models made these numbers is unknown."
+    if record is None:
+        return ""
+    parts = []
+    for option, entry in (record.get("models") or {}).items():
+        entries = entry if isinstance(entry, list) else [entry]
+        shown = [f"{e.get('spec')}" + (f" (weights {e['weight_hash'][:12]})" if e.get("weight_hash") else "")
+                 for e in entries if e]
+        parts.append(f"{option}={', '.join(shown) if shown else 'the job default'}")
+    state = "" if record.get("complete") else " (not finished)"
+    return f"Made with {'; '.join(parts) or 'no model options'}{state}."
+
+
 def write_report(out: str | Path, positives: str | Path | None = None, negatives: str | Path | None = None) -> str:
     """Write out/report.md, out/report.html and out/verdicts.json; return the verdict table (markdown)."""
     out = Path(out)
@@ -118,6 +140,10 @@ def write_report(out: str | Path, positives: str | Path | None = None, negatives
             continue
         md += [f"## {job}", ""]
         body.append(f'<h2 id="{job}">{job}</h2>')
+        made = made_with(folder)
+        if made:
+            md += [made, ""]
+            body.append(f"<p><em>{html.escape(made)}</em></p>")
         summary = folder / "summary.md"
         if summary.exists():
             text = summary.read_text()

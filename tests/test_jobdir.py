@@ -471,7 +471,21 @@ def test_demo_reruns_a_job_made_with_other_models_and_says_so(passk, models, tmp
     res = json.loads((out / "passk" / "results.json").read_text())
     assert set(res["pass_at_k"]) == {"base", "llama_c"}  # the report reads llama_c's numbers, not llama_b's
     assert {k[0] for k in sample_keys(out / "passk" / "samples.jsonl")} == {"base", "llama_c"}
-    assert "llama_c" in (out / "report.md").read_text()
+    assert f"Made with base={models['llama']} (weights" in (out / "report.md").read_text()
+    assert f"rl={models['llama_c']} (weights" in (out / "report.md").read_text()
+
+
+def test_the_report_says_which_models_made_each_job(tiny_models, tmp_path):
+    report = load_script("report")
+    ident = job_identity("passk", {"base": str(tiny_models["llama"]), "rl": [str(tiny_models["llama_b"])]})
+    with claim_folder(tmp_path / "demo" / "passk", ident) as folder:
+        folder.finish()
+    made = report.made_with(tmp_path / "demo" / "passk")
+    h = ident["models"]["rl"][0]["weight_hash"][:12]
+    assert made == (f"Made with base={tiny_models['llama']} (weights {ident['models']['base']['weight_hash'][:12]}); "
+                    f"rl={tiny_models['llama_b']} (weights {h}).")
+    report.write_report(tmp_path / "demo")
+    assert made in (tmp_path / "demo" / "report.md").read_text()
 
 
 def test_killing_the_demo_kills_its_running_job(tmp_path):
