@@ -138,10 +138,10 @@ def _hook(state: _State, edit: _Edit, module: torch.nn.Module) -> Callable:
     return hook
 
 
-def _bridge_module(model: Any, hook_name: str) -> torch.nn.Module:
+def _bridge_module(bridge: Any, hook_name: str) -> torch.nn.Module:
     """The bridge copy's HF module behind `hook_name` (what the bridge component calls)."""
     comp_path = hook_name.rpartition(".")[0]
-    original = getattr(model.bridge.get_submodule(comp_path), "original_component", None)
+    original = getattr(bridge.get_submodule(comp_path), "original_component", None)
     if original is None:
         raise TwinlensError(f"{hook_name!r} has no HF module inside the bridge to intervene on.")
     return original
@@ -151,12 +151,13 @@ def _install(model: Any, state: _State, edit: _Edit, module: torch.nn.Module) ->
     edit.handles.append(module.register_forward_hook(_hook(state, edit, module)))
 
 
-def attach_open_interventions(model: Any) -> None:
-    """Install the interventions open on `model` on its freshly booted bridge copy. Called by
-    `Model.bridge` right after booting, so a bridge booted inside a `with` block is steered too."""
+def attach_open_interventions(model: Any, bridge: Any) -> None:
+    """Install the interventions open on `model` on its freshly booted `bridge`. Called by
+    `Model.bridge` before it keeps the bridge, so a bridge booted inside a `with` block is steered
+    too (and one that cannot be is not kept)."""
     state = _peek(model)
     for edit in state.edits if state else []:
-        _install(model, state, edit, _bridge_module(model, edit.hook_name))
+        _install(model, state, edit, _bridge_module(bridge, edit.hook_name))
 
 
 def _install_call_watch(model: Any, state: _State, edit: _Edit) -> None:
@@ -210,7 +211,7 @@ def _open_edit(model: Any, edit: _Edit) -> Iterator[_Edit]:
             _install_call_watch(model, state, edit)
         _install(model, state, edit, module)
         if getattr(model, "_bridge", None) is not None:
-            _install(model, state, edit, _bridge_module(model, edit.hook_name))
+            _install(model, state, edit, _bridge_module(model._bridge, edit.hook_name))
         state.edits.append(edit)
         yield edit
     finally:

@@ -204,11 +204,11 @@ class Model:
             except Exception as exc:  # TransformerLens raises anything (RuntimeError, KeyError...)
                 self._bridge_error = describe_bridge_failure(self, exc)
                 raise TwinlensError(self._bridge_error) from exc
-            self._bridge = bridge
             # Interventions open while the bridge boots must act on its copy too.
             from hooks.interventions import attach_open_interventions
 
-            attach_open_interventions(self)
+            attach_open_interventions(self, bridge)
+            self._bridge = bridge
         return self._bridge
 
     @property
