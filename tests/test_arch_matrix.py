@@ -176,10 +176,19 @@ def test_steering_is_applied_and_removed(root, key, arch, kwargs):
     _, model = _model(root, key, arch, kwargs)
     hooks = ["blocks.0.hook_out", "blocks.1.hook_out"]
     clean = capture(model, PROMPTS, hooks=hooks, out=root / f"{key}-clean", progress=False)
+    prompts = [model.encode(p) for p in PROMPTS[:2]]
+    plain = generate(model, prompts, max_new_tokens=4)
     v = torch.full((model.d_model,), 0.5)
     with add_to_residual(model, layer=0, vector=v, alpha=2.0):
         steered = capture(model, PROMPTS, hooks=hooks, out=root / f"{key}-steered", progress=False)
+        if key not in NO_BRIDGE:  # the bridge runs its own copy of the modules: steered too
+            via_bridge = capture(model, PROMPTS, hooks=hooks, out=root / f"{key}-steered-bridge",
+                                 engine="bridge", progress=False)
+            for h in hooks:
+                torch.testing.assert_close(via_bridge.read(h).float(), steered.read(h).float(), **_tol(model))
+        generate(model, prompts, max_new_tokens=4)
     after = capture(model, PROMPTS, hooks=hooks, out=root / f"{key}-after", progress=False)
+    assert generate(model, prompts, max_new_tokens=4) == plain
     moved = steered.read("blocks.0.hook_out").float() - clean.read("blocks.0.hook_out").float()
     torch.testing.assert_close(moved, torch.ones_like(moved), **_tol(model))
     assert (steered.read("blocks.1.hook_out").float() - clean.read("blocks.1.hook_out").float()).abs().max() > 1e-2
