@@ -194,7 +194,7 @@ class RayCluster:
             raise TwinlensError(f"{desc}: a work item failed on the cluster:\n{exc}") from None
         except RayActorError as exc:
             raise TwinlensError(
-                f"{desc}: a worker died {self.max_retries + 1} times on one item ({type(exc).__name__}: "
+                f"{desc}: a worker died on all {self.max_retries + 1} tries of one item ({type(exc).__name__}: "
                 f"{str(exc)[:500]}). What finished before is kept; rerun the same command to resume "
                 "(or raise max_retries)."
             ) from None

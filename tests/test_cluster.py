@@ -241,3 +241,47 @@ def test_a_gpu_model_on_cpu_workers_is_refused(organism_pair):
     with pytest.raises(TwinlensError, match="gpus_per_worker"):
         model_spec(OnGpu(), gpu=False)
     assert model_spec(OnGpu(), gpu=True)["device"] == "cuda"
+
+
+def _square(state, item):
+    if item == "bad":
+        raise TwinlensError("item 'bad' is bad input: fix it")
+    return state + item * item
+
+
+def _always_die(state, item):
+    os._exit(1)
+
+
+def test_runner_keeps_item_order_passes_item_errors_and_names_a_worker_lost_for_good(ray_cluster):
+    """Results come back in item order whatever order they finish in; a TwinlensError raised by
+    an item reaches the caller with its message (not retried); a worker that dies on every try
+    ends in a TwinlensError saying what is kept and how to resume."""
+    cluster = RayCluster(workers=2, max_retries=0)
+    items = list(range(9))
+    got = list(cluster.map(functools.partial(int, "100"), _square, items, progress=False))
+    assert got == [(i, 100 + i * i) for i in items]
+    with pytest.raises(TwinlensError, match="item 'bad' is bad input: fix it"):
+        list(cluster.map(functools.partial(int, "0"), _square, [1, "bad", 2], progress=False))
+    with pytest.raises(TwinlensError, match=r"(?s)died on all 1 tries of one item.*rerun the same command to resume"):
+        list(cluster.map(functools.partial(int, "0"), _always_die, [1], progress=False))
+
+
+def test_workers_refuse_other_weights_or_another_checkpoint_at_the_drivers_path(organism_pair):
+    """What a node loads is checked against the driver's: weight hash for models, tensor headers
+    for the weight diff (run here in-process, as a worker would)."""
+    from analyses.subnetworks import SafetensorsCheckpoint
+    from analyses.subnetworks.weight_diff import _header, _open_on_worker
+    from hooks.cluster import load_model_on_worker, model_spec
+
+    spec = model_spec(organism_pair.base)
+    assert load_model_on_worker(spec).weight_hash == organism_pair.base.weight_hash
+    with pytest.raises(TwinlensError, match="other weights at"):
+        load_model_on_worker({**spec, "weight_hash": "0" * 32})
+    base, rl = organism.checkpoint_path("base"), organism.checkpoint_path("rl-seed0")
+    header = _header(SafetensorsCheckpoint(base))
+    assert set(_open_on_worker({"__base__": str(base)}, {"__base__": header}, "numpy")) == {"__base__"}
+    with pytest.raises(TwinlensError, match="sees another checkpoint"):
+        _open_on_worker({"__base__": str(base)}, {"__base__": {**header, "extra.weight": ("f", "F32", (1,), 0, 4)}},
+                        "numpy")
+    assert _header(SafetensorsCheckpoint(rl)).keys() == header.keys()
