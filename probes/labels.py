@@ -231,8 +231,9 @@ def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[t
     character's range.
 
     Fast path: the tokenizer's own offset mapping, when re-encoding the text gives the ids back
-    (no special token, canonical tokenization). Otherwise the ends come from decoding growing
-    prefixes by the same convention (O(n^2) characters; only for texts that do not round-trip).
+    (no special token, canonical tokenization). Otherwise each token is decoded with a few
+    tokens of left context (O(n) decodes; checked to add up to the text), and as a last resort
+    every prefix is decoded (O(n^2) characters).
     """
     ids = [int(t) for t in token_ids]
     text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -244,6 +245,43 @@ def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[t
                 return text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]
         except (NotImplementedError, TypeError, ValueError, KeyError):
             pass  # slow tokenizers have no offsets
+    offsets = _windowed_offsets(tokenizer, ids, text)
+    if offsets is None:  # the windowed pieces did not add up to the text: decode every prefix
+        offsets = _prefix_offsets(tokenizer, ids, text, special)
+    return text, offsets
+
+
+_WINDOW = 8  # tokens of left context when decoding one token (spaces, merges at the boundary)
+
+
+def _windowed_offsets(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
+    """Each token's characters from decoding it with a few tokens of left context, O(n) decodes
+    (the incremental detokenizer of serving engines). Byte pieces that end inside a character
+    (U+FFFD) wait for the piece that completes it and share its range. None when the pieces do
+    not concatenate to `text` (a decoder that rewrites across the window)."""
+    def dec(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=True)
+
+    offsets: list[tuple[int, int]] = []
+    pos, first_pending = 0, 0
+    for i in range(len(ids)):
+        s = max(0, first_pending - _WINDOW)
+        head, cur = dec(ids[s:first_pending]), dec(ids[s : i + 1])
+        if cur.endswith("\ufffd") and i + 1 < len(ids) and not text.startswith(cur[len(head):], pos):
+            continue  # a byte piece in the middle of a character: wait for the rest
+        if not cur.startswith(head):
+            return None
+        piece = cur[len(head):]
+        if not text.startswith(piece, pos):
+            return None
+        offsets += [(pos, pos + len(piece))] * (i + 1 - first_pending)
+        pos += len(piece)
+        first_pending = i + 1
+    return offsets if pos == len(text) and len(offsets) == len(ids) else None
+
+
+def _prefix_offsets(tokenizer, ids: list[int], text: str, special: set[int]) -> list[tuple[int, int]]:
+    """Each token's end from decoding every prefix (O(n^2) characters): the last resort."""
     ends, prev = [], 0
     for i in range(len(ids)):
         if ids[i] in special:
@@ -270,7 +308,7 @@ def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[t
             pending = []
         elif ids[i] not in special:
             pending.append(i)
-    return text, offsets
+    return offsets
 
 
 def _common_prefix_len(a: str, b: str) -> int:

@@ -140,3 +140,16 @@ def test_sampling_rows_put_the_answer_span_on_the_answer_after_a_special_token(t
     labels = labeler.label_tokens([5] + ids, tok, reasoning_start=1)
     starts = [tok.decode(ids[sp.start - 1 : sp.end - 1]).strip() for sp in labels.spans]
     assert starts == ["Wait", "Wait"]
+
+
+def test_windowed_offsets_equal_the_prefix_decodes(tokenizer_and_special):
+    """The O(n) windowed decode (used when a special token or a non-canonical tokenization
+    defeats the tokenizer's own offsets) gives the ranges of the O(n^2) prefix decodes."""
+    from probes.labels import _prefix_offsets, _windowed_offsets, special_token_ids
+
+    tok, special = tokenizer_and_special
+    ids = completion_ids(tok, special) * 3
+    text = tok.decode(ids, skip_special_tokens=True)
+    windowed = _windowed_offsets(tok, ids, text)
+    assert windowed is not None
+    assert windowed == _prefix_offsets(tok, ids, text, special_token_ids(tok, ids))
