@@ -53,6 +53,9 @@ SLOW = [
     ("gpt_bigcode", "gpt_bigcode", {}), ("mpt", "mpt", {}), ("olmoe", "olmoe", {}),
     ("granitemoe", "granitemoe", {}), ("nemotron", "nemotron", {}), ("glm", "glm", {}),
     ("cohere2", "cohere2", {}), ("codegen", "codegen", {}), ("phimoe", "phimoe", {}),
+    ("gpt_neo", "gpt_neo", {"attention_types": [[["global", "local"], 1], [["global"], 1]], "window_size": 4}),
+    ("xglm", "xglm", {}), ("seed_oss", "seed_oss", {}), ("olmo3", "olmo3", {}),
+    ("exaone4", "exaone4", {}), ("glm4", "glm4", {}), ("apertus", "apertus", {}),
     ("gemma2_bf16", "gemma2", {"dtype": torch.bfloat16}),
     ("gpt2_untied", "gpt2", {"tied": False}),
     ("qwen3_moe_sharded", "qwen3_moe", {"max_shard_size": "50KB"}),
@@ -126,9 +129,9 @@ def test_every_component_hook_equals_the_bridge(root, key, arch, kwargs):
     served = [n for n in names if n not in refused]
     assert "blocks.0.hook_out" in served and "blocks.0.hook_in" in served
     # The fast path is not given up needlessly: attention and MLP outputs have HF modules
-    # everywhere except OPT's MLP (no submodule: the bridge's mlp is the whole decoder layer).
+    # everywhere except OPT's and XGLM's MLP (no submodule: the bridge's mlp is the whole decoder layer).
     assert "blocks.0.attn.hook_out" in served
-    assert ("blocks.0.mlp.hook_out" in served) is (arch != "opt"), refused.get("blocks.0.mlp.hook_out")
+    assert ("blocks.0.mlp.hook_out" in served) is (arch not in ("opt", "xglm")), refused.get("blocks.0.mlp.hook_out")
     # The block hooks found without the bridge are the modules the bridge wraps.
     assert model.hf_module_name("blocks.0.hook_out")[0] == model._bridge_module_name("blocks.0.hook_out")[0]
     # The store keeps [batch, pos, ...] activations: skip per-head layouts ([batch, head, pos,
