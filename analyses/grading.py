@@ -163,3 +163,9 @@ def no_answer_line(no_answer: dict[str, dict], answer_format: str) -> str:
     parts = [f"{m} {d['n_no_answer']}/{d['n']} ({100 * d['share']:.0f}%)" if d["n"] else f"{m} -"
              for m, d in no_answer.items()]
     return f"Completions with no answer found (answer format `{answer_format}`): " + ", ".join(parts) + "."
+
+
+def samples_no_answer(samples) -> dict[str, dict]:
+    """{model label: no_answer_share of its rows' extracted answers} for an
+    analyses.sampling.Samples (rows of every model it holds)."""
+    return {m: no_answer_share(r.answer for r in samples.for_model(m).rows) for m in samples.models}

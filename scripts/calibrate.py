@@ -31,6 +31,7 @@ from analyses.calibration import (  # noqa: E402
     parse_stated_confidence,
     plot_reliability,
 )
+from analyses.grading import no_answer_line, samples_no_answer  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import sample_each  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
@@ -95,10 +96,12 @@ def run(args: argparse.Namespace) -> dict:
         "reliability": {m: r.bins.to_dict() for m, r in reports.items()},
         "n": {m: r.n for m, r in reports.items()},
         "left_out": left,
+        "no_answer": samples_no_answer(samples),
         "confidence": args.confidence,
         "ci_note": f"95% percentile bootstrap over problems ({args.n_boot} resamples, seed {args.seed})",
         "models": {label: str(m.path) for label, m in family.items()},
-        "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
+        "settings": {"task": task.name, "answer_format": task.answer_format,
+                     "n_problems": args.n_problems, "n_samples": args.n_samples,
                      "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                      "n_bins": args.n_bins},
     }
@@ -119,6 +122,7 @@ def summary(results: dict, reports: dict) -> str:
         f"{s['n_problems']} problems of `{s['task']}` x {s['n_samples']} samples per model "
         f"(temperature {s['temperature']}, top-p {s['top_p']}, seed {s['seed']}); confidence: "
         f"{results['confidence']}. ECE over {s['n_bins']} equal-width bins. Brackets: {results['ci_note']}.", "",
+        no_answer_line(results["no_answer"], s["answer_format"]), "",
         "| model | n | accuracy | mean confidence | Brier | ECE | adaptive ECE | AUROC |",
         "|---|---|---|---|---|---|---|---|",
     ]

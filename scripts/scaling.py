@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analyses.grading import no_answer_line, samples_no_answer  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.scaling import compare_heldout, fit_sigmoid, plot_sigmoid_fit  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
@@ -94,7 +95,8 @@ def measure_series(args, out: Path) -> dict:
         boot = acc[rng.integers(0, acc.size, (1000, acc.size))].mean(1)
         rows.append({"checkpoint": d["name"], "step": d["step"], "compute": d["compute"],
                      "score": float(acc.mean()), "score_ci": [float(x) for x in np.quantile(boot, [0.025, 0.975])]})
-    return {"task": task.name, "checkpoints": rows}
+    return {"task": task.name, "answer_format": task.answer_format, "checkpoints": rows,
+            "no_answer": samples_no_answer(samples)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +166,8 @@ def summary(fit, results: dict) -> str:
         f"RMSE {fit.rmse:.4f}; {fit.n_boot_failed} of {fit.n_boot} bootstrap resamples skipped "
         "(too few distinct points).", "",
     ]
+    if "no_answer" in results["source"]:
+        lines += [no_answer_line(results["source"]["no_answer"], results["source"]["answer_format"]), ""]
     if "checkpoints" in results["source"]:
         lines += ["| checkpoint | step | compute | score (pass@1) |", "|---|---|---|---|"]
         for p in results["source"]["checkpoints"]:

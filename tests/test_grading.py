@@ -108,3 +108,16 @@ def test_passk_reports_the_share_with_no_answer(tiny_models, tmp_path):
         mine = [r for r in rows if r["model"] == m]
         assert results["no_answer"][m]["n_no_answer"] == sum(r["answer"] is None for r in mine)
         assert all((r["answer"] is None) == (not any(c.isdigit() for c in r["text"])) for r in mine)
+
+
+def test_samples_no_answer_is_per_model():
+    from analyses.grading import samples_no_answer
+    from analyses.sampling import SampleRow, Samples
+
+    def row(model, j, answer):
+        return SampleRow(model=model, problem_id="p", sample_index=j, prompt_ids=[1], completion_ids=[2],
+                         text="", logprobs={}, finished=True, answer=answer)
+
+    s = Samples([row("base", 0, None), row("base", 1, "3"), row("rl", 0, "4")])
+    assert samples_no_answer(s) == {"base": {"n": 2, "n_no_answer": 1, "share": 0.5},
+                                    "rl": {"n": 1, "n_no_answer": 0, "share": 0.0}}

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
     # script: (small arguments, keys results.json must hold)
-    "calibrate": (["--n-problems", "24", "--n-samples", "2", "--n-boot", "50"], ["brier", "ece", "auroc"]),
+    "calibrate": (["--n-problems", "24", "--n-samples", "2", "--n-boot", "50"], ["brier", "ece", "auroc", "no_answer"]),
     "drift": (["--n-problems", "8", "--n-samples", "2", "--series", "", "--n-boot", "50"],
               ["kl_base_rl", "kl_rl_base", "entropy"]),
     "formats": (["--n-problems", "8", "--n-samples", "4", "--n-boot", "50"], ["share", "collapse_step", "greedy_share"]),
