@@ -10,6 +10,12 @@ have less noise).
 Log-probs are under each model's own next-token distribution (temperature 1, no top-p), from
 one teacher-forced forward of ``model.hf`` over prompt + completion: what the model believes,
 not the tempered sampling distribution.
+
+Engines (``engine=``): "hf", the kit's KV-cached loop (``hooks.generate``, the reference), or
+"vllm" (``hooks.vllm_engine``: same per-row seeds, greedy tokens equal to the HF loop's,
+samples from vLLM's own random stream). Scorers (``scorer=``): "hf", the teacher-forced forward
+above, or "vllm" (vLLM prompt_logprobs: the same numbers within 1e-4, tested). The samples'
+metadata records both (``engine``, ``scored_by``) and resuming refuses a file made by another.
 """
 
 from __future__ import annotations
@@ -30,13 +36,18 @@ from tqdm.auto import tqdm
 from analyses.task import Task, TaskProblem, prompt_id
 from hooks.cluster import RayCluster, as_cluster, load_model_on_worker, model_spec
 from hooks.errors import TwinlensError
-from hooks.generation import pad_token_id
+from hooks.generation import hf_has_hooks, pad_token_id
 from hooks.interventions import forward_layout, right_padded_layout
 from hooks.validation import check_int, check_positive_int, check_temperature, check_top_p
 
 META_SUFFIX = ".meta.json"
 # Settings that must match for rows on disk to be reused.
-_RESUME_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "task", "scored_with")
+_RESUME_KEYS = ("temperature", "top_p", "max_new_tokens", "seed", "task", "scored_with", "engine", "scored_by")
+# Values a key had before it was recorded (files written before engines existed).
+_RESUME_DEFAULTS = {"engine": "hf", "scored_by": "hf"}
+ENGINES = ("hf", "vllm")
+# Rows per vLLM call between disk writes: large enough that vLLM's own batching is not starved.
+VLLM_ROWS_PER_CALL = 2048
 
 
 @dataclass
@@ -351,7 +362,7 @@ def _check_meta(path: Path, meta: dict) -> dict:
     if not meta_path.exists():
         return {}
     old = json.loads(meta_path.read_text())
-    diffs = [k for k in _RESUME_KEYS if old.get(k) != meta.get(k)]
+    diffs = [k for k in _RESUME_KEYS if old.get(k, _RESUME_DEFAULTS.get(k)) != meta.get(k)]
     for label, h in meta["weights"].items():
         if label in old.get("weights", {}) and old["weights"][label] != h:
             diffs.append(f"weights of {label!r}")
@@ -402,9 +413,11 @@ def sample(
     seed: int = 0,
     out: str | os.PathLike | None = None,
     sample_from: Sequence[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = True,
     cluster: RayCluster | str | bool | None = None,
+    engine: str = "hf",
+    scorer: str | None = None,
 ) -> Samples:
     """Draw ``n`` samples per problem from each model in ``sample_from`` (default: all).
 
@@ -415,7 +428,20 @@ def sample(
     requested rows, ordered by model, problem, sample index.
     cluster: a hooks.cluster.RayCluster (or a Ray address, or True) to sample on Ray actors that
     each hold the models; the rows, and the file, are those of a run in this process.
+
+    engine: "hf" (the kit's loop; batch_size rows per batch, None: chosen from the memory a
+    batch's KV cache needs, ``hooks.generation.default_batch_size``) or "vllm" (batch_size rows
+    per call, default VLLM_ROWS_PER_CALL; in this process only, not with a cluster). scorer: "hf"
+    (teacher forcing) or "vllm" (prompt_logprobs); default: the engine's. Unknown names, a
+    missing vLLM, or vLLM with a cluster raise TwinlensError before any model is run.
     """
+    from hooks.generation import default_batch_size
+
+    check_engine(engine)
+    scorer = check_engine(scorer if scorer is not None else engine, what="scorer")
+    if cluster and "vllm" in (engine, scorer):
+        raise TwinlensError("engine/scorer 'vllm' runs in this process (one vLLM worker per model); "
+                            "sample with cluster=None, or with engine='hf' and scorer='hf' on the cluster.")
     cluster = as_cluster(cluster)
     family = as_model_family(models)
     specs = {k: model_spec(m, cluster.gpus_per_worker > 0) for k, m in family.items()} if cluster else None
@@ -423,7 +449,9 @@ def sample(
     # checked here, before the settings file is written or any model samples
     n = check_positive_int("n (samples per problem)", n)
     temperature, top_p = check_temperature(temperature), check_top_p(top_p)
-    seed, batch_size = check_int("seed", seed), check_positive_int("batch_size", batch_size)
+    seed = check_int("seed", seed)
+    if batch_size is not None:  # None: chosen below from memory (HF) or VLLM_ROWS_PER_CALL
+        batch_size = check_positive_int("batch_size", batch_size)
     if max_new_tokens is not None:
         max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     labels = list(sample_from) if sample_from is not None else list(family)
@@ -437,7 +465,9 @@ def sample(
         "task": task.name if task is not None else None, "scored_with": sorted(family),
         "weights": {k: m.weight_hash for k, m in family.items()},
         "models": {k: str(m.path) for k, m in family.items()},
-        "logprobs": "log p under each model's untempered next-token distribution (teacher forcing)",
+        "logprobs": "log p under each model's untempered next-token distribution "
+                    + ("(teacher forcing)" if scorer == "hf" else "(vLLM prompt_logprobs)"),
+        "engine": engine, "scored_by": scorer,
     }
     done: dict[tuple[str, str, int], SampleRow] = {}
     path = Path(out) if out is not None else None
@@ -447,13 +477,29 @@ def sample(
         if path.exists():
             _repair_tail(path)
             done = {r.key: r for r in _read_rows(path)}
-        meta_path = Path(str(path) + META_SUFFIX)
-        merged = {**meta, "weights": {**old.get("weights", {}), **meta["weights"]},
-                  "models": {**old.get("models", {}), **meta["models"]}}
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, indent=1))
-        tmp.replace(meta_path)
+        _write_meta(path, {**meta, "weights": {**old.get("weights", {}), **meta["weights"]},
+                           "models": {**old.get("models", {}), **meta["models"]}})
     encoded = {p.id: _encode(family[labels[0]], p.prompt) for p in probs}
+    longest = max(len(ids) for ids in encoded.values()) + max_new_tokens
+    engines: dict[str, Any] = {}
+    if "vllm" in (engine, scorer):
+        from hooks.vllm_engine import get_engine
+
+        served = list(dict.fromkeys((labels if engine == "vllm" else []) + (list(family) if scorer == "vllm" else [])))
+        for label in served:  # every check before the first engine starts
+            check_vllm_context(family[label], longest, scorer == "vllm")
+            if hf_has_hooks(family[label].hf):
+                raise TwinlensError(f"An intervention is hooked on {label!r}; vLLM runs the checkpoint as "
+                                    "saved and would ignore it. Use engine='hf' and scorer='hf'.")
+        for label in served:
+            engines[label] = get_engine(family[label])
+        meta["vllm"] = {label: e.describe() for label, e in engines.items()}
+        if path is not None:
+            _write_meta(path, {**json.loads(Path(str(path) + META_SUFFIX).read_text()), "vllm": meta["vllm"]})
+    if batch_size is None:
+        batch_size = (VLLM_ROWS_PER_CALL if engine == "vllm"
+                      else min(default_batch_size(family[label], longest) for label in labels))
+    score_batch = max(1, batch_size // 2) if engine == "hf" else 32
     # Problems per generate call: about one batch of rows, so progress and disk writes are regular.
     # The groups are the same with or without a cluster (same batches: same numbers).
     chunk = max(1, batch_size // n)
@@ -465,7 +511,8 @@ def sample(
             groups.append(_Group(label, group, [encoded[p.id] for p in group],
                                  frozenset((p.id, j) for p in group for j in range(n) if (label, p.id, j) in done)))
     draw = functools.partial(_draw_group, n=n, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, task=task)
+                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, task=task,
+                             engine=engine, scorer=scorer, engines=engines, score_batch=score_batch)
     if cluster is None:
         bar = tqdm(total=sum(len(g.problems) for g in groups), desc="sample", disable=not progress or not groups,
                    leave=False)
@@ -501,32 +548,44 @@ class _Group:
 
 
 def _draw_group(family: Mapping[str, Any], group: _Group, *, n: int, temperature: float, top_p: float,
-                max_new_tokens: int, seed: int, batch_size: int, task: Task | None) -> list[SampleRow]:
+                max_new_tokens: int, seed: int, batch_size: int, task: Task | None,
+                engine: str = "hf", scorer: str = "hf", engines: Mapping[str, Any] | None = None,
+                score_batch: int | None = None) -> list[SampleRow]:
     """Sample, score under every model and annotate the rows of one group. Rows depend only on
-    the group and the settings (seeds per (problem id, sample index)), not on where it runs."""
+    the group and the settings (seeds per (problem id, sample index)), not on where it runs.
+    engine / scorer "vllm": through ``engines`` ({label: hooks.vllm_engine.VLLMEngine}); "hf":
+    the HF loop / the teacher-forced scorer (score_batch rows a forward)."""
     from hooks import generate
 
     tokenizer = next(iter(family.values())).tokenizer
-    completions = generate(
-        family[group.label], group.prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
-        n=n, seed=seed, batch_size=batch_size, row_ids=[p.id for p in group.problems],
-    )
+    row_ids = [p.id for p in group.problems]
+    if engine == "vllm":
+        from hooks.vllm_engine import generate_vllm
+
+        drawn = generate_vllm(family[group.label], group.prompt_ids, max_new_tokens, temperature=temperature,
+                              top_p=top_p, n=n, seed=seed, row_ids=row_ids, engine=engines[group.label])
+    else:
+        drawn = [(c, len(c) < max_new_tokens) for c in generate(
+            family[group.label], group.prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
+            n=n, seed=seed, batch_size=batch_size, row_ids=row_ids,
+        )]
     new: list[SampleRow] = []
     for i, p in enumerate(group.problems):
         for j in range(n):
             if (p.id, j) in group.skip:
                 continue
-            comp = completions[i * n + j]
+            comp, finished = drawn[i * n + j]
             new.append(SampleRow(
                 model=group.label, problem_id=p.id, sample_index=j, prompt_ids=group.prompt_ids[i],
                 completion_ids=list(comp), text=completion_text(tokenizer, comp),
-                logprobs={}, finished=len(comp) < max_new_tokens,
+                logprobs={}, finished=finished,
             ))
-    for scorer, m in family.items():
-        scores = score_completions(m, [r.prompt_ids for r in new], [r.completion_ids for r in new],
-                                   batch_size=max(1, batch_size // 2))
+    for name, m in family.items():
+        ps, cs = [r.prompt_ids for r in new], [r.completion_ids for r in new]
+        scores = (engines[name].score(ps, cs) if scorer == "vllm"
+                  else score_completions(m, ps, cs, batch_size=score_batch or max(1, batch_size // 2)))
         for r, s in zip(new, scores, strict=True):
-            r.logprobs[scorer] = s
+            r.logprobs[name] = s
     by_id = {p.id: p for p in group.problems}
     for r in new:
         _annotate(r, by_id[r.problem_id], task, tokenizer)
@@ -536,6 +595,37 @@ def _draw_group(family: Mapping[str, Any], group: _Group, *, n: int, temperature
 def _load_family(specs: Mapping[str, dict]) -> dict[str, Any]:
     """On a cluster worker: the driver's family, loaded from the same folders (weights checked)."""
     return {label: load_model_on_worker(spec) for label, spec in specs.items()}
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    meta_path = Path(str(path) + META_SUFFIX)
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path)
+
+
+def check_engine(name: str, what: str = "engine") -> str:
+    """``name`` if it is a sampling engine ("hf" or "vllm"); "vllm" also needs vLLM installed
+    (checked without importing it). TwinlensError naming the fix otherwise."""
+    if name not in ENGINES:
+        raise TwinlensError(f"Unknown {what} {name!r}; choose one of {', '.join(ENGINES)}.")
+    if name == "vllm":
+        from hooks.vllm_engine import vllm_python
+
+        vllm_python()
+    return name
+
+
+def check_vllm_context(model: Any, longest: int, vllm_scoring: bool) -> None:
+    """vLLM serves at most the model's context; scoring takes one more position (its one
+    generated token) than the sequence, so a sequence must leave room for it."""
+    n_ctx = model.n_ctx
+    need = longest + (1 if vllm_scoring else 0)
+    if n_ctx is not None and need > n_ctx:
+        raise TwinlensError(
+            f"The longest prompt + max_new_tokens is {longest} tokens; vLLM needs {need} within the "
+            f"model's context of {n_ctx}. Lower max_new_tokens, or score with scorer='hf'."
+        )
 
 
 def _encode(model: Any, prompt: str) -> list[int]:

@@ -211,27 +211,62 @@ def load_task_from_args(args: argparse.Namespace, need_answers: bool = True) -> 
                      answer_pattern=getattr(args, "answer_pattern", None), need_answers=need_answers)
 
 
+ENGINE_HELP = ("sampling engine: hf (the kit's KV-cached loop, the reference) or vllm (same seeds, same "
+               "greedy tokens, fast; install with `make vllm`)")
+SCORER_HELP = ("per-token log-probs from: hf (teacher-forced forward) or vllm (prompt_logprobs, equal "
+               "within 1e-4); default: the engine's")
+BATCH_HELP = ("rows per generation batch (default: chosen from the memory a batch's KV cache needs; "
+              "vllm: rows per engine call)")
+
+
 def add_sampling_args(ap: argparse.ArgumentParser, *, temperature: float = 0.6, top_p: float | None = 0.95,
-                      max_new_tokens: bool = True) -> None:
-    """--temperature, --top-p (unless top_p is None), --max-new-tokens (unless False)."""
+                      max_new_tokens: bool = True, engine: bool = True) -> None:
+    """--temperature, --top-p (unless top_p is None), --max-new-tokens (unless False), --engine
+    and --scorer (unless engine is False: jobs whose sampling runs interventions need HF)."""
     ap.add_argument("--temperature", type=globals()["temperature"], default=temperature,
                     help="sampling temperature, >= 0 (0 = greedy)")
     if top_p is not None:
         ap.add_argument("--top-p", type=globals()["top_p"], default=top_p, help="nucleus mass in (0, 1]")
     if max_new_tokens:
         ap.add_argument("--max-new-tokens", type=positive_int)
+    if engine:
+        add_engine_args(ap)
 
 
-def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batch_size: int | None = 128,
+def add_engine_args(ap: argparse.ArgumentParser, *, scorer: bool = True) -> None:
+    """--engine {hf,vllm} (default hf) and --scorer {hf,vllm} (default: the engine's; unless
+    scorer is False: a job that samples without scoring)."""
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf", help=ENGINE_HELP)
+    if scorer:
+        ap.add_argument("--scorer", choices=("hf", "vllm"), help=SCORER_HELP)
+    # diff.py's --engine picks weight-diff kernels: only these options are sampling engines.
+    ap.set_defaults(sampling_engine_args=True)
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Refuses --engine/--scorer vllm where vLLM is not installed, before any model loads."""
+    from analyses.sampling import check_engine
+
+    if not getattr(args, "sampling_engine_args", False):
+        return
+    for what in ("engine", "scorer"):
+        if getattr(args, what, None):
+            check_engine(getattr(args, what), what=what)
+
+
+def add_run_args(ap: argparse.ArgumentParser, *, n_boot: int | None = 1000, batch_size: int | str | None = "auto",
                  seed: bool = True, helps: Mapping[str, str | None] | None = None) -> None:
     """--seed, --n-boot, --batch-size, --device, --threads, --out, --overwrite, --json (n_boot /
-    batch_size None or seed False: that option is left out)."""
+    batch_size None or seed False: that option is left out; batch_size "auto": default None, the
+    sampler chooses from memory, ``hooks.generation.default_batch_size``)."""
     add = _Adder(ap, helps)
     if seed:
         add("--seed", type=nonnegative_int, default=0)
     if n_boot is not None:
         add("--n-boot", type=positive_int, default=n_boot)
-    if batch_size is not None:
+    if batch_size == "auto":
+        add("--batch-size", BATCH_HELP, type=positive_int, default=None)
+    elif batch_size is not None:
         add("--batch-size", type=positive_int, default=batch_size)
     add("--device", DEVICE_HELP, type=device, default="cpu")
     add("--threads", THREADS_HELP, type=nonnegative_int, default=1)
@@ -281,6 +316,7 @@ def run_main(run: Callable[[argparse.Namespace], Mapping[str, Any]], args: argpa
     if getattr(args, "allow_missing_weights", False):
         os.environ["TWINLENS_ALLOW_MISSING_WEIGHTS"] = "1"  # read by hooks.load_model, also in children
     try:
+        check_engine_args(args)  # before the folder is claimed or any model loads
         identity = job_identity(job_name(run), args)
         with claim_folder(args.out, identity, overwrite=getattr(args, "overwrite", False)) as folder:
             if folder.replaced:
@@ -306,10 +342,11 @@ def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of analyses.sampling.sample / sample_each that add_sampling_args,
     add_run_args and add_ray_arg define: temperature, top_p, max_new_tokens (None where the
     script has no such option: the task's default), seed, batch_size, cluster (None without
-    --ray)."""
+    --ray), engine, scorer (add_engine_args)."""
     return {"temperature": args.temperature, "top_p": args.top_p,
             "max_new_tokens": getattr(args, "max_new_tokens", None), "seed": args.seed,
-            "batch_size": args.batch_size, "cluster": cluster(args)}
+            "batch_size": args.batch_size, "cluster": cluster(args), "engine": getattr(args, "engine", "hf"),
+            "scorer": getattr(args, "scorer", None)}
 
 
 RAY_HELP = ("run the heavy work on a Ray cluster: --ray alone uses Ray's default (RAY_ADDRESS, else a cluster "
@@ -333,6 +370,20 @@ def cluster(args: argparse.Namespace) -> Any:
 
     gpu = str(getattr(args, "device", "cpu")).startswith("cuda")
     return RayCluster(address=value or None, gpus_per_worker=1.0 if gpu else 0.0)
+
+
+def engine_record(samples: Any) -> dict[str, Any]:
+    """What results.json records of how samples were made: {"engine", "scored_by", "vllm"} (per
+    model label for ``sample_each``'s per-model files; "vllm": version, served folder and any
+    head_dim rewrite, only where vLLM ran)."""
+    def one(meta: Mapping[str, Any]) -> dict[str, Any]:
+        rec = {"engine": meta.get("engine", "hf"), "scored_by": meta.get("scored_by", "hf")}
+        if meta.get("vllm"):
+            rec["vllm"] = meta["vllm"]
+        return rec
+
+    per_model = samples.meta.get("per_model")
+    return {label: one(m) for label, m in per_model.items()} if per_model else one(samples.meta)
 
 
 def pyplot() -> Any:

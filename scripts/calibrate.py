@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     plot_reliability(reports, ax=ax)
     ax.set_title(f"Reliability ({args.confidence}, {args.n_bins} bins)")
     save_figure(fig, out / "reliability.png")
+    results["sampling"] = cli.engine_record(samples)
     write_results(out, results, summary(results, reports))
     return results
 

@@ -3,6 +3,7 @@
 
     python scripts/demo.py                          # the shipped organism, into runs/demo/
     python scripts/demo.py --base B --rl R [--rl R2] [--sft S] --out runs/mypair
+    python scripts/demo.py --engine vllm            # every sampling job samples with vLLM (make vllm)
 
 Each job runs as its own process into its own folder under --out (its output in
 --out/logs/<job>.log). A job whose folder records (job.json) a finished run with the same models
@@ -41,23 +42,24 @@ class Job:
     args: list[str] = field(default_factory=list)
     models: tuple[str, ...] = ("base", "rl")  # which of --base/--rl/--sft the script takes
     many_rl: bool = False  # the script takes --rl more than once
+    engine: bool = False  # the script samples through analyses.sampling and takes --engine
 
 
 # Defaults sized for the organism on a 2-core CPU (the 13 jobs took 402 s in a fresh-clone `make demo`).
 JOBS = [
-    Job("evaluate", "evaluate.py", ["--n", "300"], models=()),
+    Job("evaluate", "evaluate.py", ["--n", "300"], models=(), engine=True),
     Job("capture", "capture.py", ["--n", "32"]),
     Job("probe", "probe.py"),
     Job("steer", "steer.py"),
     Job("diff", "diff.py", models=("base", "rl", "sft"), many_rl=True),
-    Job("route", "route.py"),
-    Job("passk", "passk.py"),
-    Job("drift", "drift.py"),
-    Job("calibrate", "calibrate.py"),
-    Job("formats", "formats.py", models=()),
-    Job("scaling", "scaling.py", models=()),
+    Job("route", "route.py", engine=True),  # its greedy baselines
+    Job("passk", "passk.py", engine=True),
+    Job("drift", "drift.py", engine=True),
+    Job("calibrate", "calibrate.py", engine=True),
+    Job("formats", "formats.py", models=(), engine=True),
+    Job("scaling", "scaling.py", models=(), engine=True),
     Job("mi_peaks", "mi_peaks.py", ["--n-problems", "32"]),
-    Job("mechanism", "mechanism.py"),
+    Job("mechanism", "mechanism.py", engine=True),
 ]
 
 
@@ -70,6 +72,8 @@ def job_command(job: Job, args: argparse.Namespace, out: Path) -> list[str]:
             cmd += ["--rl", r]
     if "sft" in job.models and args.sft:
         cmd += ["--sft", args.sft]
+    if job.engine and args.engine != "hf":
+        cmd += ["--engine", args.engine]
     return cmd
 
 
@@ -137,11 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="JOB", help="run only these jobs: " + ", ".join(names))
     ap.add_argument("--skip", nargs="+", default=[], metavar="JOB", help="skip these jobs")
     ap.add_argument("--force", action="store_true", help="rerun finished jobs (same settings: reusing their samples)")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="sampling engine of every job that samples (vllm: install with `make vllm`)")
     args = ap.parse_args(argv)
     for option, given in (("--only", args.only or []), ("--skip", args.skip)):
         unknown = [n for n in given if n not in names]
         if unknown:
             ap.error(f"{option}: unknown job(s) {', '.join(unknown)}; the jobs are: {', '.join(names)}")
+    if args.engine != "hf":  # refuse before any job runs
+        sys.path.insert(0, str(ROOT))
+        from analyses.sampling import check_engine
+        from hooks.errors import TwinlensError
+
+        try:
+            check_engine(args.engine)
+        except TwinlensError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     try:
         lock = FolderLock(out, what="demo").acquire()

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> dict:
     drift = {}
     for label in labels:
         pair = {"base": family["base"], label: family[label]}
-        kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size)
+        kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed,
+                  batch_size=args.batch_size or 32)  # scoring rows per forward
         drift[label] = {
             "on_base_samples": measure_drift(pair, samples, sampled_by=["base"], **kw),
             "on_own_samples": measure_drift(pair, samples, sampled_by=[label], **kw),
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
                      "answers": "given" if task.has_answers else ANSWERS_NONE},
     }
     write_plots(drift, labels, steps, out)
+    results["sampling"] = cli.engine_record(samples)
     write_results(out, results, summary(results, labels))
     return results
 

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 import organism  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
-from hooks import generate, load_model  # noqa: E402
+from hooks import TwinlensError, generate, load_model  # noqa: E402
 from organism.evaluation import CheckpointEval, evaluate_model  # noqa: E402
 from organism.task import FORMATS, STRATEGIES, eval_problems  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
@@ -102,12 +102,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=cli.nonnegative_int, default=0, help="sampling seed")
     ap.add_argument("--samples", type=cli.positive_int, default=1, help="samples per problem at T=1")
     ap.add_argument("--max-new-tokens", type=cli.positive_int, default=100)
+    cli.add_engine_args(ap, scorer=False)
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
     ap.add_argument("--json", action="store_true", help="print results.json to stdout")
     ap.add_argument("--threads", type=cli.nonnegative_int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     args = ap.parse_args(argv)
+    try:
+        cli.check_engine_args(args)
+    except TwinlensError as e:
+        ap.error(str(e))
     args.checkpoints = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
     try:
         args._paths = {n: resolve(n) for n in args.checkpoints}  # fail before any work on a wrong name
@@ -131,15 +136,20 @@ def run(args: argparse.Namespace) -> dict:
         def gen(prompts, temperature, n, seed, model=model):
             ids = [model.encode(p) for p in prompts]
             out = generate(model, ids, args.max_new_tokens, temperature=temperature, n=n,
-                           seed=seed, batch_size=256)
+                           seed=seed, batch_size=256, engine=args.engine)
             return [model.tokenizer.decode(o, skip_special_tokens=True) for o in out]
 
         r = evaluate_model(model.hf, model.tokenizer, problems, name=name, seed=args.seed,
                            samples=args.samples, generate_fn=gen)
         results.append(r)
+        if args.engine == "vllm":  # one engine at a time: each holds its own KV cache
+            from hooks.vllm_engine import release_engine
+
+            release_engine(model)
         print(f"{name}: greedy {r.greedy.accuracy}  sampled {r.sampled.accuracy}  "
               f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    payload = {"generation": "hooks.generate (HF model, KV cache, token ids, no BOS)",
+    payload = {"generation": ("hooks.generate (HF model, KV cache, token ids, no BOS)" if args.engine == "hf" else
+                              "hooks.generate(engine='vllm') (vLLM, same per-row seeds, token ids, no BOS)"),
                "n_problems": args.n, "eval_set": args.eval_set, "difficulty": args.difficulty,
                "seed": args.seed, "samples_per_problem": args.samples,
                "checkpoints": {r.name: r.to_dict() for r in results},

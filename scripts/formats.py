@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     fig, ax = plt.subplots(figsize=(6, 4))
     plot_shortcuts(shortcuts, x=fc.steps, ax=ax, xlabel="RL step")
     save_figure(fig, out / "shortcuts.png")
+    results["sampling"] = cli.engine_record(samples)
     write_results(out, results, summary(fc, shortcuts, results))
     return results
 

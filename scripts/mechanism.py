@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ft-batch-size", type=cli.positive_int, default=32)
     ap.add_argument("--n-eval", type=cli.positive_int, default=64, help="held-out problems of the new variant")
     ap.add_argument("--max-new-tokens", type=cli.positive_int)
+    cli.add_engine_args(ap)
     cli.add_run_args(ap, n_boot=1000)
     cli.add_ray_arg(ap)
     return ap.parse_args(argv)
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> dict:
         raise TwinlensError(f"Give at least two --seeds for the plasticity CIs, got {args.seeds}.")
     task = cli.load_task_from_args(args)
     sampling = dict(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                    batch_size=args.batch_size, progress=False, cluster=cli.cluster(args))
+                    batch_size=args.batch_size, progress=False, cluster=cli.cluster(args),
+                    engine=args.engine, scorer=args.scorer)
     pair = load_models([args.base, args.rl], labels=["base", "rl"], device=args.device)
     problems = task.problems(args.n_problems, seed=args.problem_set)
     base_samples = sample(pair, problems, args.n_samples, task=task, sample_from=["base"],
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> dict:
         "notes": notes, "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     _plots(out, supp, phases, plast)
+    results["sampling"] = cli.engine_record(base_samples)
     write_results(out, results, _summary(results, supp, phases, plast))
     return results
 

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     plot_pass_at_k(cmp, ax=ax, answer_space=task.answer_space)
     save_figure(fig, out / "pass_at_k.png")
+    results["sampling"] = cli.engine_record(samples)
     write_results(out, results, summary(cmp, results))
     return results
 

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="problems (x n-samples x 2 models traces); 400 gave 110 backtracking "
                     "segments (runs/demo/probe)")
     ap.add_argument("--n-samples", type=cli.positive_int, default=2, help="completions per problem per model")
-    cli.add_sampling_args(ap, temperature=1.0, top_p=None)
+    cli.add_sampling_args(ap, temperature=1.0, top_p=None, engine=False)
     ap.add_argument("--test-fraction", type=cli.open_fraction, default=0.25)
     ap.add_argument("--C", type=cli.positive_float, default=1.0, help="inverse L2 strength of the probes")
     ap.add_argument("--class-weight", choices=["balanced", "none"], default="balanced",

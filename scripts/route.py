@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=cli.finite_float, default=1.0, help="steering coefficient")
     ap.add_argument("--temperature", type=cli.temperature, default=1.0, help="for the sampled run")
     ap.add_argument("--no-probe", action="store_true", help="skip the probe router and steered hybrid")
+    cli.add_engine_args(ap, scorer=False)
     cli.add_run_args(ap, n_boot=2000, batch_size=256, helps={
         "--threads": "torch CPU threads (1: tiny models gain nothing from more on a busy box)", "--json": cli.JSON_HELP})
     return ap.parse_args(argv)
@@ -114,8 +115,10 @@ def run(args: argparse.Namespace) -> dict:
     no_answer: dict[str, dict] = {}
 
     def correct_of(model, temperature: float, label: str) -> np.ndarray:
+        # --engine serves the greedy baselines (the same tokens from either engine); sampled
+        # baselines stay on the HF loop so they share each row's random numbers with the hybrid.
         toks = generate(model, prompts, max_new, temperature=temperature, seed=args.seed,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, engine=args.engine if temperature == 0 else "hf")
         texts = [completion_text(model.tokenizer, t) for t in toks]
         no_answer[label] = no_answer_share(task.extract_answer(t) for t in texts)
         return np.array([grade(i, t) for i, t in enumerate(texts)])
@@ -173,7 +176,8 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"task": task.name, "answer_format": task.answer_format,
                      "n_problems": args.n_problems, "problem_set": args.problem_set,
                      "fit_set": args.fit_set, "max_new_tokens": max_new, "seed": args.seed,
-                     "temperature_sampled": T, "strategy": args.strategy, "alpha": args.alpha},
+                     "temperature_sampled": T, "strategy": args.strategy, "alpha": args.alpha,
+                     "greedy_baseline_engine": args.engine},
     }
     save_figure(plot(routers), out / "gap_vs_budget.png")
     write_results(out, results, summary(results))

@@ -96,7 +96,8 @@ def measure_series(args, out: Path) -> dict:
         rows.append({"checkpoint": d["name"], "step": d["step"], "compute": d["compute"],
                      "score": float(acc.mean()), "score_ci": [float(x) for x in np.quantile(boot, [0.025, 0.975])]})
     return {"task": task.name, "answer_format": task.answer_format, "checkpoints": rows,
-            "no_answer": samples_no_answer(samples)}
+            "no_answer": samples_no_answer(samples),
+            "sampling": cli.engine_record(samples)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-problems", type=cli.positive_int, default=24, help="steering prompts (held-out set)")
     ap.add_argument("--n-samples", type=cli.positive_int, default=4, help="samples per prompt and alpha")
     ap.add_argument("--vector-problems", type=cli.positive_int, default=300, help="problems for finding the vectors")
-    cli.add_sampling_args(ap, temperature=1.0, top_p=None)
+    cli.add_sampling_args(ap, temperature=1.0, top_p=None, engine=False)
     ap.add_argument("--n-bootstrap", type=cli.positive_int, default=1000)
     ap.add_argument("--factor", type=cli.positive_float, default=3.0)
     ap.add_argument("--random-seed", type=cli.nonnegative_int, default=1000, help="seed of the random control vectors")

@@ -1,0 +1,288 @@
+"""The vLLM sampling engine against the HF loop (the reference), on the shipped organism.
+
+vLLM runs in its own environment (`make vllm` builds .venv-vllm; `make test` does it first and sets
+TWINLENS_REQUIRE_VLLM=1, so there these tests fail instead of skipping when vLLM is missing).
+Engines are shared across the module (start-up ~15-20 s each on 2 CPU cores): one for the base,
+one for rl-seed0. The organism's head_dim (24) is refused by vLLM's CPU attention, so the engine
+serves the verified zero-padded head_dim-32 rewrite (tested on its own below, without vLLM).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import organism
+from analyses.sampling import Samples, check_engine, sample, score_completions
+from analyses.task import organism_task
+from hooks import TwinlensError, generate, load_model
+from hooks.generation import default_batch_size, kv_bytes_per_token
+from hooks.vllm_engine import cpu_head_dim_target, pad_head_dim, vllm_available
+
+needs_vllm = pytest.mark.skipif(
+    not vllm_available() and not os.environ.get("TWINLENS_REQUIRE_VLLM"),
+    reason="vLLM not installed (make vllm); make test sets TWINLENS_REQUIRE_VLLM=1 and runs these",
+)
+
+
+@pytest.fixture(scope="module")
+def organism_pair():
+    return {"base": load_model(organism.checkpoint_path("base")),
+            "rl": load_model(organism.checkpoint_path("rl-seed0"))}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return organism_task()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rewrite_cache(tmp_path_factory):
+    """Padded rewrites go to a temp cache, not the user's home."""
+    old = os.environ.get("TWINLENS_CACHE")
+    os.environ["TWINLENS_CACHE"] = str(tmp_path_factory.mktemp("twinlens_cache"))
+    yield
+    if old is None:
+        os.environ.pop("TWINLENS_CACHE")
+    else:
+        os.environ["TWINLENS_CACHE"] = old
+
+
+# --- without vLLM ---------------------------------------------------------------------------
+
+def test_padded_head_dim_rewrite_reproduces_hf_logits(tmp_path, tiny_models):
+    """head_dim 8 (tiny Llama, 4 heads x 8, 2 KV heads) -> 32: same logits within fp32 rounding,
+    on text the check inside pad_head_dim did not use."""
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(tiny_models["llama"])
+    assert cpu_head_dim_target(8) == 32 and cpu_head_dim_target(24) == 32
+    assert cpu_head_dim_target(64) is None and cpu_head_dim_target(128) is None
+    assert cpu_head_dim_target(48) == 64
+    info = pad_head_dim(model, tmp_path / "padded", 32)
+    assert info["from_head_dim"] == 8 and info["to_head_dim"] == 32
+    padded = AutoModelForCausalLM.from_pretrained(tmp_path / "padded", dtype=torch.float32)
+    assert padded.config.head_dim == 32
+    ids = torch.tensor([model.encode("3+5+8+2+1:3+5=08;8+8=16;wait")])
+    diff = (padded(input_ids=ids).logits - model.hf(input_ids=ids).logits).abs().max().item()
+    assert diff < 1e-5  # logits of a random tiny model are ~0.1-1: rounding of the q scale only
+    assert info["max_abs_logit_diff"] < 1e-5
+
+
+def test_padded_rewrite_refuses_an_unsupported_architecture(tmp_path, tiny_models):
+    with pytest.raises(TwinlensError, match="engine='hf'"):
+        pad_head_dim(load_model(tiny_models["gpt2"]), tmp_path / "x", 32)
+
+
+def test_unknown_engine_and_missing_vllm_are_refused_before_any_work(monkeypatch, tmp_path):
+    with pytest.raises(TwinlensError, match="choose one of hf, vllm"):
+        check_engine("vlm")
+    monkeypatch.setenv("TWINLENS_VLLM_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(TwinlensError, match="make vllm"):
+        check_engine("vllm")
+    with pytest.raises(TwinlensError, match="make vllm"):
+        sample({}, ["1+2:"], 1, engine="vllm")  # refused before the (empty) family is even read
+
+
+def test_default_batch_size_follows_kv_cache_memory(organism_pair):
+    base = organism_pair["base"]
+    # 2 (K, V) x 4 layers x 4 KV heads x head_dim 24 x 4 bytes (fp32)
+    assert kv_bytes_per_token(base) == 2 * 4 * 4 * 24 * 4 == 3072
+    assert default_batch_size(base, 110) == (1 << 30) // (3072 * 110) == 3177
+    assert default_batch_size(base, 220) == 1588  # twice the length, half the rows
+    assert default_batch_size(base, 110, budget_bytes=3072 * 110 * 7) == 7
+    assert default_batch_size(base, 110, budget_bytes=1) == 1
+    assert default_batch_size(base, 1, budget_bytes=1 << 40) == 4096  # MAX_AUTO_BATCH
+    with pytest.raises(TwinlensError):
+        default_batch_size(base, 0)
+
+
+def test_default_batch_gives_the_same_rows_as_a_fixed_batch(organism_pair, task):
+    """The batch only groups rows: per-row seeds make the samples independent of it."""
+    base = organism_pair["base"]
+    prompts = [base.encode(p.prompt) for p in task.problems(12, seed=3)]
+    auto = generate(base, prompts, 30, temperature=1.0, n=2, seed=5)
+    fixed = generate(base, prompts, 30, temperature=1.0, n=2, seed=5, batch_size=5)
+    assert auto == fixed
+
+
+# --- with vLLM ------------------------------------------------------------------------------
+
+@needs_vllm
+def test_vllm_greedy_completions_equal_the_hf_loop(organism_pair, task):
+    """Both models, 64 problems, greedy, <= 100 tokens: identical token ids (measured 256/256)."""
+    from hooks.vllm_engine import generate_vllm
+
+    problems = task.problems(64, seed=0)
+    for model in organism_pair.values():
+        prompts = [model.encode(p.prompt) for p in problems]
+        ours = [c for c, _ in generate_vllm(model, prompts, 100)]
+        ref = generate(model, prompts, 100)
+        assert sum(a == b for a, b in zip(ours, ref, strict=True)) == len(ref)
+
+
+@needs_vllm
+def test_vllm_logprobs_within_1e4_of_the_hf_scorer(organism_pair, task, tmp_path):
+    """vLLM samples scored by vLLM prompt_logprobs under both models vs the HF teacher-forced
+    scorer on the same tokens: max |difference| < 1e-4 (measured 1.4e-6; the padded rewrite's
+    logits differ by <= 4e-5)."""
+    s = sample(organism_pair, task.problems(16, seed=1), 4, task=task, engine="vllm", scorer="vllm",
+               out=tmp_path / "s.jsonl", progress=False)
+    assert s.meta["engine"] == "vllm" and s.meta["scored_by"] == "vllm"
+    saved = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
+    assert saved["vllm"]["base"]["rewrite"]["to_head_dim"] == 32
+    worst, n_tokens = 0.0, 0
+    for label, model in organism_pair.items():
+        ref = score_completions(model, [r.prompt_ids for r in s.rows], [r.completion_ids for r in s.rows])
+        for r, lp in zip(s.rows, ref, strict=True):
+            assert len(r.logprobs[label]) == len(lp) == len(r.completion_ids)
+            n_tokens += len(lp)
+            worst = max([worst] + [abs(a - b) for a, b in zip(r.logprobs[label], lp, strict=True)])
+    assert n_tokens > 1000 and worst < 1e-4
+
+
+@needs_vllm
+def test_seeded_vllm_run_reproduces_itself_and_resume_equals_uninterrupted(organism_pair, task, tmp_path):
+    problems = task.problems(24, seed=2)
+    kw = dict(task=task, temperature=0.8, top_p=0.95, seed=7, engine="vllm", scorer="hf", progress=False)
+    whole = sample(organism_pair, problems, 4, out=tmp_path / "a.jsonl", **kw)
+    again = sample(organism_pair, problems, 4, **kw)
+    assert [r.completion_ids for r in whole.rows] == [r.completion_ids for r in again.rows]
+    other_seed = sample(organism_pair["base"], problems, 4, **{**kw, "seed": 8})
+    base_rows = [r.completion_ids for r in whole.rows if r.model == "base"]
+    assert sum(a != b.completion_ids for a, b in zip(base_rows, other_seed.rows, strict=True)) > 40
+    # An interrupt: 50 of the base's 96 rows (problem 12 half done) and half a line are on disk.
+    lines = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path / "b.jsonl"
+    path.write_text("".join(lines[:50]) + lines[50][:40])
+    (tmp_path / "b.jsonl.meta.json").write_text((tmp_path / "a.jsonl.meta.json").read_text())
+    resumed = sample(organism_pair, problems, 4, out=path, batch_size=32, **kw)
+    assert [json.loads(x) for x in path.read_text().splitlines()][:50] == [json.loads(x) for x in lines[:50]]
+    assert [(r.key, r.completion_ids) for r in resumed.rows] == [(r.key, r.completion_ids) for r in whole.rows]
+    # Log-probs: the HF scorer's batches differ after a resume (float rounding only).
+    assert max(abs(a - b) for r, w in zip(resumed.rows, whole.rows, strict=True) for m in r.logprobs
+               for a, b in zip(r.logprobs[m], w.logprobs[m], strict=True)) < 1e-5
+    assert len(Samples.load(path).rows) == len(whole.rows)  # nothing redrawn twice
+    with pytest.raises(TwinlensError, match="engine"):  # an HF run may not extend a vLLM file
+        sample(organism_pair, problems, 4, out=path, **{**kw, "engine": "hf"})
+
+
+def _mean_ci(x: np.ndarray, groups: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean and 99% bootstrap CI over problems (samples of a problem are not independent)."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(groups)
+    per = np.array([x[groups == g].mean() for g in ids])
+    boots = per[rng.integers(0, len(per), (n_boot, len(per)))].mean(1)
+    return float(per.mean()), float(np.quantile(boots, 0.005)), float(np.quantile(boots, 0.995))
+
+
+@needs_vllm
+def test_vllm_and_hf_samples_agree_as_distributions(organism_pair, task):
+    """Base model, 96 problems x 8 samples at temperature 0.6 / top-p 0.95 from each engine:
+    accuracy, the share of each format and the mean length agree (the 99% bootstrap CIs over
+    problems of the paired per-problem difference contain 0)."""
+    problems = task.problems(96, seed=4)
+    kw = dict(task=task, temperature=0.6, top_p=0.95, seed=11, sample_from=["base"], scorer="hf", progress=False)
+    pair = {"base": organism_pair["base"]}
+    ours = sample(pair, problems, 8, engine="vllm", **kw).rows
+    ref = sample(pair, problems, 8, engine="hf", **kw).rows
+    groups = np.array([r.problem_id for r in ours])
+    assert [r.problem_id for r in ref] == list(groups)
+    stats = {
+        "accuracy": lambda r: float(r.correct),
+        "length": lambda r: float(len(r.completion_ids)),
+        **{f"format={f}": (lambda r, f=f: float(r.format == f)) for f in ("direct", "step", "verify")},
+    }
+    for name, f in stats.items():
+        diff = np.array([f(a) - f(b) for a, b in zip(ours, ref, strict=True)])
+        mean, lo, hi = _mean_ci(diff, groups)
+        assert lo <= 0 <= hi, f"{name}: vLLM - HF = {mean:.3f} [{lo:.3f}, {hi:.3f}]"
+    acc = np.mean([r.correct for r in ours])
+    assert 0.2 < acc < 0.9 and not math.isnan(acc)  # a real sampled accuracy, not a degenerate one
+
+
+def test_vllm_is_refused_while_an_intervention_is_hooked(organism_pair, task, monkeypatch):
+    """vLLM runs the checkpoint as saved: a steering hook on model.hf would be silently ignored."""
+    import sys
+
+    from hooks import add_to_residual
+
+    base = organism_pair["base"]
+    monkeypatch.setenv("TWINLENS_VLLM_PYTHON", sys.executable)  # "installed": the refusal comes first
+    with add_to_residual(base, layer=1, vector=torch.ones(base.d_model), alpha=1.0):
+        with pytest.raises(TwinlensError, match="engine='hf'"):
+            generate(base, [base.encode("1+2+3+4+5:")], 5, engine="vllm")
+        with pytest.raises(TwinlensError, match="intervention"):
+            sample({"base": base}, task.problems(2), 1, task=task, engine="vllm")
+
+
+def _load_script(name: str, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / name
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_passes_the_engine_to_every_sampling_job_and_only_to_them(tmp_path, monkeypatch):
+    import argparse
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    demo = _load_script("demo.py", monkeypatch)
+    args = argparse.Namespace(base=None, rl=None, sft=None, engine="vllm")
+    with_engine = {j.name for j in demo.JOBS if "--engine" in demo.job_command(j, args, tmp_path)}
+    assert with_engine == {"passk", "drift", "calibrate", "formats", "scaling", "mechanism", "route", "evaluate"}
+    for job in demo.JOBS:  # each of them really parses --engine
+        if job.name in with_engine - {"evaluate"}:  # evaluate parses inside main()
+            script = _load_script(job.script, monkeypatch)
+            scorer = [] if job.name == "route" else ["--scorer", "hf"]
+            parsed = script.parse_args(["--engine", "vllm", *scorer, "--out", str(tmp_path)])
+            assert parsed.engine == "vllm", job.name
+    # Without vLLM the demo stops before any job runs, naming the install command.
+    env = {**__import__("os").environ, "TWINLENS_VLLM_PYTHON": str(tmp_path / "none")}
+    res = subprocess.run([sys.executable, str(root / "scripts" / "demo.py"), "--engine", "vllm",
+                          "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and "make vllm" in res.stderr
+    assert not (tmp_path / "demo" / "evaluate").exists()
+
+
+def test_a_sampling_script_refuses_a_missing_vllm_before_loading_models(tmp_path, monkeypatch, capsys):
+    passk = _load_script("passk.py", monkeypatch)
+    monkeypatch.setenv("TWINLENS_VLLM_PYTHON", str(tmp_path / "none"))
+    # A base model that does not exist: loading it would fail with another message.
+    rc = passk.main(["--engine", "vllm", "--base", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "make vllm" in capsys.readouterr().err
+
+
+@needs_vllm
+def test_passk_job_with_vllm_records_the_engine_and_agrees_with_hf(tmp_path, monkeypatch):
+    """scripts/passk.py --engine vllm (in-process: the module's shared engines) against --engine hf,
+    32 problems x 8 samples: results.json records engine, scorer and the head_dim rewrite, and
+    every pass@k CI of one engine overlaps the other's for both models."""
+    passk = _load_script("passk.py", monkeypatch)
+    common = ["--n-problems", "32", "--n-samples", "8", "--n-boot", "300", "--json"]
+    res = {}
+    for engine in ("hf", "vllm"):
+        assert passk.main([*common, "--engine", engine, "--out", str(tmp_path / engine)]) == 0
+        res[engine] = json.loads((tmp_path / engine / "results.json").read_text())
+    assert res["hf"]["sampling"] == {"engine": "hf", "scored_by": "hf"}
+    rec = res["vllm"]["sampling"]
+    assert (rec["engine"], rec["scored_by"]) == ("vllm", "vllm")
+    assert rec["vllm"]["base"]["rewrite"]["from_head_dim"] == 24
+    for model in ("base", "rl-seed0"):
+        a, b = res["hf"]["pass_at_k"][model], res["vllm"]["pass_at_k"][model]
+        for i in range(len(a["k"])):
+            assert a["ci_low"][i] <= b["ci_high"][i] and b["ci_low"][i] <= a["ci_high"][i], (model, a["k"][i])
