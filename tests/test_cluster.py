@@ -74,10 +74,12 @@ def _kill_once(tmp_path: Path, **kw) -> KillOnce:
 
 
 def test_without_cluster_ray_is_not_imported():
-    code = ("import sys, hooks, hooks.cluster, analyses.sampling, analyses.subnetworks, probes.sweep;"
-            "from hooks.cluster import as_cluster; assert as_cluster(None) is None;"
+    code = ("import sys, argparse, hooks, hooks.cluster, analyses.sampling, analyses.subnetworks, probes.sweep;"
+            "from scripts import _cli as cli; from hooks.cluster import as_cluster;"
+            "assert as_cluster(None) is None and cli.cluster(argparse.Namespace(ray=None)) is None;"
             "print('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
 
 
