@@ -97,6 +97,7 @@ def organism_pair():
     return load_pair(organism.checkpoint_path("base"), organism.checkpoint_path("rl-seed0"))
 
 
+@pytest.mark.slow
 def test_sampling_on_two_nodes_resumes_and_writes_the_rows_of_one_process_after_a_worker_kill(
         ray_cluster, organism_pair, tmp_path):
     """A file left by an interrupted run (first 2 problems) is resumed on the cluster, where a
@@ -124,6 +125,7 @@ def _read_all(store: ActivationStore) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_capture_on_two_nodes_reads_as_the_single_process_store_after_a_worker_kill(
         ray_cluster, organism_pair, tmp_path):
     """Workers write shards of one store; the driver's manifest lists them in example order with
@@ -159,6 +161,7 @@ def test_capture_on_two_nodes_reads_as_the_single_process_store_after_a_worker_k
         assert torch.equal(want[key], got[key]), key
 
 
+@pytest.mark.slow
 def test_weight_diff_on_two_nodes_equals_one_process_masks_included_after_a_worker_kill(ray_cluster, tmp_path):
     """Two RL seeds and the SFT model against the base: every count, rank, spectrum, overlap,
     consensus bin and packed mask bit of the cluster run equals the single-process diff."""
@@ -197,6 +200,7 @@ def test_a_cluster_run_under_an_open_intervention_is_refused_before_any_work(org
     assert not (tmp_path / "acts").exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_diff_script_with_ray_writes_the_results_of_a_run_without(ray_cluster, tmp_path):
     """scripts/diff.py --ray ADDRESS (a driver process of its own joining the cluster) writes the
     results.json of the same command without --ray."""
@@ -255,6 +259,7 @@ def _always_die(state, item):
     os._exit(1)
 
 
+@pytest.mark.slow
 def test_runner_keeps_item_order_passes_item_errors_and_names_a_worker_lost_for_good(ray_cluster):
     """Results come back in item order whatever order they finish in; a TwinlensError raised by
     an item reaches the caller with its message (not retried); a worker that dies on every try
