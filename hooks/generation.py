@@ -229,10 +229,11 @@ def generate(
                                             top_p=top_p, n=n, seed=seed, row_ids=row_ids)]
     if engine != "hf":
         raise TwinlensError(f"Unknown engine {engine!r}; choose 'hf' or 'vllm'.")
+    # Checks first: the default batch size reads the prompts (an empty list crashed max()).
+    prompts = check_generation_args(model, prompts, max_new_tokens, top_p, temperature=temperature, n=n,
+                                    batch_size=1 if batch_size is None else batch_size, seed=seed)
     if batch_size is None:
         batch_size = default_batch_size(model, max(len(p) for p in prompts) + max_new_tokens)
-    prompts = check_generation_args(model, prompts, max_new_tokens, top_p, temperature=temperature, n=n,
-                                    batch_size=batch_size, seed=seed)
     rows = expand_rows(prompts, n, row_ids)
     eos = model.tokenizer.eos_token_id
     pad = pad_token_id(model.tokenizer)
