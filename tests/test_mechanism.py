@@ -50,7 +50,9 @@ def planted(tiny_models):
     a = _with_bias(tiny_models["llama"], common)
     b = _with_bias(tiny_models["llama"], lowered)
     task = Task(name="planted", grade=lambda p, c: c not in INCORRECT, extract_answer=lambda c: c)
-    problems = [TaskProblem(id=f"p{i}", prompt=p) for i, p in enumerate(["12+3:", "4-5:", "abc:", "9#"])]
+    # The grader needs no reference, but sample() grades only problems that carry an answer (a file
+    # without answers must not read as "all wrong"): give each one.
+    problems = [TaskProblem(id=f"p{i}", prompt=p, answer="any") for i, p in enumerate(["12+3:", "4-5:", "abc:", "9#"])]
     samples = sample({"base": a, "rl": b}, problems, 200, task=task, temperature=1.0, top_p=1.0,
                      max_new_tokens=1, sample_from=["base"], batch_size=256, progress=False)
     return a, b, problems, samples
