@@ -305,8 +305,10 @@ def test_script_writes_the_results_contract_on_the_organism(tmp_path):
     assert res["plasticity"]["rl-seed0-step0"]["kl_from_base"] == pytest.approx(0.0, abs=1e-6)
     for f in ("delta_logp.png", "phases.png", "plasticity.png", "summary.md"):
         assert (out / f).is_file()
-    # Budget zero: a clear error, exit code 2, no traceback.
+    # Budget zero: an argparse error at parse time (exit code 2, before any model loads), no traceback.
     zero = [str(tmp_path / "zero") if a == str(out) else a for a in args]
     zero[zero.index("--budget") + 1] = "0"
-    assert main(zero) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(zero)
+    assert exc.value.code == 2
     assert not (tmp_path / "zero" / "results.json").exists()
