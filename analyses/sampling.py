@@ -342,8 +342,9 @@ def _annotate(row: SampleRow, problem: TaskProblem, task: Task | None, tokenizer
         row.text, offsets = token_char_offsets(tokenizer, row.completion_ids)
     text = row.text
     row.answer = task.extract_answer(text)
-    # no reference answer (a problems file without them): not graded, rather than counted wrong
-    row.correct = None if problem.answer is None else bool(task.grade(problem, text))
+    # a grader's None (no reference answer, e.g. a problems file without them): not graded, not wrong
+    graded = task.grade(problem, text)
+    row.correct = None if graded is None else bool(graded)
     row.format = task.classify_format(text)
     spans = list(task.label_strategies(text))
     ans = task.answer_span(text)

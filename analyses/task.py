@@ -55,7 +55,7 @@ def _other_format(completion: str) -> str:
 class Task:
     """What an analysis needs to know about a task.
 
-    grade(problem, completion) -> bool; extract_answer(completion) -> answer or None;
+    grade(problem, completion) -> bool (None: not gradable, e.g. no reference answer); extract_answer(completion) -> answer or None;
     classify_format(completion) -> one of ``formats`` or "other";
     label_strategies(completion) -> [(strategy, start, end)] character spans;
     answer_span(completion) -> (start, end) characters of the final answer, or None;
@@ -181,7 +181,9 @@ def regex_task(
         span = answer_span(completion)
         return (completion[span[0] : span[1]].strip() or None) if span else None
 
-    def grade(problem: TaskProblem, completion: str) -> bool:
+    def grade(problem: TaskProblem, completion: str) -> bool | None:
+        if problem.answer is None:
+            return None  # no reference answer (a problems file without them): not gradable
         return answers_equivalent(extract(completion), problem.answer)
 
     def spans(completion: str) -> list[CharSpan]:
