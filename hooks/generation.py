@@ -128,10 +128,11 @@ def strip_eos(toks: list[int], eos: int | None) -> list[int]:
 
 # Memory the KV cache of one HF-loop batch may take (CPU: a fixed budget, so the batch, and with
 # it the padding of every row, does not depend on the machine's free memory; CUDA: a share of
-# the device). Measured on the organism (2 CPU cores, 256 prompts x 8 samples x <= 100 tokens):
-# tokens/s grew 4x from batch 64 to 512 (issue 19): more rows per step amortise the per-step
-# Python and kernel-launch cost until the cache stops fitting in memory bandwidth.
-CPU_KV_BUDGET_BYTES = 1 << 30
+# the device). More rows per step amortise the per-step Python and kernel-launch cost until the
+# cache outgrows the CPU's caches. Measured on the organism (2 shared CPU cores, 2048 rows x
+# <= 100 tokens, benchmarks/sampling.py): batch 256 410 tok/s, 512 434, 1024 259, 2048 227
+# (and 4x from 64 to 512 in issue 19): the best is ~512 rows = 170 MB of cache.
+CPU_KV_BUDGET_BYTES = 160 << 20
 CUDA_KV_SHARE = 0.25
 MAX_AUTO_BATCH = 4096
 
@@ -152,7 +153,7 @@ def default_batch_size(model: Any, max_len: int, budget_bytes: int | None = None
     """Rows per HF-loop batch whose KV cache (``kv_bytes_per_token(model) x max_len`` bytes a row,
     max_len = longest prompt + max_new_tokens) fits ``budget_bytes`` (default: CPU_KV_BUDGET_BYTES
     on CPU; CUDA_KV_SHARE of the device's memory on CUDA), between 1 and MAX_AUTO_BATCH.
-    Organism (3 kB a token), 110 tokens a row: 3,178 rows."""
+    Organism (3 kB a token), 110 tokens a row: 496 rows."""
     if max_len < 1:
         raise TwinlensError(f"max_len must be >= 1, got {max_len}.")
     if budget_bytes is None:

@@ -93,8 +93,8 @@ def test_default_batch_size_follows_kv_cache_memory(organism_pair):
     base = organism_pair["base"]
     # 2 (K, V) x 4 layers x 4 KV heads x head_dim 24 x 4 bytes (fp32)
     assert kv_bytes_per_token(base) == 2 * 4 * 4 * 24 * 4 == 3072
-    assert default_batch_size(base, 110) == (1 << 30) // (3072 * 110) == 3177
-    assert default_batch_size(base, 220) == 1588  # twice the length, half the rows
+    assert default_batch_size(base, 110) == (160 << 20) // (3072 * 110) == 496
+    assert default_batch_size(base, 220) == 248  # twice the length, half the rows
     assert default_batch_size(base, 110, budget_bytes=3072 * 110 * 7) == 7
     assert default_batch_size(base, 110, budget_bytes=1) == 1
     assert default_batch_size(base, 1, budget_bytes=1 << 40) == 4096  # MAX_AUTO_BATCH
