@@ -713,8 +713,10 @@ class StrategyTools:
 def fit_strategy_tools(
     base: Any, rl: Any, task: Any, *, layer: int, strategy: str, n_problems: int = 200,
     problem_set: int = 1, max_new_tokens: int, workdir: Any, batch_size: int = 256,
+    exclude: Sequence[Any] = (),
 ) -> StrategyTools:
-    """Fit the probe and vectors on held-out problem set `problem_set` (not the evaluation set).
+    """Fit the probe and vectors on held-out problem set `problem_set`, none of whose problems
+    is in `exclude` (pass the evaluation problems: the fit set must be disjoint from them).
     Needs a task with one token per character (the organism); labels come from its labeler."""
     from hooks import capture, generate
     from probes.datasets import build_dataset
@@ -725,9 +727,9 @@ def fit_strategy_tools(
     if not getattr(task, "char_tokens", False):
         raise TwinlensError(
             "The probe router and the steered hybrid need token-level strategy labels; this task "
-            "has no character tokenizer. Run with --routers disagree,entropy,random.")
-    problems = task.problems(n_problems, seed=problem_set)
-    prompts = [base.encode(p.prompt) for p in problems]
+            "has no character tokenizer. Run with --no-probe (disagree and entropy routers only).")
+    problems = task.problems(n_problems, seed=problem_set, exclude=exclude)
+    prompts = [base.encode_prompt(p.prompt) for p in problems]
     completions = generate(rl, prompts, max_new_tokens, batch_size=batch_size)
 
     def spans(text: str) -> list:

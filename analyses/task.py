@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,13 +82,44 @@ class Task:
     has_answers: bool = True  # False: a problems file without reference answers (nothing is graded)
     answer_space: int | None = None
     answer_format: str = "exact"  # how answers are found: the organism's exact grader, or analyses.grading's
+    n_available: int | None = None  # a fixed problem list's size (None: a generator)
 
-    def problems(self, n: int, seed: int = 0) -> list[TaskProblem]:
+    def problems(self, n: int, seed: int = 0, exclude: Iterable[TaskProblem | str] = ()) -> list[TaskProblem]:
+        """Problem set ``seed``: ``n`` problems, none of which is in ``exclude``.
+
+        exclude: problems (or their ``prompt_id``) already used elsewhere, e.g. the problems
+        a probe or vector was fitted on, so that a "held-out" set is disjoint from them by
+        content (the same prompt under another id counts as used). Sets of different seeds
+        are not disjoint by themselves (the organism draws each with replacement; a fixed list
+        has one pool): pass the earlier set. Set ``seed`` of a problem-generating task draws
+        from the generator; of a fixed list (a problems file), it is the file in its own order
+        for seed 0 and in a seeded random order otherwise, in both cases its first ``n``
+        problems not excluded. Errors: asking for more than the task holds (after exclusion),
+        naming the counts."""
         if self.make_problems is None:
             raise TwinlensError(f"Task {self.name!r} has no problem generator; pass problems explicitly.")
         n = check_int("n (problems)", n, minimum=1)
         seed = check_int("seed (problem set)", seed, minimum=0)
-        return self.make_problems(n, seed)
+        used = {e if isinstance(e, str) else prompt_id(e.prompt) for e in exclude}
+        if not used:
+            return self.make_problems(n, seed)
+        m = n
+        while True:  # the generators are prefix-stable: problems(m)[:k] == problems(k)
+            if self.n_available is not None:
+                m = min(m, self.n_available)
+            kept = [p for p in self.make_problems(m, seed) if prompt_id(p.prompt) not in used]
+            if len(kept) >= n:
+                return kept[:n]
+            if self.n_available is not None and m >= self.n_available:
+                raise TwinlensError(
+                    f"Task {self.name!r} holds {self.n_available} problems and {self.n_available - len(kept)} "
+                    f"of them are already used (the problems the probes / vectors were fitted on); "
+                    f"{n} more disjoint ones were asked for, {len(kept)} remain. Ask for fewer (e.g. "
+                    "a smaller --n-problems / --steer-problems) or add problems to the file."
+                )
+            if m > 1000 * n + 10**5:
+                raise TwinlensError(f"Task {self.name!r}: could not draw {n} problems outside the {len(used)} excluded.")
+            m *= 2
 
 
 def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
@@ -203,13 +235,16 @@ def regex_task(
     def make(n: int, seed: int) -> list[TaskProblem]:
         if n > len(fixed):
             raise TwinlensError(f"Task {name!r} has {len(fixed)} problems; asked for {n}.")
-        return [TaskProblem(id=prompt_id(p), prompt=p, answer=a) for p, a in fixed[:n]]
+        # Set 0: the file's order; set k: a seeded random order (Task.problems).
+        order = range(len(fixed)) if seed == 0 else random.Random(f"{name}/{seed}").sample(range(len(fixed)), len(fixed))
+        return [TaskProblem(id=prompt_id(fixed[i][0]), prompt=fixed[i][0], answer=fixed[i][1]) for i in list(order)[:n]]
 
     return Task(
         name=name, grade=grade, extract_answer=extract, classify_format=classify,
         label_strategies=spans, answer_span=answer_span, make_problems=make if fixed else None,
         formats=tuple(fmts), strategies=tuple(strat), max_new_tokens=max_new_tokens,
         answer_format=answer_format if answer_pattern is None else f"regex:{answer_pattern}",
+        n_available=len(fixed) if fixed else None,
     )
 
 
