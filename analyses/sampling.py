@@ -630,7 +630,7 @@ def check_vllm_context(model: Any, longest: int, vllm_scoring: bool) -> None:
 
 
 def _encode(model: Any, prompt: str) -> list[int]:
-    ids = model.encode(prompt) if hasattr(model, "encode") else list(model.tokenizer(prompt)["input_ids"])
+    ids = model.encode_prompt(prompt) if hasattr(model, "encode_prompt") else list(model.tokenizer(prompt)["input_ids"])
     if not ids:
         raise TwinlensError(f"Prompt {prompt!r} encodes to no tokens.")
     return list(ids)

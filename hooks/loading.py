@@ -142,6 +142,9 @@ class Model:
     _module_names: dict = field(default_factory=dict, repr=False)
     _hf_refusals: dict = field(default_factory=dict, repr=False)
     _bridge_error: str | None = field(default=None, repr=False)
+    # Task prompts go through the tokenizer's own chat template (`encode_prompt`); set by
+    # `use_chat_template` (scripts: --chat-template).
+    chat_template: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -223,6 +226,29 @@ class Model:
     def encode(self, text: str) -> list[int]:
         """Token ids by the tokenizer's own convention (what the HF model sees normally)."""
         return list(self.tokenizer(text)["input_ids"])
+
+    def use_chat_template(self, on: bool = True) -> Model:
+        """Make `encode_prompt` apply the tokenizer's own chat template (an instruct model's
+        prompts as it saw them in training). Errors, naming the fix, when the tokenizer has
+        none (a base model, the organism). Returns self."""
+        if on and not getattr(self.tokenizer, "chat_template", None):
+            raise TwinlensError(
+                f"The tokenizer of {self.name!r} has no chat template (tokenizer_config.json "
+                "'chat_template'); drop --chat-template, or write the template into the prompts."
+            )
+        self.chat_template = bool(on)
+        return self
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a task prompt: `encode(text)`, or with `chat_template` set, the
+        tokenizer's chat template applied to one user turn plus the generation prompt
+        (`apply_chat_template(..., add_generation_prompt=True)`: special tokens such as BOS come
+        from the template, never twice)."""
+        if not self.chat_template:
+            return self.encode(text)
+        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        return [int(t) for t in ids]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

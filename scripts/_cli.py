@@ -137,6 +137,8 @@ def alpha_list(text: str) -> list[float]:
     return alphas
 OVERWRITE_HELP = ("--out holds another job's or another run's outputs (other settings or models): delete them "
                   "and start anew (default: refuse; the same job with the same settings resumes)")
+CHAT_TEMPLATE_HELP = ("wrap each prompt in the tokenizer's own chat template (one user turn + the generation "
+                      "prompt), as an instruct model expects; refused for a tokenizer without one")
 
 
 class _Adder:
@@ -191,6 +193,20 @@ def add_problem_args(ap: argparse.ArgumentParser, *, n_problems: int, n_samples:
     add("--n-samples", type=positive_int, default=n_samples)
     add.done()
     add_answer_args(ap)
+    add_chat_template_arg(ap)
+
+
+def add_chat_template_arg(ap: argparse.ArgumentParser) -> None:
+    """--chat-template (see `use_chat_template`)."""
+    ap.add_argument("--chat-template", action="store_true", help=CHAT_TEMPLATE_HELP)
+
+
+def use_chat_template(args: argparse.Namespace, *models: Any) -> None:
+    """With --chat-template, every model encodes task prompts through its tokenizer's chat
+    template (hooks Model.use_chat_template; a TwinlensError, before any sampling, for a
+    tokenizer without one)."""
+    for m in models:
+        m.use_chat_template(bool(getattr(args, "chat_template", False)))
 
 
 def add_answer_args(ap: argparse.ArgumentParser) -> None:
@@ -405,6 +421,12 @@ def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None
     from analyses.sampling import load_models, resolve_model_spec
     task = load_task_from_args(args, need_answers=need_answers)  # before any model loads
     rl_specs = rl_specs or args.rl or ["rl-seed0"]
-    labels = ["base"] + [resolve_model_spec(s)[0] for s in rl_specs]
+    labels = ["base"]
+    for i, spec in enumerate(rl_specs):
+        # The same model may be given twice (a sanity run: base against itself must show no
+        # difference); its names must still be distinct keys of the family.
+        name = resolve_model_spec(spec)[0]
+        labels.append(name if name not in labels else f"{name} (rl {i + 1})")
     family = load_models([args.base, *rl_specs], labels=labels, device=args.device)
+    use_chat_template(args, *family.values())
     return task, family, task.problems(args.n_problems, seed=args.problem_set)

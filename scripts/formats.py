@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     task = cli.load_task_from_args(args)
     specs, labels, steps, compute = resolve_checkpoints(args)
     family = load_models(specs, labels=labels, device=args.device)
+    cli.use_chat_template(args, *family.values())
     problems = task.problems(args.n_problems, seed=args.problem_set)
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
                           **cli.sample_kwargs(args))

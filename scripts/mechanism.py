@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> dict:
                     batch_size=args.batch_size, progress=False, cluster=cli.cluster(args),
                     engine=args.engine, scorer=args.scorer)
     pair = load_models([args.base, args.rl], labels=["base", "rl"], device=args.device)
+    cli.use_chat_template(args, *pair.values())
     problems = task.problems(args.n_problems, seed=args.problem_set)
     base_samples = sample(pair, problems, args.n_samples, task=task, sample_from=["base"],
                           out=out / "samples" / "base.jsonl", **sampling)
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
         task.problems(args.phase_problems, seed=args.problem_set)
     for ck in checkpoints:
         model = load_models([str(ck.path)], labels=[ck.name], device=args.device)
+        cli.use_chat_template(args, *model.values())
         fam = {"base": pair["base"], ck.name: model[ck.name]}
         own = sample(model, phase_probs, args.phase_samples, task=task,
                      out=out / "samples" / f"{ck.name}.jsonl", **sampling)

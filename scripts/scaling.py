@@ -84,6 +84,7 @@ def measure_series(args, out: Path) -> dict:
         raise TwinlensError(f"No compute recorded for {missing}; pass --points with your own compute values.")
     task = cli.load_task_from_args(args)
     family = load_models([d["name"] for d in series], device=args.device)
+    cli.use_chat_template(args, *family.values())
     problems = task.problems(args.n_problems, seed=args.problem_set)
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
                           **cli.sample_kwargs(args))

@@ -115,7 +115,7 @@ def model_trajectories(
 ) -> list[Trajectory]:
     """Trajectories (MI filled, labelled, graded) of one model on one kind of text."""
     ps = problem_set
-    prompts = [model.encode(p.prompt) for p in ps.problems]
+    prompts = [model.encode_prompt(p.prompt) for p in ps.problems]
     ids = [p.id for p in ps.problems]
     max_new = cfg.max_new_tokens or ps.task.max_new_tokens
     if kind == "own":
@@ -198,7 +198,7 @@ def run_interventions(
 ) -> dict[str, Any]:
     """Peak-token suppression and thinking-token scaling on one model's own greedy texts."""
     ps = problem_set
-    prompts = [model.encode(p.prompt) for p in ps.problems]
+    prompts = [model.encode_prompt(p.prompt) for p in ps.problems]
 
     def grade(i: int, text: str) -> bool:
         return bool(ps.task.grade(ps.problems[i], text))
