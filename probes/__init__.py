@@ -41,6 +41,7 @@ from probes.vectors import (
     load_vectors,
     probe_weight_vectors,
     random_vector_like,
+    read_vectors_info,
     save_vectors,
     vector_cosines,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "diff_of_means_vectors",
     "labels_from_char_spans",
     "load_vectors",
+    "read_vectors_info",
     "organism_labels",
     "preexistence_test",
     "probe_weight_vectors",

@@ -37,9 +37,15 @@ __all__ = [
     "token_char_offsets",
     "special_token_ids",
     "DEFAULT_LABELS_PATH",
+    "DECISION_LABELS_PATH",
+    "SHIPPED_LABELS",
+    "text_labeler",
 ]
 
 DEFAULT_LABELS_PATH = Path(__file__).with_name("default_labels.json")
+DECISION_LABELS_PATH = Path(__file__).with_name("decision_labels.json")
+# Label configs that ship with the kit, by name (--labels default / --labels decision).
+SHIPPED_LABELS = {"default": DEFAULT_LABELS_PATH, "decision": DECISION_LABELS_PATH}
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,13 @@ def task_labeler(task, config: str | Path | None = None, regex: bool = False):
                                       source=task.name)
 
     return labeler
+
+
+def text_labeler(task, labeler):
+    """The completion-text labeler `(text) -> [(strategy, start, end)]` that matches a labeler
+    of `task_labeler` (a `RegexLabeler`'s own spans, else the task's), so that steering counts
+    the same strategies the probes and vectors were fitted on."""
+    return labeler.char_spans if isinstance(labeler, RegexLabeler) else task.label_strategies
 
 
 # ------------------------------------------------------------------ char -> token spans
@@ -372,11 +385,18 @@ class RegexLabeler:
 
     @classmethod
     def from_json(cls, path: str | Path | None = None) -> RegexLabeler:
-        """Load a labeler from a JSON config; `None` loads `probes/default_labels.json`."""
-        path = Path(path) if path is not None else DEFAULT_LABELS_PATH
+        """Load a labeler from a JSON config; `None` loads `probes/default_labels.json`, and a
+        name of `SHIPPED_LABELS` ("default", "decision": sentence / line starts, present in
+        every trace) that is not a file loads the shipped config of that name."""
+        if path is None:
+            path = DEFAULT_LABELS_PATH
+        elif str(path) in SHIPPED_LABELS and not Path(path).exists():
+            path = SHIPPED_LABELS[str(path)]
+        path = Path(path)
         if not path.is_file():
             raise TwinlensError(f"RegexLabeler: no label config at {path}; give a JSON file such as "
-                                f"{DEFAULT_LABELS_PATH.name} ({{\"strategies\": {{name: [regex, ...]}}}}).")
+                                f"{DEFAULT_LABELS_PATH.name} ({{\"strategies\": {{name: [regex, ...]}}}}), or a shipped "
+                                f"one by name: {', '.join(SHIPPED_LABELS)}.")
         data = path.read_bytes()
         try:
             text = data.decode("utf-8")

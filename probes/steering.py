@@ -51,6 +51,9 @@ class SteeringCurve:
     n_samples: int  # per prompt
     seed: int
     vector_norm: float
+    # Per alpha, the first sample's completion text for each of the first `N_EXAMPLES` prompts
+    # (what the steered model actually wrote: a frequency alone cannot show broken text).
+    examples: list[list[str]] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +72,9 @@ class SteeringCurve:
             "seed": self.seed,
             "vector_norm": self.vector_norm,
         }
+
+
+N_EXAMPLES = 3  # prompts per alpha whose first steered completion a SteeringCurve keeps
 
 
 def _strategies_in(spans) -> set[str]:
@@ -125,7 +131,7 @@ def steering_curve(
     P, S = len(prompts), n_samples
     freq = {s: [] for s in strategies}
     freq_ci = {s: [] for s in strategies}
-    acc, acc_ci, length, length_ci = [], [], [], []
+    acc, acc_ci, length, length_ci, examples = [], [], [], [], []
     for k, alpha in enumerate(alphas):
         if float(alpha) == 0.0 and unsteered is not None:
             outs = unsteered
@@ -135,6 +141,7 @@ def steering_curve(
                                 temperature=temperature, n=S, seed=seed, batch_size=batch_size)
         texts = [model.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
         used = [_strategies_in(label_fn(t)) for t in texts]
+        examples.append([texts[i * S] for i in range(min(P, N_EXAMPLES))])
         lens = np.array([len(o) for o in outs], dtype=float).reshape(P, S)
         for s in strategies:
             hit = np.array([s in u for u in used], dtype=float).reshape(P, S)
@@ -165,6 +172,7 @@ def steering_curve(
         n_samples=S,
         seed=seed,
         vector_norm=vector.norm,
+        examples=examples,
     )
 
 

@@ -7,12 +7,13 @@ run through both models), so the base and RL activations are read on the same to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from probes.labels import ExampleLabels, RegexLabeler, organism_labels
 
-__all__ = ["Trace", "sample_traces"]
+__all__ = ["Trace", "sample_traces", "SampleSizePlan", "plan_sample_size"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,59 @@ def sample_traces(
                 labels = labeler(prompt, completion, model.tokenizer)
             traces.append(Trace(k // n_samples, key, labels))
     return traces
+
+
+@dataclass(frozen=True)
+class SampleSizePlan:
+    """How many traces a strategy needs, from its rate in a pilot sample.
+
+    segments_per_trace: labelled segments per pilot trace (mean); traces_needed: traces that
+    give `min_segments` segments on the smaller side of the train / held-out split at that
+    rate (None when the pilot saw none: no finite number is known); traces_planned: what the
+    job will sample."""
+
+    strategy: str
+    pilot_traces: int
+    pilot_segments: int
+    segments_per_trace: float
+    min_segments: int
+    split_fraction: float
+    traces_needed: int | None
+    traces_planned: int
+
+    @property
+    def enough(self) -> bool:
+        return self.traces_needed is not None and self.traces_planned >= self.traces_needed
+
+    def message(self) -> str:
+        head = (f"{self.strategy}: {self.pilot_segments} segments in {self.pilot_traces} pilot traces "
+                f"({self.segments_per_trace:.2f} per trace)")
+        if self.traces_needed is None:
+            return (f"{head}; no rate to plan from: {self.min_segments} held-out segments need more than "
+                    f"the pilot shows; sample many more traces, or use labels that occur in every trace "
+                    f"(--labels decision)")
+        verdict = "enough" if self.enough else "TOO FEW"
+        return (f"{head}; {self.min_segments} segments on each side of the split ({self.split_fraction:.0%} "
+                f"held out) need ~{self.traces_needed} traces, {self.traces_planned} planned: {verdict}")
+
+    def to_dict(self) -> dict:
+        return {"pilot_traces": self.pilot_traces, "pilot_segments": self.pilot_segments,
+                "segments_per_trace": self.segments_per_trace, "min_segments": self.min_segments,
+                "traces_needed": self.traces_needed, "traces_planned": self.traces_planned,
+                "enough": self.enough, "message": self.message()}
+
+
+def plan_sample_size(pilot: Sequence[Trace], strategies: Sequence[str], traces_planned: int,
+                     min_segments: int, test_fraction: float) -> dict[str, SampleSizePlan]:
+    """Per strategy, the traces needed for `min_segments` segments on the smaller side of a
+    `test_fraction` split, at the segment rate seen in `pilot` (expected count; the real count
+    scatters around it, Poisson-like, so aim above it)."""
+    side = min(test_fraction, 1.0 - test_fraction)
+    n = len(pilot)
+    out = {}
+    for s in strategies:
+        k = sum(len(t.labels.spans_of(s)) for t in pilot)
+        rate = k / n if n else 0.0
+        needed = math.ceil(min_segments / (rate * side)) if rate > 0 and side > 0 else None
+        out[s] = SampleSizePlan(s, n, k, rate, min_segments, side, needed, traces_planned)
+    return out

@@ -39,6 +39,7 @@ __all__ = [
     "vector_cosines",
     "save_vectors",
     "load_vectors",
+    "read_vectors_info",
     "SEGMENT_WINDOW",
 ]
 
@@ -126,12 +127,16 @@ class StrategyVector:
         return vectors[0]
 
 
-def save_vectors(path: str | Path, vectors: Sequence[StrategyVector]) -> Path:
-    """Save vectors to one safetensors file; their metadata go in its JSON header."""
+def save_vectors(path: str | Path, vectors: Sequence[StrategyVector], info: dict | None = None) -> Path:
+    """Save vectors to one safetensors file; their metadata go in its JSON header, with `info`
+    (JSON-serialisable facts about the whole file: e.g. scripts/probe.py records the
+    attribution-chosen layer of each strategy and the ids of the problems the vectors were
+    fitted on; read back by `read_vectors_info`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"vector.{i}": v.direction.contiguous() for i, v in enumerate(vectors)}
-    meta = {"format": _FORMAT, "vectors": json.dumps([v.metadata() for v in vectors])}
+    meta = {"format": _FORMAT, "vectors": json.dumps([v.metadata() for v in vectors]),
+            "info": json.dumps(info or {})}
     tmp = path.with_name(path.name + ".tmp")
     save_safetensors(tensors, tmp, metadata=meta)
     tmp.replace(path)
@@ -150,6 +155,18 @@ def load_vectors(path: str | Path) -> list[StrategyVector]:
             )
         infos = json.loads(meta["vectors"])
         return [StrategyVector(direction=f.get_tensor(f"vector.{i}"), **info) for i, info in enumerate(infos)]
+
+
+def read_vectors_info(path: str | Path) -> dict:
+    """The `info` dict `save_vectors` stored in a vector file ({} for files written without)."""
+    path = Path(path)
+    if not path.exists():
+        raise TwinlensError(f"No vector file at {path}.")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != _FORMAT:
+        raise TwinlensError(f"{path} is not a twinlens strategy-vector file (format {meta.get('format')!r}).")
+    return json.loads(meta.get("info", "{}"))
 
 
 # ------------------------------------------------------------------ difference of means

@@ -96,7 +96,7 @@ def greedy_format_shares(family: dict, problems, task, batch_size: int | None = 
 
     out = {}
     for label, model in family.items():
-        prompts = [model.encode(p.prompt) for p in problems]
+        prompts = [model.encode_prompt(p.prompt) for p in problems]
         kw = {"batch_size": batch_size} if batch_size else {}
         toks = generate(model, prompts, task.max_new_tokens, temperature=0.0, **kw)
         kinds = [task.classify_format(model.tokenizer.decode(t)) for t in toks]

@@ -87,15 +87,21 @@ def fmt(d: dict, key: str, digits: int = 4) -> str:
 def summary_markdown(results: dict) -> str:
     cfg = results["config"]
     labels = list(results["models"])
+    models = ", ".join(f"{lab} `{results['models'][lab]['path']}`" for lab in labels)
     lines = [
         f"# MI peaks: {' vs '.join(labels)}", "",
+        f"Models: {models}; task "
+        f"`{cfg['task']}`; gold texts: {cfg['gold_text']}.", "",
         f"{cfg['n_problems']} problems; estimator `{cfg['method']}` (sigma {cfg['sigma']}), layer "
         f"{cfg['layer']} (block output before the final norm), peaks by Q3 + 1.5 IQR; means over "
         f"problems with 95% bootstrap CIs (seed {cfg['seed']}).", "",
     ]
     for kind in cfg["texts"]:
-        title = {"own": "Own greedy completions (the paper's protocol)",
-                 "reference": "The same teacher-forced reference solutions (with `wait;` and `chk`)"}[kind]
+        # The organism's reference solutions carry its markers; a real task's come from its file.
+        reference = ("The same teacher-forced reference solutions (with `wait;` and `chk`)"
+                     if cfg["task"].startswith("organism") else
+                     f"The same teacher-forced reference solutions (the 'reference' rows of `{cfg['task']}`)")
+        title = {"own": "Own greedy completions (the paper's protocol)", "reference": reference}[kind]
         lines += [f"## {title}", "", "| model | used / too short | accuracy | " + " | ".join(HEADLINE)
                   + " | peaks at strategy tokens (chance, p) | at markers (chance, p) |",
                   "|---" * (5 + len(HEADLINE)) + "|"]
@@ -199,6 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "step); default: the organism's rl-seed0-step* when --rl is not given; 'none' skips")
     ap.add_argument("--problems", help="JSONL problems for non-organism models (see the docstring)")
     cli.add_answer_args(ap)
+    cli.add_chat_template_arg(ap)
     ap.add_argument("--append", nargs="+", help="thinking tokens for test-time scaling (default organism: "
                     "'wait;' 'chk '; else 'Wait')")
     ap.add_argument("--n-problems", type=cli.positive_int, default=64)
@@ -250,6 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     problem_set = problem_set_from_args(args)  # the file is checked before any model loads
     pair = load_pair(base_path, rl_path, device=args.device)
     models = {"base": pair.base, "rl": pair.rl}
+    cli.use_chat_template(args, pair.base, pair.rl)
     if args.append:
         problem_set.append_texts = tuple(args.append)
     cfg = MiPeaksConfig(

@@ -5,9 +5,11 @@ already linearly present in the base model?
     python scripts/probe.py --out runs/probe                       # organism base vs rl-seed0
     python scripts/probe.py --base base --rl rl-seed1 --out runs/probe-s1 --json
     python scripts/probe.py --base path/base --rl path/rl --problems qa.jsonl \\
-        --labels probes/default_labels.json --device cuda --out runs/probe-real
+        --labels decision --chat-template --n-problems 20 --device cuda --out runs/probe-real
 
-Steps: sample completions from both models (temperature 1), label them (organism: ground truth;
+Steps: a pilot (--pilot-problems x 1 sample per model) measures each strategy's segment rate
+and says, before the main sampling, how many traces the strategy needs (results.json
+"sample_size"); sample completions from both models (temperature 1), label them (organism: ground truth;
 else the regex labeler), capture every block output of BOTH models on ALL traces into one paired
 store (same tokens at the same rows), then per strategy:
 - per-layer probe sweep on each model (held-out examples; AUROC / accuracy with bootstrap CIs
@@ -39,14 +41,15 @@ import numpy as np  # noqa: E402
 
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
+from analyses.task import prompt_id  # noqa: E402
 from hooks import capture, load_model, load_pair  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import ExampleSplit, build_dataset, split_examples  # noqa: E402
-from probes.labels import task_labeler  # noqa: E402
+from probes.labels import task_labeler, text_labeler  # noqa: E402
 from probes.preexistence import preexistence_test  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
 from probes.sweep import sweep_strategies, transfer_probe  # noqa: E402
-from probes.traces import sample_traces  # noqa: E402
+from probes.traces import plan_sample_size, sample_traces  # noqa: E402
 from probes.vectors import (  # noqa: E402
     diff_of_means_vectors,
     probe_weight_vectors,
@@ -63,8 +66,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     cli.add_answer_args(ap)
-    ap.add_argument("--labels", help="regex label config (JSON); default: the task's own labels "
-                    "(organism ground truth), or probes/default_labels.json for --problems")
+    ap.add_argument("--labels", help="regex label config (JSON), or a shipped one: 'default' (strategy regexes, "
+                    "probes/default_labels.json: the default for --problems) or 'decision' (sentence / line "
+                    "starts: in every trace, for small real samples); default: the task's own labels "
+                    "(organism ground truth)")
+    cli.add_chat_template_arg(ap)
+    ap.add_argument("--pilot-problems", type=cli.nonnegative_int, default=8,
+                    help="problems of a pilot sample (1 completion per model) that estimates each strategy's "
+                    "rate and the traces it needs, before the main sampling (0: no pilot)")
     ap.add_argument("--n-problems", type=cli.positive_int, default=400,
                     help="problems (x n-samples x 2 models traces); 400 gave 110 backtracking "
                     "segments (runs/demo/probe)")
@@ -101,11 +110,25 @@ def run(args) -> tuple[dict, dict]:
     # the steering part grades completions (accuracy); probing alone needs no reference answers
     task = cli.load_task_from_args(args, need_answers=not args.no_steer)
     (base_name, base_path), (rl_name, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
-    labeler = task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file: before loading
-    pair = load_pair(base=base_path, rl=rl_path, device=args.device)
     problems = task.problems(args.n_problems, seed=args.seed)
-    prompts = [pair.base.encode(p.prompt) for p in problems]
+    # The steering prompts: disjoint from the problems the probes and vectors are fitted on.
+    steer_problems = (None if args.no_steer else
+                      task.problems(args.steer_problems, seed=args.seed + 1, exclude=problems))
+    labeler = task_labeler(task, args.labels, regex=bool(args.problems))
+    pair = load_pair(base=base_path, rl=rl_path, device=args.device)
+    cli.use_chat_template(args, pair.base, pair.rl)
+    prompts = [pair.base.encode_prompt(p.prompt) for p in problems]
     max_new = args.max_new_tokens or task.max_new_tokens
+    plans = {}
+    if args.pilot_problems > 0:
+        k = min(args.pilot_problems, len(prompts))
+        pilot = sample_traces(pair.models, prompts[:k], 1, seed=args.seed + 7, max_new_tokens=max_new,
+                              temperature=args.temperature, labeler=labeler, batch_size=args.batch_size * 4)
+        names = list(task.strategies) or list(getattr(labeler, "strategies", []))
+        plans = plan_sample_size(pilot, names, 2 * args.n_problems * args.n_samples, MIN_SEGMENTS,
+                                 args.test_fraction)
+        for plan in plans.values():
+            log(f"sample size: {plan.message()}")
     traces = sample_traces(pair.models, prompts, args.n_samples, seed=args.seed, max_new_tokens=max_new,
                            temperature=args.temperature, labeler=labeler, batch_size=args.batch_size * 4)
     log(f"sampled {len(traces)} traces")
@@ -122,7 +145,7 @@ def run(args) -> tuple[dict, dict]:
     sweep_kw = dict(C=args.C, class_weight=cw, control=args.control, n_bootstrap=args.n_bootstrap, seed=args.seed,
                     n_controls=args.n_controls)
     strategies = [s for s in (task.strategies or ds["base"].strategies) if s in ds["base"].labels]
-    results: dict = {"strategies": {}}
+    results: dict = {"strategies": {}, "sample_size": {k: v.to_dict() for k, v in plans.items()}}
     extra: dict = {"sweeps": {}, "vectors": {}, "pre": {}, "steering": {}}
     all_vectors = []
     probed = []
@@ -132,8 +155,12 @@ def run(args) -> tuple[dict, dict]:
         entry: dict = {"n_train_segments": n_train_segments, "n_test_segments": n_test_segments}
         results["strategies"][s] = entry
         if min(n_train_segments, n_test_segments) < MIN_SEGMENTS:
+            plan = plans.get(s)
+            need = (f"~{plan.traces_needed} traces at the pilot's rate" if plan and plan.traces_needed
+                    else "many more traces")
             entry["skipped"] = (f"only {n_train_segments} train / {n_test_segments} held-out segments "
-                                f"(< {MIN_SEGMENTS}); sample more problems")
+                                f"(< {MIN_SEGMENTS}); sample more problems ({need}; {len(traces)} sampled) "
+                                "or use --labels decision")
             log(f"{s}: skipped ({entry['skipped']})")
         else:
             probed.append(s)
@@ -184,13 +211,12 @@ def run(args) -> tuple[dict, dict]:
     }
     if not args.no_steer:
         alphas = args.alphas
-        steer_problems = task.problems(args.steer_problems, seed=args.seed + 1)
-        steer_prompts = [pair.base.encode(p.prompt) for p in steer_problems]
+        steer_prompts = [pair.base.encode_prompt(p.prompt) for p in steer_problems]
         chosen = [extra["vectors"][s][ds["base"].layer_index(results["strategies"][s]["attribution"]["chosen_layer"])]
                   for s in extra["vectors"]]
         runs = steering_experiment(
             pair.base, chosen, steer_prompts, alphas,
-            label_fn=task.label_strategies,
+            label_fn=text_labeler(task, labeler),
             grade_fn=lambda i, text: task.grade(steer_problems[i], text),
             strategies=list(extra["vectors"]), n_samples=args.steer_samples, seed=args.seed,
             random_seed=args.seed + 1000, max_new_tokens=max_new, n_bootstrap=args.n_bootstrap,
@@ -200,7 +226,12 @@ def run(args) -> tuple[dict, dict]:
             results["strategies"][r.vector.strategy]["steering"] = r.to_dict()
             extra["steering"][r.vector.strategy] = r
         log("steering done")
-    save_vectors(Path(args.out) / "vectors.safetensors", all_vectors)
+    # What scripts/steer.py --vectors needs: each strategy's attribution-chosen layer (--layers
+    # chosen) and the problems the vectors were fitted on (its held-out prompts exclude them).
+    save_vectors(Path(args.out) / "vectors.safetensors", all_vectors, info={
+        "task": task.name, "fit_problem_ids": [prompt_id(p.prompt) for p in problems],
+        "chosen_layers": {s: results["strategies"][s]["attribution"]["chosen_layer"] for s in extra["vectors"]},
+        "chat_template": bool(args.chat_template)})
     results["acceptance"] = acceptance(results)
     results["models"] = {
         "base": {"name": base_name, "path": str(base_path), "weight_hash": pair.base.weight_hash},
@@ -212,6 +243,7 @@ def run(args) -> tuple[dict, dict]:
         "test_fraction": args.test_fraction, "C": args.C, "class_weight": cw, "control": args.control,
         "n_controls": args.n_controls,
         "n_bootstrap": args.n_bootstrap, "labels": labels[0].source if labels else None,
+        "chat_template": bool(args.chat_template), "pilot_problems": args.pilot_problems,
         "n_traces": {m: int((generated_by == m).sum()) for m in ("base", "rl")},
         "n_rows": int(ds["base"].n_rows), "layers": list(ds["base"].layers),
         "n_train_examples": int(len(split.train_examples)), "n_test_examples": int(len(split.test_examples)),

@@ -40,7 +40,7 @@ from analyses.routing import (  # noqa: E402
     fit_strategy_tools,
 )
 from analyses.sampling import completion_text, resolve_model_spec  # noqa: E402
-from hooks import generate, load_pair  # noqa: E402
+from hooks import TwinlensError, generate, load_pair  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
 
@@ -56,13 +56,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=cli.positive_int)
     ap.add_argument("--entropy-thresholds", type=cli.nonnegative_float, nargs="+", default=[0.05, 0.2, 0.5, 1.0, 1.5])
     ap.add_argument("--probe-thresholds", type=cli.finite_float, nargs="+", default=[-2.0, 0.0, 2.0, 4.0])
-    ap.add_argument("--strategy", default="compute",
-                    help="strategy the probe router watches (organism: compute = write the steps)")
+    ap.add_argument("--strategy",
+                    help="strategy the probe router watches (default: the task's first strategy; organism: "
+                    "compute = write the steps). The probe router needs token-level labels (the organism's); "
+                    "on other tasks it is skipped")
     ap.add_argument("--layer", type=cli.nonnegative_int, help="probe / vector layer (default: ~37%% of depth)")
     ap.add_argument("--alpha", type=cli.finite_float, default=1.0, help="steering coefficient")
     ap.add_argument("--temperature", type=cli.temperature, default=1.0, help="for the sampled run")
     ap.add_argument("--no-probe", action="store_true", help="skip the probe router and steered hybrid")
     cli.add_engine_args(ap, scorer=False)
+    cli.add_chat_template_arg(ap)
     cli.add_run_args(ap, n_boot=2000, batch_size=256, helps={
         "--threads": "torch CPU threads (1: tiny models gain nothing from more on a busy box)", "--json": cli.JSON_HELP})
     return ap.parse_args(argv)
@@ -99,15 +102,37 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
 
+def probe_strategy(task, args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(strategy the probe router watches, or None with the reason it is skipped), decided
+    before any model loads: --strategy, else the task's first strategy (organism: compute);
+    the probe router needs the organism's token-level labels (one token per character)."""
+    if args.no_probe:
+        return None, "skipped (--no-probe)"
+    if not task.char_tokens:
+        if args.strategy is not None:
+            raise TwinlensError(
+                f"--strategy {args.strategy!r}: the probe router and the steered hybrid need token-level "
+                f"strategy labels, which task {task.name!r} does not have (only the organism's); drop "
+                "--strategy, or pass --no-probe.")
+        return None, f"skipped: task {task.name!r} has no token-level strategy labels (organism only)"
+    strategy = args.strategy or (task.strategies[0] if task.strategies else None)
+    if strategy not in task.strategies:
+        raise TwinlensError(f"--strategy {strategy!r} is not a strategy of task {task.name!r}; "
+                            f"choose one of {list(task.strategies)}.")
+    return strategy, None
+
+
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     task = cli.load_task_from_args(args)
+    strategy, probe_skipped = probe_strategy(task, args)
     (_, base_path), (_, rl_path) = resolve_model_spec(args.base), resolve_model_spec(args.rl)
     pair = load_pair(base_path, rl_path, device=args.device)
     base, rl = pair.base, pair.rl
+    cli.use_chat_template(args, base, rl)
     max_new = args.max_new_tokens or task.max_new_tokens
     problems = task.problems(args.n_problems, seed=args.problem_set)
-    prompts = [base.encode(p.prompt) for p in problems]
+    prompts = [base.encode_prompt(p.prompt) for p in problems]
 
     def grade(i: int, text: str) -> bool:
         return bool(task.grade(problems[i], text))
@@ -131,16 +156,16 @@ def run(args: argparse.Namespace) -> dict:
     routers["entropy"] = entry(budget_curve(
         base, rl, prompts, grade, [EntropyRouter(t) for t in args.entropy_thresholds], cb, cr, **kw))
     steered = None
-    if not args.no_probe:
+    if strategy is not None:
         layer = args.layer if args.layer is not None else max(0, round(0.37 * base.n_layers))
         with tempfile.TemporaryDirectory() as tmp:
-            tools = fit_strategy_tools(base, rl, task, layer=layer, strategy=args.strategy,
+            tools = fit_strategy_tools(base, rl, task, layer=layer, strategy=strategy,
                                        n_problems=args.n_problems, problem_set=args.fit_set,
                                        max_new_tokens=max_new, workdir=Path(tmp) / "acts",
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, exclude=problems)
         routers["probe"] = entry(budget_curve(
             base, rl, prompts, grade,
-            [ProbeRouter(tools.probe, t, layer=layer, strategy=args.strategy) for t in args.probe_thresholds],
+            [ProbeRouter(tools.probe, t, layer=layer, strategy=strategy) for t in args.probe_thresholds],
             cb, cr, **kw))
         steering = Steering(tools.vectors, alpha=args.alpha,
                             pick=ProjectionPicker(tools.vectors, center={layer: tools.center}))
@@ -176,8 +201,9 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"task": task.name, "answer_format": task.answer_format,
                      "n_problems": args.n_problems, "problem_set": args.problem_set,
                      "fit_set": args.fit_set, "max_new_tokens": max_new, "seed": args.seed,
-                     "temperature_sampled": T, "strategy": args.strategy, "alpha": args.alpha,
-                     "greedy_baseline_engine": args.engine},
+                     "temperature_sampled": T, "strategy": strategy, "alpha": args.alpha,
+                     "greedy_baseline_engine": args.engine,
+                     "probe_router": probe_skipped or "run", "chat_template": bool(args.chat_template)},
     }
     save_figure(plot(routers), out / "gap_vs_budget.png")
     write_results(out, results, summary(results))
@@ -223,6 +249,7 @@ def summary(results: dict) -> str:
         f"{s['n_problems']} problems of `{s['task']}` (held-out set {s['problem_set']}), greedy "
         f"unless marked sampled (temperature {s['temperature_sampled']}), seed {s['seed']}. Gap "
         "recovered = (acc_hybrid - acc_base) / (acc_rl - acc_base); brackets: " + results["ci"] + ".",
+        f"Probe router: {s['probe_router']}" + (f" (strategy `{s['strategy']}`)." if s["strategy"] else "."),
         "", f"Base accuracy {results['accuracy_base']:.3f}, RL accuracy {results['accuracy_rl']:.3f} "
         f"(sampled: {results['accuracy_base_sampled']:.3f}, {results['accuracy_rl_sampled']:.3f}); gap "
         f"{results['accuracy_rl'] - results['accuracy_base']:.3f} [{results['accuracy_gap_ci'][0]:.3f}, "

@@ -6,25 +6,30 @@ norm (seeded). Sweeps alpha and layer.
 
     python scripts/steer.py --out runs/steer                       # organism base, all layers
     python scripts/steer.py --vectors runs/probe/vectors.safetensors --layers chosen --out runs/steer2
-    python scripts/steer.py --base path/base --problems qa.jsonl --labels probes/default_labels.json \\
+    python scripts/steer.py --base path/base --problems qa.jsonl --labels decision --chat-template \\
         --alphas=-1,0,1 --device cuda --out runs/steer-real
 
 Vectors: read from --vectors (written by scripts/probe.py; difference-of-means vectors of the
-base model are used) or found here: sample traces from the base model, capture its block
-outputs, difference of means per layer (RESEARCH.md section 1). Layers: `all`, `chosen` (the
-attribution-chosen layer of each strategy) or a comma list. Frequency = share of samples that
+base model are used, with the layers probe.py's attribution chose) or found here: sample traces
+from the base model, capture its block outputs, difference of means per layer (RESEARCH.md
+section 1). Layers: `all`, `chosen` (the attribution-chosen layer of each strategy) or a comma
+list. The steering prompts are held out: disjoint from the problems the vectors were fitted on
+(here, or as recorded by probe.py in the vector file). Frequency = share of samples that
 use the strategy at least once (task labels); CIs: 95% percentile bootstrap over prompts; the
 vector and its random control share the sampling seed (alpha = 0 is the same samples).
 "Passes" at an alpha > 0: the strategy's frequency rises by >= 3x the change the random vector
 causes, and the two frequency CIs do not overlap.
 Writes DIR/results.json (per strategy: layer, alpha, frequency, random_frequency, accuracy, ...),
-DIR/steering.png (dose-response with CIs), DIR/summary.md. Defaults (organism, 2 CPU cores):
+DIR/examples.jsonl (what the steered model wrote: per vector, layer and alpha, the first
+completion of the first prompts, beside the random vector's), DIR/steering.png (dose-response
+with CIs), DIR/summary.md. Defaults (organism, 2 CPU cores):
 about 1 minute (52 s in a `make demo` run, 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -36,13 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analyses.grading import no_answer_line, no_answer_share  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
+from analyses.task import prompt_id  # noqa: E402
 from hooks import TwinlensError, capture, load_model  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import build_dataset  # noqa: E402
-from probes.labels import task_labeler  # noqa: E402
+from probes.labels import task_labeler, text_labeler  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
 from probes.traces import sample_traces  # noqa: E402
-from probes.vectors import diff_of_means_vectors, load_vectors, save_vectors  # noqa: E402
+from probes.vectors import diff_of_means_vectors, load_vectors, read_vectors_info, save_vectors  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
 
@@ -51,7 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     cli.add_answer_args(ap)
-    ap.add_argument("--labels", help="regex label config (JSON) for real text (default: the task's labels)")
+    ap.add_argument("--labels", help="regex label config (JSON) for real text, or a shipped one: 'default' "
+                    "(strategy regexes) or 'decision' (sentence / line starts); default: the task's labels")
+    cli.add_chat_template_arg(ap)
     ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
     ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
     ap.add_argument("--layers", type=cli.layer_choice, default="all", help="'all', 'chosen' (attribution) or a comma list")
@@ -68,14 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def find_vectors(model, task, args, max_new: int):
-    """Difference-of-means vectors of every strategy and layer, from the base model's own traces;
-    returns (vectors, labels) so the attribution can use the same traces."""
-    problems = task.problems(args.vector_problems, seed=args.seed + 2)
-    prompts = [model.encode(p.prompt) for p in problems]
+def find_vectors(model, task, args, max_new: int, problems, labeler):
+    """Difference-of-means vectors of every strategy and layer, from the base model's own traces
+    on `problems`; returns (vectors, labels) so the attribution can use the same traces."""
+    prompts = [model.encode_prompt(p.prompt) for p in problems]
     traces = sample_traces({"base": model}, prompts, 1, seed=args.seed + 2, max_new_tokens=max_new,
-                           temperature=args.temperature,
-                           labeler=task_labeler(task, args.labels, regex=bool(args.problems)))
+                           temperature=args.temperature, labeler=labeler)
     labels = [t.labels for t in traces]
     with tempfile.TemporaryDirectory(prefix="twinlens-steer-") as tmp:
         store = capture(model, [t.token_ids for t in traces], hooks=["blocks.*.hook_out"],
@@ -95,9 +101,27 @@ def run(args) -> tuple[dict, dict]:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
 
     task = cli.load_task_from_args(args)
-    task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file fails here, before loading
+    labeler = task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file: before loading
+    # Decide every problem set before loading anything: the held-out steering prompts exclude
+    # the problems the vectors were fitted on (here, or as probe.py recorded them).
+    info: dict = {}
+    if args.vectors:
+        info = read_vectors_info(args.vectors)
+        if args.layers == "chosen" and not info.get("chosen_layers"):
+            raise TwinlensError(
+                f"--layers chosen: {args.vectors} records no attribution-chosen layers (written by an older "
+                "scripts/probe.py); rerun probe.py, or give --layers as a comma list.")
+        fit_ids = info.get("fit_problem_ids", [])
+        if task.name != info.get("task", task.name):
+            log(f"note: the vectors were fitted on task {info['task']!r}, steering runs on {task.name!r}")
+        vector_problems = None
+    else:
+        vector_problems = task.problems(args.vector_problems, seed=args.seed + 2)
+        fit_ids = [prompt_id(p.prompt) for p in vector_problems]
+    problems = task.problems(args.n_problems, seed=args.seed + 1, exclude=fit_ids)
     name, path = resolve_model_spec(args.base)
     model = load_model(path, device=args.device)
+    cli.use_chat_template(args, model)
     max_new = args.max_new_tokens or task.max_new_tokens
     if args.vectors:
         vectors = [v for v in load_vectors(args.vectors)
@@ -106,8 +130,9 @@ def run(args) -> tuple[dict, dict]:
             raise TwinlensError(f"{args.vectors} holds no base-model difference-of-means vectors.")
         labels = None
     else:
-        vectors, labels = find_vectors(model, task, args, max_new)
-        save_vectors(Path(args.out) / "vectors.safetensors", vectors)
+        vectors, labels = find_vectors(model, task, args, max_new, vector_problems, labeler)
+        save_vectors(Path(args.out) / "vectors.safetensors", vectors,
+                     info={"task": task.name, "fit_problem_ids": fit_ids})
         log(f"found {len(vectors)} vectors")
     by_strategy: dict[str, dict[int, object]] = {}
     for v in vectors:
@@ -117,7 +142,10 @@ def run(args) -> tuple[dict, dict]:
     if missing:
         raise TwinlensError(f"No vector for strategies {missing}; vectors exist for {sorted(by_strategy)}.")
     chosen = {}
-    if labels is not None:
+    if labels is None:
+        chosen = {s: {"chosen_layer": int(k), "source": f"{args.vectors} (scripts/probe.py's attribution)"}
+                  for s, k in info.get("chosen_layers", {}).items()}
+    else:
         for s in strategies:
             att = attribute_layers(model, labels, [by_strategy[s][k] for k in sorted(by_strategy[s])],
                                    max_segments=200, seed=args.seed)
@@ -128,7 +156,8 @@ def run(args) -> tuple[dict, dict]:
             layers = sorted(by_strategy[s])
         elif args.layers == "chosen":
             if s not in chosen:
-                raise TwinlensError("--layers chosen needs the attribution; run without --vectors.")
+                raise TwinlensError(f"--layers chosen: no attribution-chosen layer for {s!r} (chosen for "
+                                    f"{sorted(chosen)}); pick --strategies among those, or a comma list of layers.")
             layers = [chosen[s]["chosen_layer"]]
         else:
             layers = [int(x) for x in args.layers.split(",")]
@@ -139,8 +168,7 @@ def run(args) -> tuple[dict, dict]:
             )
         selected += [by_strategy[s][k] for k in layers]
     alphas = args.alphas
-    problems = task.problems(args.n_problems, seed=args.seed + 1)
-    prompts = [model.encode(p.prompt) for p in problems]
+    prompts = [model.encode_prompt(p.prompt) for p in problems]
     graded_answers: list = []
 
     def grade_fn(i: int, text: str) -> bool:
@@ -148,7 +176,7 @@ def run(args) -> tuple[dict, dict]:
         return task.grade(problems[i], text)
 
     runs = steering_experiment(
-        model, selected, prompts, alphas, label_fn=task.label_strategies,
+        model, selected, prompts, alphas, label_fn=text_labeler(task, labeler),
         grade_fn=grade_fn, strategies=strategies,
         n_samples=args.n_samples, seed=args.seed, random_seed=args.random_seed,
         max_new_tokens=max_new, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
@@ -191,6 +219,8 @@ def run(args) -> tuple[dict, dict]:
         "temperature": args.temperature, "max_new_tokens": max_new, "seed": args.seed,
         "random_seed": args.random_seed, "factor": args.factor, "layers": args.layers,
         "vectors": args.vectors or "found here (difference of means, base traces)",
+        "labels": getattr(labeler, "name", None) or task.name, "chat_template": bool(args.chat_template),
+        "n_excluded_fit_problems": len(fit_ids), "examples": "examples.jsonl",
         "frequency": "share of samples using the strategy at least once",
         "ci": "95% percentile bootstrap over prompts", "seconds": round(time.time() - t0, 1),
     }
@@ -269,8 +299,23 @@ def run_and_report(args) -> dict:
     out = Path(args.out)
     results, extra = run(args)
     plot(extra["runs"], out)
+    write_examples(extra["runs"], out / "examples.jsonl")
     write_results(out, results, summary(results))
     return results
+
+
+def write_examples(runs, path: Path) -> None:
+    """One JSON line per (vector, layer, alpha, prompt): the first steered completion of each of
+    the first prompts, for the strategy vector and for its random control."""
+    rows = []
+    for r in runs:
+        for curve in (r.curve, r.random_curve):
+            for a, texts in zip(curve.alphas, curve.examples or [], strict=False):
+                rows += [{"strategy": r.vector.strategy, "layer": r.vector.layer, "vector": curve.method,
+                          "alpha": a, "prompt_index": i, "text": t} for i, t in enumerate(texts)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

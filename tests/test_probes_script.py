@@ -19,10 +19,16 @@ def _run(script, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_probe_script_writes_the_results_contract(tmp_path):
-    out = tmp_path / "probe"
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "probe"
     r = _run("probe.py", "--out", str(out), "--n-problems", "40", "--n-samples", "1",
              "--n-bootstrap", "30", "--steer-problems", "3", "--steer-samples", "2", "--alphas", "0,1", "--json")
+    return out, r
+
+
+def test_probe_script_writes_the_results_contract(probe_run):
+    out, r = probe_run
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert json.loads(r.stdout) == res
@@ -51,6 +57,35 @@ def test_probe_script_writes_the_results_contract(tmp_path):
     assert "skipped" in dp or {"auroc", "ci", "token_baseline_auroc", "selectivity"} <= set(dp)
     # Strategies too rare at this size are reported as skipped, not silently dropped.
     assert all("base" in entry or "skipped" in entry for entry in res["strategies"].values())
+    # The pilot's plan, said before the main sampling: per strategy, traces needed at its rate.
+    plan = res["sample_size"]["compute"]
+    assert plan["pilot_traces"] == 16 and plan["traces_planned"] == 80 and plan["enough"]
+    assert "sample size: compute:" in r.stderr
+
+
+def test_steer_uses_probe_vectors_at_their_chosen_layers_on_held_out_problems(probe_run, tmp_path):
+    """steer.py --vectors <probe.py output> --layers chosen: the usage its docstring shows (it used
+    to fail: "needs the attribution"); the steering prompts exclude the 40 fitted problems, and
+    the steered text is saved."""
+    from probes.vectors import read_vectors_info
+
+    out, _ = probe_run
+    probe_res = json.loads((out / "results.json").read_text())
+    info = read_vectors_info(out / "vectors.safetensors")
+    assert len(info["fit_problem_ids"]) == 40
+    steer = tmp_path / "steer"
+    r = _run("steer.py", "--vectors", str(out / "vectors.safetensors"), "--layers", "chosen",
+             "--strategies", "compute", "--out", str(steer), "--n-problems", "3", "--n-samples", "1",
+             "--alphas", "0,1", "--n-bootstrap", "20")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((steer / "results.json").read_text())
+    chosen = probe_res["strategies"]["compute"]["attribution"]["chosen_layer"]
+    assert list(res["strategies"]["compute"]["layers"]) == [str(chosen)]
+    assert res["settings"]["n_excluded_fit_problems"] == 40
+    rows = [json.loads(line) for line in (steer / "examples.jsonl").read_text().splitlines()]
+    # 3 prompts x 2 alphas x (vector, random control), each with the text the model wrote
+    assert len(rows) == 12 and {r["vector"] for r in rows} == {"diff_of_means", "random"}
+    assert all(isinstance(r["text"], str) for r in rows) and any(r["text"] for r in rows)
 
 
 def test_steer_script_refuses_a_layer_that_does_not_exist(tmp_path):
