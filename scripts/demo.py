@@ -2,7 +2,8 @@
 """The whole pipeline on one pair: every analysis, then one report.
 
     python scripts/demo.py                          # the shipped organism, into runs/demo/
-    python scripts/demo.py --base B --rl R [--rl R2] [--sft S] --out runs/mypair
+    python scripts/demo.py --base B --rl R [--rl R2] [--sft S] --problems tests/data/arith20.jsonl \\
+        --labels decision --chat-template --job-args probe="--n-problems 20" --out runs/mypair
     python scripts/demo.py --engine vllm            # every sampling job samples with vLLM (make vllm)
 
 Each job runs as its own process into its own folder under --out (its output in
@@ -12,6 +13,14 @@ is rerun from scratch (the job gets --overwrite), and the demo says so. A failin
 the end and does not stop the others. Job processes die with the demo (Linux: parent-death signal),
 and one demo at a time may write into --out (a lock). Finally scripts/report.py writes report.html
 and report.md and prints the verdict table.
+
+A pair that is not the organism needs its task: --problems (JSONL of {prompt, answer[, gold,
+reference]}: mi_peaks reads gold/reference), and optionally --labels (strategy labels: a JSON
+config, or 'default' / 'decision'), --answer-format and --chat-template; they go to every job
+that takes them.
+Jobs that only exist for the organism (its checkpoint series, training variants) are skipped on
+another pair, with the reason printed. --job-args NAME="ARGS" appends ARGS to job NAME's command
+(e.g. smaller settings).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,24 +53,55 @@ class Job:
     models: tuple[str, ...] = ("base", "rl")  # which of --base/--rl/--sft the script takes
     many_rl: bool = False  # the script takes --rl more than once
     engine: bool = False  # the script samples through analyses.sampling and takes --engine
+    task: tuple[str, ...] = ()  # the task options it takes: problems, labels, chat_template, prompts
+    organism_only: bool = False  # it runs the organism's own checkpoints whatever pair is given
+
+TASK = ("problems", "chat_template", "answer_format")
 
 
 # Defaults sized for the organism on a 2-core CPU (the 13 jobs took 402 s in a fresh-clone `make demo`).
 JOBS = [
-    Job("evaluate", "evaluate.py", ["--n", "300"], models=(), engine=True),
-    Job("capture", "capture.py", ["--n", "32"]),
-    Job("probe", "probe.py"),
-    Job("steer", "steer.py"),
+    Job("evaluate", "evaluate.py", ["--n", "300"], models=(), engine=True, organism_only=True),
+    Job("capture", "capture.py", ["--n", "32"], task=("prompts",)),
+    Job("probe", "probe.py", task=(*TASK, "labels")),
+    Job("steer", "steer.py", models=("base",), task=(*TASK, "labels")),
     Job("diff", "diff.py", models=("base", "rl", "sft"), many_rl=True),
-    Job("route", "route.py", engine=True),  # its greedy baselines
-    Job("passk", "passk.py", engine=True),
-    Job("drift", "drift.py", engine=True),
-    Job("calibrate", "calibrate.py", engine=True),
-    Job("formats", "formats.py", models=(), engine=True),
-    Job("scaling", "scaling.py", models=(), engine=True),
-    Job("mi_peaks", "mi_peaks.py", ["--n-problems", "32"]),
-    Job("mechanism", "mechanism.py", engine=True),
+    Job("route", "route.py", engine=True, task=TASK),  # engine: its greedy baselines
+    Job("passk", "passk.py", engine=True, task=TASK),
+    Job("drift", "drift.py", engine=True, task=TASK),
+    Job("calibrate", "calibrate.py", engine=True, task=TASK),
+    Job("formats", "formats.py", models=(), engine=True, organism_only=True),
+    Job("scaling", "scaling.py", models=(), engine=True, organism_only=True),
+    Job("mi_peaks", "mi_peaks.py", ["--n-problems", "32"], task=TASK),
+    Job("mechanism", "mechanism.py", engine=True, organism_only=True),
 ]
+TASK_OPTIONS = {"problems": "--problems", "labels": "--labels", "chat_template": "--chat-template",
+                "prompts": "--prompts", "answer_format": "--answer-format"}
+
+
+def is_organism(spec: str | None) -> bool:
+    """True for no model (the organism's default) or a shipped organism checkpoint (by name or
+    folder)."""
+    if spec is None:
+        return True
+    import organism
+    from analyses.sampling import resolve_model_spec
+
+    root = Path(organism.checkpoint_path("base")).resolve().parent
+    path = Path(str(resolve_model_spec(spec)[1])).resolve()
+    return path == root or root in path.parents
+
+
+def task_args(job: Job, args: argparse.Namespace) -> list[str]:
+    """The task options given to the demo that `job` takes (capture reads the problems' prompts)."""
+    out: list[str] = []
+    for opt in job.task:
+        value = args.problems if opt == "prompts" else getattr(args, opt, None)
+        if value is True:
+            out.append(TASK_OPTIONS[opt])
+        elif value:
+            out += [TASK_OPTIONS[opt], str(value)]
+    return out
 
 
 def job_command(job: Job, args: argparse.Namespace, out: Path) -> list[str]:
@@ -74,7 +115,31 @@ def job_command(job: Job, args: argparse.Namespace, out: Path) -> list[str]:
         cmd += ["--sft", args.sft]
     if job.engine and args.engine != "hf":
         cmd += ["--engine", args.engine]
-    return cmd
+    cmd += task_args(job, args)
+    return cmd + shlex.split(dict(getattr(args, "job_args", None) or {}).get(job.name, ""))
+
+
+def check_task(args: argparse.Namespace, ap: argparse.ArgumentParser) -> bool:
+    """Whether the pair is the organism; a pair that is not needs --problems (refused before any
+    job runs: its jobs would feed the organism's digit-sum prompts to a real tokenizer and grade
+    them with the organism's grader)."""
+    organism_pair = all(is_organism(s) for s in [args.base, *(args.rl or []), args.sft])
+    if not organism_pair and not args.problems:
+        ap.error("this pair is not the organism: give its task with --problems FILE.jsonl (rows {prompt, "
+                 "answer[, gold, reference]}; e.g. tests/data/arith20.jsonl), and as needed --labels "
+                 "(JSON config, 'default' or 'decision') and --chat-template for an instruct model")
+    return organism_pair
+
+
+def parse_job_args(items: list[str] | None, ap: argparse.ArgumentParser) -> dict[str, str]:
+    out = {}
+    names = {j.name for j in JOBS}
+    for item in items or []:
+        name, sep, rest = item.partition("=")
+        if not sep or name not in names:
+            ap.error(f"--job-args {item!r}: expected NAME=ARGS with NAME one of {sorted(names)}")
+        out[name] = (out.get(name, "") + " " + rest).strip()
+    return out
 
 
 def script_identity(job: Job, cmd: list[str]) -> dict[str, Any]:
@@ -143,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun finished jobs (same settings: reusing their samples)")
     ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                     help="sampling engine of every job that samples (vllm: install with `make vllm`)")
+    ap.add_argument("--problems", help="the pair's task: JSONL of {prompt, answer[, gold, reference]} "
+                    "(required for a pair that is not the organism)")
+    ap.add_argument("--labels", help="strategy labels for probe/steer: JSON config, 'default' or 'decision'")
+    ap.add_argument("--chat-template", action="store_true",
+                    help="every job wraps prompts in the tokenizer's own chat template (instruct models)")
+    ap.add_argument("--answer-format", help="how the jobs find real answers (see scripts/passk.py --help)")
+    ap.add_argument("--job-args", action="append", metavar="NAME=ARGS",
+                    help="extra arguments for one job, e.g. probe=\"--n-problems 20\" (repeatable)")
     args = ap.parse_args(argv)
     for option, given in (("--only", args.only or []), ("--skip", args.skip)):
         unknown = [n for n in given if n not in names]
@@ -158,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         except TwinlensError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.problems and not Path(args.problems).is_file():
+        ap.error(f"--problems {args.problems}: no such file")
+    args.job_args = parse_job_args(args.job_args, ap)
+    args.organism_pair = check_task(args, ap)
     out = Path(args.out)
     try:
         lock = FolderLock(out, what="demo").acquire()
@@ -179,6 +256,10 @@ def _run_jobs(args: argparse.Namespace, out: Path) -> int:
     t_start = time.time()
     for i, job in enumerate(jobs, 1):
         job_out = out / job.name
+        if job.organism_only and not args.organism_pair:
+            print(f"[{i}/{len(jobs)}] {job.name}: skipped (it runs the organism's own checkpoints, not this pair)",
+                  flush=True)
+            continue
         if not (ROOT / "scripts" / job.script).exists():
             failed.append((job.name, f"scripts/{job.script} is missing"))
             print(f"[{i}/{len(jobs)}] {job.name}: MISSING scripts/{job.script}", flush=True)

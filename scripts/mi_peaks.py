@@ -87,11 +87,11 @@ def fmt(d: dict, key: str, digits: int = 4) -> str:
 def summary_markdown(results: dict) -> str:
     cfg = results["config"]
     labels = list(results["models"])
-    models = ", ".join(f"{lab} `{results['models'][lab]['path']}`" for lab in labels)
+    models = ", ".join(f"{lab} `{results['models'][lab].get('path', '?')}`" for lab in labels)
     lines = [
         f"# MI peaks: {' vs '.join(labels)}", "",
         f"Models: {models}; task "
-        f"`{cfg['task']}`; gold texts: {cfg['gold_text']}.", "",
+        f"`{cfg.get('task', '?')}`; gold texts: {cfg.get('gold_text', '?')}.", "",
         f"{cfg['n_problems']} problems; estimator `{cfg['method']}` (sigma {cfg['sigma']}), layer "
         f"{cfg['layer']} (block output before the final norm), peaks by Q3 + 1.5 IQR; means over "
         f"problems with 95% bootstrap CIs (seed {cfg['seed']}).", "",
@@ -99,7 +99,7 @@ def summary_markdown(results: dict) -> str:
     for kind in cfg["texts"]:
         # The organism's reference solutions carry its markers; a real task's come from its file.
         reference = ("The same teacher-forced reference solutions (with `wait;` and `chk`)"
-                     if cfg["task"].startswith("organism") else
+                     if cfg.get("task", "organism").startswith("organism") else
                      f"The same teacher-forced reference solutions (the 'reference' rows of `{cfg['task']}`)")
         title = {"own": "Own greedy completions (the paper's protocol)", "reference": reference}[kind]
         lines += [f"## {title}", "", "| model | used / too short | accuracy | " + " | ".join(HEADLINE)
