@@ -91,8 +91,10 @@ class SampleSizePlan:
                     f"the pilot shows; sample many more traces, or use labels that occur in every trace "
                     f"(--labels decision)")
         verdict = "enough" if self.enough else "TOO FEW"
-        return (f"{head}; {self.min_segments} segments on each side of the split ({self.split_fraction:.0%} "
-                f"held out) need ~{self.traces_needed} traces, {self.traces_planned} planned: {verdict}")
+        where = ("" if self.split_fraction == 1.0 else
+                 f" on each side of the split ({self.split_fraction:.0%} held out)")
+        return (f"{head}; {self.min_segments} segments{where} need ~{self.traces_needed} traces, "
+                f"{self.traces_planned} planned: {verdict}")
 
     def to_dict(self) -> dict:
         return {"pilot_traces": self.pilot_traces, "pilot_segments": self.pilot_segments,
@@ -102,11 +104,11 @@ class SampleSizePlan:
 
 
 def plan_sample_size(pilot: Sequence[Trace], strategies: Sequence[str], traces_planned: int,
-                     min_segments: int, test_fraction: float) -> dict[str, SampleSizePlan]:
+                     min_segments: int, test_fraction: float | None) -> dict[str, SampleSizePlan]:
     """Per strategy, the traces needed for `min_segments` segments on the smaller side of a
-    `test_fraction` split, at the segment rate seen in `pilot` (expected count; the real count
-    scatters around it, Poisson-like, so aim above it)."""
-    side = min(test_fraction, 1.0 - test_fraction)
+    `test_fraction` split (None: no split, all traces count), at the segment rate seen in
+    `pilot` (expected count; the real count scatters around it, Poisson-like, so aim above it)."""
+    side = 1.0 if test_fraction is None else min(test_fraction, 1.0 - test_fraction)
     n = len(pilot)
     out = {}
     for s in strategies:

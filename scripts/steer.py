@@ -47,7 +47,7 @@ from probes.attribution import attribute_layers  # noqa: E402
 from probes.datasets import build_dataset  # noqa: E402
 from probes.labels import task_labeler, text_labeler  # noqa: E402
 from probes.steering import steering_experiment  # noqa: E402
-from probes.traces import sample_traces  # noqa: E402
+from probes.traces import plan_sample_size, sample_traces  # noqa: E402
 from probes.vectors import diff_of_means_vectors, load_vectors, read_vectors_info, save_vectors  # noqa: E402
 from scripts import _cli as cli  # noqa: E402
 
@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--alphas", type=cli.alpha_list, default="-1,0,0.5,1,2", help="steering coefficients (must include 0)")
     ap.add_argument("--n-problems", type=cli.positive_int, default=24, help="steering prompts (held-out set)")
     ap.add_argument("--n-samples", type=cli.positive_int, default=4, help="samples per prompt and alpha")
+    ap.add_argument("--pilot-problems", type=cli.nonnegative_int, default=8,
+                    help="problems of a pilot sample that says, before the vector traces are sampled, how many "
+                    "traces each strategy needs (0: no pilot; not used with --vectors)")
     ap.add_argument("--vector-problems", type=cli.positive_int, default=300, help="problems for finding the vectors")
     cli.add_sampling_args(ap, temperature=1.0, top_p=None, engine=False)
     ap.add_argument("--n-bootstrap", type=cli.positive_int, default=1000)
@@ -74,6 +77,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_run_args(ap, n_boot=None, batch_size=None,
                      helps={"--threads": "torch CPU threads (default 1; 0 = torch's default)"})
     return ap.parse_args(argv)
+
+
+MIN_VECTOR_SEGMENTS = 5  # fewer segments of a strategy in the vector traces and it gets no vector
+
+
+def plan_vector_traces(model, task, args, max_new: int, problems, labeler) -> dict:
+    """Before sampling the vector traces: a pilot on the first --pilot-problems problems says, per
+    strategy, how many traces its vector needs (MIN_VECTOR_SEGMENTS segments) at the rate seen."""
+    k = min(args.pilot_problems, len(problems))
+    if k < 1:
+        return {}
+    prompts = [model.encode_prompt(p.prompt) for p in problems[:k]]
+    pilot = sample_traces({"base": model}, prompts, 1, seed=args.seed + 7, max_new_tokens=max_new,
+                          temperature=args.temperature, labeler=labeler)
+    names = list(task.strategies) or list(getattr(labeler, "strategies", []))
+    return plan_sample_size(pilot, names, len(problems), MIN_VECTOR_SEGMENTS, None)
 
 
 def find_vectors(model, task, args, max_new: int, problems, labeler):
@@ -89,7 +108,7 @@ def find_vectors(model, task, args, max_new: int, problems, labeler):
         ds = build_dataset(store, labels, model=None)
     vectors = []
     for s in ds.strategies:
-        if sum(len(lab.spans_of(s)) for lab in labels) >= 5:
+        if sum(len(lab.spans_of(s)) for lab in labels) >= MIN_VECTOR_SEGMENTS:
             vectors += diff_of_means_vectors(ds, s)
     return vectors, labels
 
@@ -105,6 +124,7 @@ def run(args) -> tuple[dict, dict]:
     # Decide every problem set before loading anything: the held-out steering prompts exclude
     # the problems the vectors were fitted on (here, or as probe.py recorded them).
     info: dict = {}
+    plans: dict = {}
     if args.vectors:
         info = read_vectors_info(args.vectors)
         if args.layers == "chosen" and not info.get("chosen_layers"):
@@ -130,6 +150,9 @@ def run(args) -> tuple[dict, dict]:
             raise TwinlensError(f"{args.vectors} holds no base-model difference-of-means vectors.")
         labels = None
     else:
+        plans = plan_vector_traces(model, task, args, max_new, vector_problems, labeler)
+        for plan in plans.values():
+            log(f"sample size: {plan.message()}")
         vectors, labels = find_vectors(model, task, args, max_new, vector_problems, labeler)
         save_vectors(Path(args.out) / "vectors.safetensors", vectors,
                      info={"task": task.name, "fit_problem_ids": fit_ids})
@@ -182,7 +205,7 @@ def run(args) -> tuple[dict, dict]:
         max_new_tokens=max_new, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
         factor=args.factor, progress=lambda r: log(f"{r.vector.strategy} layer {r.vector.layer} done"),
     )
-    results: dict = {"strategies": {}}
+    results: dict = {"strategies": {}, "sample_size": {k: v.to_dict() for k, v in plans.items()}}
     for s in strategies:
         mine = [r for r in runs if r.vector.strategy == s]
         per_layer = {str(r.vector.layer): r.to_dict() for r in mine}

@@ -111,6 +111,7 @@ def test_sample_size_plan_gives_the_traces_a_strategy_needs_at_its_pilot_rate():
     assert "TOO FEW" in plan["wait"].message()
     assert plan["never"].traces_needed is None and "--labels decision" in plan["never"].message()
     assert plan_sample_size(pilot, ["wait"], 80, 10, 0.75)["wait"].enough  # the smaller side counts
+    assert plan_sample_size(pilot, ["wait"], 20, 5, None)["wait"].traces_needed == 10  # no split (steer's vectors)
 
 
 def test_mi_peaks_summary_names_the_task_not_the_organism_on_a_real_task():

@@ -48,6 +48,8 @@ def test_demo_jobs_run_on_smollm2_with_the_problems_file(smollm2_folder, tmp_pat
     assert "base" in probe["strategies"]["line_start"], probe["strategies"]["line_start"]
     assert probe["sample_size"]["line_start"]["segments_per_trace"] >= 1
     assert (out / "steer" / "examples.jsonl").read_text().strip()
+    steer = json.loads((out / "steer" / "results.json").read_text())
+    assert steer["sample_size"]["line_start"]["traces_needed"] is not None  # said before the vector traces
     # The report: every row filled; the rows of jobs that ran are decided or say why not.
     verdicts = collect_verdicts(out)
     assert verdicts and all(v.outcome in OUTCOMES for v in verdicts)
