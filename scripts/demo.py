@@ -241,10 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     except TwinlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM / SIGHUP end the demo through SystemExit, so subprocess.run kills the running job
+    # (where there is no parent-death signal, e.g. macOS); restored after (tests call main in-process).
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return _run_jobs(args, out)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         lock.release()
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_jobs(args: argparse.Namespace, out: Path) -> int:
