@@ -459,7 +459,7 @@ def test_demo_reruns_a_job_made_with_other_models_and_says_so(passk, models, tmp
     pair = ["--base", str(models["llama"]), "--out", str(out)]
     # A demo folder whose passk was made with llama_b (run here in-process, as the demo would run it).
     made = demo.job_command(job, argparse.Namespace(base=str(models["llama"]), rl=[str(models["llama_b"])],
-                                                    sft=None), out / "passk")
+                                                    sft=None, engine="hf"), out / "passk")
     assert passk.main(made[2:]) == 0
 
     assert demo.main([*pair, "--rl", str(models["llama_b"])]) == 0
