@@ -488,6 +488,21 @@ def test_the_report_says_which_models_made_each_job(tiny_models, tmp_path):
     assert made in (tmp_path / "demo" / "report.md").read_text()
 
 
+def test_demo_plans_folders_of_the_version_before_job_json(tmp_path):
+    demo = load_script("demo")
+    job = demo.Job("passk", "passk.py", ["--n-problems", "3"])
+    cmd = demo.job_command(job, argparse.Namespace(base=None, rl=None, sft=None, engine="hf"), tmp_path / "passk")
+    assert demo.plan_job(job, cmd, tmp_path / "passk", force=False) == ("run", "")  # no folder yet
+    legacy = tmp_path / "passk"
+    legacy.mkdir()
+    (legacy / "log.txt").write_text("an earlier demo's log of a failed job")
+    assert demo.plan_job(job, cmd, legacy, force=False) == ("run", "")
+    assert not (legacy / "log.txt").exists()  # the demo's own old log, removed so the job can claim the folder
+    (legacy / "results.json").write_text("{}")
+    action, why = demo.plan_job(job, cmd, legacy, force=False)
+    assert action == "rerun" and "no job.json" in why
+
+
 def test_killing_the_demo_kills_its_running_job(tmp_path):
     out = tmp_path / "demo"
     demo = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "demo.py"), "--only", "passk", "--out", str(out)],
