@@ -11,9 +11,12 @@ bootstrap over prompts. The vector and its random control are sampled with the s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from hooks.errors import TwinlensError
 from hooks.validation import bootstrap_indices, check_finite, check_positive_int, check_temperature
@@ -26,6 +29,13 @@ __all__ = [
     "steering_curve",
     "compare_to_random",
     "steering_experiment",
+    "SteeringSetting",
+    "SettingSamples",
+    "run_settings",
+    "summarize_setting",
+    "WHERE",
+    "Candidate",
+    "steering_search",
 ]
 
 LabelFn = Callable[[str], Sequence]  # text -> spans with a `.strategy` (or (strategy, ...) tuples)
@@ -326,4 +336,258 @@ def steering_experiment(
                                   random_seed=random_seed + i))
         if progress is not None:
             progress(out[-1])
+    return out
+
+
+# ------------------------------------------------------------------ batched settings and search
+WHERE = ("all", "decision_points")
+
+
+@dataclass
+class SteeringSetting:
+    """One steering setting: add `vector.direction` (already scaled to the strength) at the
+    vector's layer, at every position (where="all") or at decision points only
+    (where="decision_points": the last prompt token and every generated token in
+    `separator_ids`, i.e. `probes.baselines.decision_point_positions` while generating).
+    vector None = unsteered."""
+
+    vector: StrategyVector | None
+    where: str = "all"
+    fraction: float = 0.0  # strength as a fraction of the mean residual norm (for the record)
+    kind: str = ""  # which vector ("decision_point_contrast", ..., "random")
+
+
+@contextmanager
+def _steer_rows(model, settings: Sequence[SteeringSetting], n_prompts: int, prompt_lens: Sequence[int],
+                separator_ids: Sequence[int]):
+    """Interventions for a generate call over `settings x prompts` (setting-major): row r of the
+    call's prompts is setting r // n_prompts. Per layer, one hook adds each row's own vector at
+    its own positions (absolute positions from the forward layout; token ids read by a pre-hook
+    on the input embedding, so decision points are found in the tokens being generated)."""
+    from hooks.interventions import _Edit, _layout_for, _open_edit
+
+    d = model.d_model
+    R = len(settings) * n_prompts
+    by_layer: dict[int, Tensor] = {}
+    dp = torch.zeros(R, dtype=torch.bool)
+    for k, s in enumerate(settings):
+        if s.vector is None:
+            continue
+        s.vector.check_fits(model)
+        if s.where not in WHERE:
+            raise TwinlensError(f"where must be one of {WHERE}, got {s.where!r}.")
+        table = by_layer.setdefault(s.vector.layer, torch.zeros(R, d))
+        table[k * n_prompts:(k + 1) * n_prompts] = s.vector.direction
+        dp[k * n_prompts:(k + 1) * n_prompts] = s.where == "decision_points"
+    plen = torch.tensor(list(prompt_lens) * len(settings), dtype=torch.long)
+    sep = torch.tensor(sorted(set(int(t) for t in separator_ids)), dtype=torch.long)
+    ids: dict[str, Tensor] = {}
+
+    def pre(_mod, args, kwargs):
+        x = args[0] if args else kwargs.get("input", kwargs.get("input_ids"))
+        ids["x"] = x
+
+    with ExitStack() as stack:
+        for layer, table in by_layer.items():
+            spec = _Edit(f"blocks.{layer}.hook_out", None, f"steer_rows(layer={layer})", None)
+
+            def fn(x, layout, table=table, spec=spec):
+                layout = _layout_for(x, layout, spec.description)
+                prow = (layout.rows // layout.n).cpu()
+                pos = layout.positions.cpu()
+                p0 = plen[prow][:, None]
+                at_dp = pos == p0 - 1
+                tok = ids.get("x")
+                if tok is not None and tuple(tok.shape) == tuple(pos.shape) and sep.numel():
+                    at_dp = at_dp | (torch.isin(tok.cpu(), sep) & (pos >= p0))
+                mask = torch.where(dp[prow][:, None], at_dp, pos >= 0)
+                add = mask.unsqueeze(-1).to(x.dtype) * table[prow][:, None, :].to(x.dtype)
+                return x + add.to(x.device)
+
+            spec.fn = fn
+            stack.enter_context(_open_edit(model, spec))
+        if dp.any():
+            handle = model.hf.get_input_embeddings().register_forward_pre_hook(pre, with_kwargs=True)
+            stack.callback(handle.remove)
+        yield
+
+
+@dataclass
+class SettingSamples:
+    """Per-sample outcomes of one setting: arrays `[n_prompts, n_samples]`."""
+
+    setting: SteeringSetting
+    used: dict[str, np.ndarray]  # strategy -> bool
+    correct: np.ndarray
+    malformed: np.ndarray
+    length: np.ndarray
+
+
+def run_settings(
+    model, settings: Sequence[SteeringSetting], prompts: Sequence[Sequence[int]], label_fn: LabelFn,
+    strategies: Sequence[str], grade_fn: GradeFn | None = None, malformed_fn: Callable[[str], bool] | None = None,
+    separator_ids: Sequence[int] = (), n_samples: int = 4, seed: int = 0, max_new_tokens: int = 64,
+    temperature: float = 1.0,
+) -> list[SettingSamples]:
+    """Generate `n_samples` completions per prompt under every setting in ONE batched generate call
+    (rows = settings x prompts; each row gets its own setting's vector), with common random numbers:
+    sample j of prompt i has the same seed under every setting. Returns one `SettingSamples` each."""
+    from hooks import generate
+
+    if not prompts:
+        raise TwinlensError("run_settings needs at least one prompt.")
+    n_samples = check_positive_int("n_samples", n_samples)
+    check_temperature(temperature)
+    P, S = len(prompts), n_samples
+    allp = [list(p) for _ in settings for p in prompts]
+    with _steer_rows(model, settings, P, [len(p) for p in prompts], separator_ids):
+        outs = generate(model, allp, max_new_tokens, temperature=temperature, n=S, seed=seed,
+                        row_ids=list(range(P)) * len(settings))
+    res = []
+    for k, s in enumerate(settings):
+        mine = outs[k * P * S:(k + 1) * P * S]
+        texts = [model.tokenizer.decode(o, skip_special_tokens=True) for o in mine]
+        found = [_strategies_in(label_fn(t)) for t in texts]
+        used = {st: np.array([st in f for f in found]).reshape(P, S) for st in strategies}
+        ok = (np.array([bool(grade_fn(i // S, t)) for i, t in enumerate(texts)]) if grade_fn
+              else np.full(P * S, np.nan))
+        bad = (np.array([bool(malformed_fn(t)) for t in texts]) if malformed_fn else np.full(P * S, np.nan))
+        res.append(SettingSamples(s, used, ok.reshape(P, S), bad.reshape(P, S),
+                                  np.array([len(o) for o in mine], float).reshape(P, S)))
+    return res
+
+
+def _rate(x: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, list[float]]:
+    x = np.asarray(x, float)
+    return float(x.mean()), [float(c) for c in _bootstrap_mean(x, n_bootstrap, seed)]
+
+
+def summarize_setting(s: SettingSamples, s0: SettingSamples, strategy: str, n_bootstrap: int = 1000,
+                      seed: int = 0) -> dict:
+    """Steered vs unsteered numbers of one setting for `strategy` (the keys
+    `analyses.verdicts.verdict_steering` reads): rates with 95% bootstrap-over-prompts CIs."""
+    rate, ci = _rate(s.used[strategy], n_bootstrap, seed)
+    rate0, ci0 = _rate(s0.used[strategy], n_bootstrap, seed)
+    m, mci = _rate(s.malformed, n_bootstrap, seed)
+    m0, m0ci = _rate(s0.malformed, n_bootstrap, seed)
+    v = s.setting.vector
+    return {
+        "layer": None if v is None else v.layer, "alpha_fraction": s.setting.fraction,
+        "where": s.setting.where, "vector": s.setting.kind,
+        "rate_at_0": rate0, "ci_at_0": ci0, "rate": rate, "ci": ci, "change": rate - rate0,
+        "accuracy_at_0": float(np.nanmean(s0.correct)) if np.isfinite(s0.correct).any() else None,
+        "accuracy": float(np.nanmean(s.correct)) if np.isfinite(s.correct).any() else None,
+        "malformed_at_0": {"value": m0, "ci": m0ci}, "malformed": {"value": m, "ci": mci},
+        "length_at_0": float(s0.length.mean()), "length": float(s.length.mean()),
+        "length_ratio": float(s.length.mean() / max(s0.length.mean(), 1e-9)),
+        "vector_norm": None if v is None else v.norm,
+    }
+
+
+@dataclass
+class Candidate:
+    """A direction to try for one strategy: `vector` (any norm; the search rescales it),
+    `kind` names it ("decision_point_contrast", "diff_of_means_token_pooled", ...)."""
+
+    vector: StrategyVector
+    kind: str
+
+
+def _scaled(c: Candidate, where: str, fraction: float, norms: dict) -> SteeringSetting:
+    """`c`'s unit direction times fraction x the mean residual norm at its layer and positions."""
+    ref = float(norms[where][c.vector.layer])
+    v = c.vector
+    sv = StrategyVector(v.unit * ref * fraction, v.layer, v.method, v.strategy, v.model_name, v.weight_hash,
+                        v.labels_source, v.n_segments, {**v.extra, "alpha_fraction": fraction, "where": where,
+                                                        "residual_norm": ref})
+    return SteeringSetting(sv, where, fraction, c.kind)
+
+
+def steering_search(
+    model, candidates: dict[str, list[Candidate]], norms: dict[str, dict[int, float]],
+    screen_prompts: Sequence[Sequence[int]], eval_prompts: Sequence[Sequence[int]], label_fn: LabelFn,
+    grade_fn_screen: GradeFn | None = None, grade_fn_eval: GradeFn | None = None,
+    malformed_fn: Callable[[str], bool] | None = None, separator_ids: Sequence[int] = (),
+    fractions: Sequence[float] = (0.05, 0.1, 0.2), wheres: Sequence[str] = ("decision_points",),
+    n_screen_samples: int = 2, n_samples: int = 4, n_random: int = 5, seed: int = 0, random_seed: int = 1000,
+    max_new_tokens: int = 64, temperature: float = 1.0, n_bootstrap: int = 1000, progress=None,
+) -> dict:
+    """Find, per strategy, the steering setting (candidate vector x layer x where x strength) that
+    raises the strategy most without degenerating, then measure it on held-out prompts against
+    `n_random` Gaussian random vectors of the same norm, layer and positions.
+
+    Strength: `fraction` x the mean residual norm at the vector's layer and the steered positions
+    (`norms[where][layer]`, see `probes.vectors.mean_residual_norm`), so one grid means the same at
+    every layer. Stage 1 (screen) runs every setting on `screen_prompts` x `n_screen_samples` and
+    keeps the largest rise among settings `analyses.verdicts.is_degenerate` does not flag; stage 2
+    runs unsteered, the chosen setting and the random vectors on `eval_prompts` x `n_samples`
+    (disjoint prompts, so the choice does not inflate the reported effect). Returns
+    {strategy: {"best": {...verdict keys...}, "screen": [summaries]}}. Raises TwinlensError on an
+    empty grid, a `where` outside WHERE, `n_random` < 1, a fraction <= 0, or a missing norm."""
+    from analyses.verdicts import is_degenerate
+
+    fractions = [check_finite(f"fractions[{i}]", f) for i, f in enumerate(fractions)]
+    if not fractions or any(f <= 0 for f in fractions):
+        raise TwinlensError(f"fractions must be > 0 (a share of the residual norm, e.g. 0.05-0.5); got {fractions}.")
+    bad = [w for w in wheres if w not in WHERE]
+    if bad or not wheres:
+        raise TwinlensError(f"where must be among {WHERE}; got {list(wheres)}.")
+    check_positive_int("n_random", n_random)
+    strategies = [s for s in candidates if candidates[s]]
+    if not strategies:
+        raise TwinlensError("steering_search needs at least one candidate vector.")
+    for s in strategies:
+        for c in candidates[s]:
+            for w in wheres:
+                if c.vector.layer not in norms.get(w, {}):
+                    raise TwinlensError(f"No residual norm for layer {c.vector.layer}, where={w!r}.")
+    common = dict(label_fn=label_fn, strategies=strategies, malformed_fn=malformed_fn,
+                  separator_ids=separator_ids, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature)
+    grid = [SteeringSetting(None, "all", 0.0, "none")]
+    owner = [None]
+    for s in strategies:
+        for c in candidates[s]:
+            for w in wheres:
+                for f in fractions:
+                    grid.append(_scaled(c, w, f, norms))
+                    owner.append((s, c))
+    screen = run_settings(model, grid, screen_prompts, grade_fn=grade_fn_screen, n_samples=n_screen_samples,
+                          **common)
+    if progress is not None:
+        progress(f"screened {len(grid) - 1} settings")
+    out: dict = {}
+    chosen = []
+    for s in strategies:
+        rows = []
+        for k in range(1, len(grid)):
+            if owner[k][0] != s:
+                continue
+            x = summarize_setting(screen[k], screen[0], s, n_bootstrap=200, seed=seed)
+            x["degenerate"], x["degenerate_why"] = is_degenerate(x)
+            rows.append((x, owner[k][1], grid[k]))
+        ok = [r for r in rows if not r[0]["degenerate"]] or rows
+        best = max(ok, key=lambda r: (r[0]["change"], -r[2].fraction))
+        out[s] = {"screen": [r[0] for r in rows]}
+        chosen.append((s, best[2]))
+    final = [SteeringSetting(None, "all", 0.0, "none")]
+    for k, (_s, st) in enumerate(chosen):
+        final.append(st)
+        for j in range(n_random):
+            rv = random_vector_like(st.vector, seed=random_seed + 100 * k + j)
+            final.append(SteeringSetting(rv, st.where, st.fraction, "random"))
+    ev = run_settings(model, final, eval_prompts, grade_fn=grade_fn_eval, n_samples=n_samples, **common)
+    if progress is not None:
+        progress(f"measured {len(chosen)} chosen settings against {n_random} random vectors each")
+    for k, (s, _st) in enumerate(chosen):
+        i = 1 + k * (1 + n_random)
+        b = summarize_setting(ev[i], ev[0], s, n_bootstrap=n_bootstrap, seed=seed)
+        rnd = [summarize_setting(ev[i + 1 + j], ev[0], s, n_bootstrap=n_bootstrap, seed=seed)
+               for j in range(n_random)]
+        b["random"] = {"n": n_random, "rates": [r["rate"] for r in rnd], "cis": [r["ci"] for r in rnd],
+                       "max_upper_ci": max(r["ci"][1] for r in rnd),
+                       "seeds": [random_seed + 100 * k + j for j in range(n_random)]}
+        b["degenerate"], b["degenerate_why"] = is_degenerate(b)
+        b["n_prompts"], b["n_samples"] = len(eval_prompts), n_samples
+        b["passes"] = bool(b["ci"][0] > b["random"]["max_upper_ci"] and not b["degenerate"])
+        out[s]["best"] = b
     return out

@@ -5,9 +5,17 @@ Difference of means, per layer, exactly as RESEARCH.md section 1:
    positions `[start - 1, min(end - 1, start + 10))` (the position that decides to open the
    segment, then its first tokens);
 2. average those segment means over segments;
-3. subtract the mean over the whole reasoning span (each example's reasoning-span mean,
-   averaged over examples, as the authors' code does);
-4. rescale the difference to the norm of that overall mean.
+3. subtract the common mean over the reasoning span: by default (`common_mean="token_pooled"`)
+   the mean over every reasoning token of every example pooled, so each token weighs the same;
+   `common_mean="example_mean"` is the authors' code (each example's reasoning-span mean, averaged
+   over examples), where two-token direct answers weigh as much as long traces and dominate the
+   mean (issue 15: its norm exceeds the mean token norm and all strategy vectors collapse onto one
+   shared direction, pairwise cosine 0.96-0.99);
+4. rescale the difference to the norm of that common mean.
+
+`decision_point_contrast_vectors` is the alternative that asks the question steering should ask:
+the mean residual at the decision point just before a strategy starts minus the mean at the other
+decision points (`probes.baselines.decision_point_positions`).
 
 A `StrategyVector` is a direction + layer + provenance, saved as safetensors with JSON metadata;
 `vector.apply(model, alpha)` is the scoped steering intervention (`hooks.add_to_residual`).
@@ -34,6 +42,9 @@ from probes.datasets import ProbeDataset
 __all__ = [
     "StrategyVector",
     "diff_of_means_vectors",
+    "decision_point_contrast_vectors",
+    "mean_residual_norm",
+    "COMMON_MEANS",
     "probe_weight_vectors",
     "random_vector_like",
     "vector_cosines",
@@ -43,6 +54,7 @@ __all__ = [
     "SEGMENT_WINDOW",
 ]
 
+COMMON_MEANS = ("token_pooled", "example_mean")
 SEGMENT_WINDOW = 10  # tokens after the segment start that enter its mean (RESEARCH.md s.1)
 _FORMAT = "twinlens.strategy_vectors/1"
 
@@ -202,8 +214,17 @@ def segment_windows(
     return out
 
 
-def overall_mean(ds: ProbeDataset, examples=None) -> Tensor:
-    """`[L, d]`: each example's mean over its reasoning span, averaged over examples."""
+def overall_mean(ds: ProbeDataset, examples=None, common_mean: str = "example_mean") -> Tensor:
+    """`[L, d]` common mean of the reasoning span: "example_mean" = each example's mean over its
+    reasoning span, averaged over examples; "token_pooled" = the mean over all reasoning tokens of
+    these examples pooled (every token weighs the same)."""
+    if common_mean not in COMMON_MEANS:
+        raise TwinlensError(f"common_mean must be one of {COMMON_MEANS}, got {common_mean!r}.")
+    if common_mean == "token_pooled":
+        rows = np.nonzero(np.isin(ds.example, _examples_of(ds, examples)) & ds.reasoning)[0]
+        if not rows.size:
+            raise TwinlensError("No reasoning rows in these examples; nothing to average.")
+        return ds.X[:, rows].double().mean(1)
     means = []
     for e in _examples_of(ds, examples):
         rows = np.nonzero((ds.example == e) & ds.reasoning)[0]
@@ -215,11 +236,16 @@ def overall_mean(ds: ProbeDataset, examples=None) -> Tensor:
 
 
 def diff_of_means_vectors(
-    ds: ProbeDataset, strategy: str, examples=None, window: int = SEGMENT_WINDOW
+    ds: ProbeDataset, strategy: str, examples=None, window: int = SEGMENT_WINDOW,
+    common_mean: str = "token_pooled",
 ) -> list[StrategyVector]:
-    """One difference-of-means vector per layer of `ds` (see the module docstring).
+    """One difference-of-means vector per layer of `ds` (see the module docstring); method
+    "diff_of_means", `extra["common_mean"]` says which common mean was subtracted.
 
-    examples: example ids to use (e.g. the training split), default all."""
+    examples: example ids to use (e.g. the training split), default all.
+    common_mean: "token_pooled" (default) or "example_mean" (the authors' code)."""
+    if common_mean not in COMMON_MEANS:
+        raise TwinlensError(f"common_mean must be one of {COMMON_MEANS}, got {common_mean!r}.")
     windows = segment_windows(ds, strategy, examples, window)
     if not windows:
         raise TwinlensError(
@@ -228,11 +254,61 @@ def diff_of_means_vectors(
         )
     seg_means = torch.stack([ds.X[:, rows].double().mean(1) for rows in windows])  # [S, L, d]
     strategy_mean = seg_means.mean(0)
-    base = overall_mean(ds, examples)
+    base = overall_mean(ds, examples, common_mean)
     diff = strategy_mean - base
     scale = base.norm(dim=-1, keepdim=True) / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return _per_layer(ds, (diff * scale).float(), "diff_of_means", strategy,
-                      n_segments=len(windows), extra={"window": window})
+                      n_segments=len(windows), extra={"window": window, "common_mean": common_mean})
+
+
+def _decision_rows(ds: ProbeDataset, decision_points: dict, examples=None) -> dict[int, np.ndarray]:
+    out = {}
+    for e in _examples_of(ds, examples):
+        pts = np.asarray(decision_points.get(e, []), dtype=np.int64)
+        rows = np.array([ds.row(e, int(p)) for p in pts], dtype=np.int64)
+        if (rows < 0).any():
+            raise TwinlensError(f"Example {e}: some decision points were not captured; capture with positions='all'.")
+        out[e] = rows
+    return out
+
+
+def decision_point_contrast_vectors(
+    ds: ProbeDataset, strategy: str, decision_points: dict, examples=None, min_points: int = 5
+) -> list[StrategyVector]:
+    """Per layer: mean residual at the decision points just before a `strategy` segment starts
+    (position `start - 1` is a decision point) minus the mean at every other decision point
+    (issue 15). `[d]` per layer, raw units (steer with a strength relative to the residual norm).
+
+    decision_points: {example id: positions}, from `probes.baselines.decision_point_positions`.
+    Raises TwinlensError with fewer than `min_points` decision points on either side."""
+    pos_rows, neg_rows = [], []
+    for e, rows in _decision_rows(ds, decision_points, examples).items():
+        starts = {sp.start - 1 for sp in ds.spans[e].spans_of(strategy)}
+        pts = np.asarray(decision_points.get(e, []), dtype=np.int64)
+        for p, r in zip(pts, rows, strict=True):
+            (pos_rows if int(p) in starts else neg_rows).append(int(r))
+    if len(pos_rows) < min_points or len(neg_rows) < min_points:
+        raise TwinlensError(
+            f"The {strategy!r} contrast vector needs >= {min_points} decision points before a {strategy!r} "
+            f"segment and >= {min_points} others; got {len(pos_rows)} and {len(neg_rows)}. Use more examples."
+        )
+    diff = ds.X[:, pos_rows].double().mean(1) - ds.X[:, neg_rows].double().mean(1)
+    return _per_layer(ds, diff.float(), "decision_point_contrast", strategy, n_segments=len(pos_rows),
+                      extra={"n_other_points": len(neg_rows)})
+
+
+def mean_residual_norm(ds: ProbeDataset, decision_points: dict | None = None, examples=None) -> Tensor:
+    """`[L]` mean L2 norm of the residual (block output) per layer of `ds`: over every stored
+    token of the examples (`decision_points=None`, the positions steered with where="all"), or over
+    their decision points only (where="decision_points"). The unit of steering strength."""
+    if decision_points is None:
+        rows = np.nonzero(np.isin(ds.example, _examples_of(ds, examples)))[0]
+    else:
+        rows = np.concatenate([r for r in _decision_rows(ds, decision_points, examples).values()] or [[]])
+        rows = rows.astype(np.int64)
+    if not rows.size:
+        raise TwinlensError("No rows to measure the residual norm on.")
+    return ds.X[:, rows].double().norm(dim=-1).mean(1)
 
 
 def probe_weight_vectors(

@@ -1,10 +1,35 @@
 #!/usr/bin/env python
-"""Steer the base model with strategy vectors (RESEARCH.md section 1): add alpha * v to one
-layer's output at every position while it generates, and measure each strategy's frequency,
-the task accuracy and the output length, beside the same sweep with a random vector of equal
-norm (seeded). Sweeps alpha and layer.
+"""Steer the base model with strategy vectors (RESEARCH.md section 1, issue 15). Two modes.
 
-    python scripts/steer.py --out runs/steer                       # organism base, all layers
+--mode search (the default unless --alphas or --vectors is given): does any setting make the base
+use a strategy more than random vectors of the same size do?
+
+    python scripts/steer.py --out runs/steer                       # organism base, default search
+    python scripts/steer.py --strategies compute --where all,decision_points --fractions 0.05,0.1,0.2,0.4
+
+Candidate directions, per strategy and layer, from the base model's own labelled traces:
+`decision_point_contrast` (mean residual at the decision point just before the strategy starts
+minus the mean at the other decision points; decision points = the last prompt token and every
+reasoning token ending with ; : . ! ? or a newline), `diff_of_means_token_pooled` (Venhoff et al.'s
+difference of means against the token-pooled reasoning mean) and, on request,
+`diff_of_means_example_mean` (the authors' average of per-example means). Strength = a fraction of
+the mean residual norm at the steered layer and positions (--fractions). Positions (--where):
+every token, or decision points only (the last prompt token and each generated separator token).
+Every setting is screened on --n-screen prompts; per strategy the largest rise that is not
+degenerate (analyses.verdicts.is_degenerate: accuracy down > 20% relative, malformed outputs up,
+or length outside [0.5x, 2x]) is chosen and measured on --n-problems held-out prompts against
+--n-random Gaussian random vectors of the same norm, layer and positions. Passes: the steered
+rate's CI lies above the highest random upper CI and the setting is not degenerate (the rule of
+analyses.verdicts.verdict_steering). Writes results.json (strategies[s]["best"]: layer,
+alpha_fraction, where, vector, rate_at_0, rate, change, ci, random {n, rates, max_upper_ci},
+accuracy(_at_0), malformed(_at_0), length_ratio, passes; strategies[s]["screen"]), steering.png
+(screened rise per setting), summary.md. Defaults (organism, 2 CPU cores): about 1.5 minutes.
+
+--mode sweep (Venhoff et al.'s recipe as published; implied by --alphas or --vectors): add
+alpha * v to one layer's output at every position while it generates, and measure each
+strategy's frequency, the task accuracy and the output length, beside the same sweep with a
+random vector of equal norm (seeded). Sweeps alpha and layer.
+
     python scripts/steer.py --vectors runs/probe/vectors.safetensors --layers chosen --out runs/steer2
     python scripts/steer.py --base path/base --problems qa.jsonl --labels decision --chat-template \\
         --alphas=-1,0,1 --device cuda --out runs/steer-real
@@ -44,11 +69,20 @@ from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import prompt_id  # noqa: E402
 from hooks import TwinlensError, capture, load_model  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
+from probes.baselines import DEFAULT_SEPARATORS, decision_point_positions  # noqa: E402
+from probes.baselines import _separator_ids as separator_ids_of  # noqa: E402
 from probes.datasets import build_dataset  # noqa: E402
 from probes.labels import task_labeler, text_labeler  # noqa: E402
-from probes.steering import steering_experiment  # noqa: E402
+from probes.steering import WHERE, Candidate, steering_experiment, steering_search  # noqa: E402
 from probes.traces import plan_sample_size, sample_traces  # noqa: E402
-from probes.vectors import diff_of_means_vectors, load_vectors, read_vectors_info, save_vectors  # noqa: E402
+from probes.vectors import (  # noqa: E402
+    decision_point_contrast_vectors,
+    diff_of_means_vectors,
+    load_vectors,
+    mean_residual_norm,
+    read_vectors_info,
+    save_vectors,
+)
 from scripts import _cli as cli  # noqa: E402
 
 
@@ -63,7 +97,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--vectors", help="vectors.safetensors from scripts/probe.py (default: find them here)")
     ap.add_argument("--strategies", help="comma list (default: every strategy with a vector)")
     ap.add_argument("--layers", type=cli.layer_choice, default="all", help="'all', 'chosen' (attribution) or a comma list")
-    ap.add_argument("--alphas", type=cli.alpha_list, default="-1,0,0.5,1,2", help="steering coefficients (must include 0)")
+    ap.add_argument("--mode", choices=("search", "sweep"), default=None,
+                    help="search (default) or sweep (implied by --alphas / --vectors); see above")
+    ap.add_argument("--alphas", type=cli.alpha_list, default=None,
+                    help="sweep: steering coefficients (must include 0; default -1,0,0.5,1,2)")
+    ap.add_argument("--vector-kinds", type=_kinds, default="decision_point_contrast,diff_of_means_token_pooled",
+                    help=f"search: comma list of candidate kinds among {', '.join(KINDS)}")
+    ap.add_argument("--where", type=_wheres, default="decision_points",
+                    help="search: comma list of all (every token), decision_points (last prompt token and separators)")
+    ap.add_argument("--fractions", type=_fractions, default="0.05,0.1,0.2",
+                    help="search: strengths, fractions of the mean residual norm at the layer and positions")
+    ap.add_argument("--n-screen", type=cli.positive_int, default=8, help="search: prompts for screening the grid")
+    ap.add_argument("--n-screen-samples", type=cli.positive_int, default=2, help="search: samples per screening prompt")
+    ap.add_argument("--n-random", type=cli.positive_int, default=5,
+                    help="search: random vectors per chosen setting (>= 5 for a verdict)")
     ap.add_argument("--n-problems", type=cli.positive_int, default=24, help="steering prompts (held-out set)")
     ap.add_argument("--n-samples", type=cli.positive_int, default=4, help="samples per prompt and alpha")
     ap.add_argument("--pilot-problems", type=cli.nonnegative_int, default=8,
@@ -76,7 +123,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--random-seed", type=cli.nonnegative_int, default=1000, help="seed of the random control vectors")
     cli.add_run_args(ap, n_boot=None, batch_size=None,
                      helps={"--threads": "torch CPU threads (default 1; 0 = torch's default)"})
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.mode is None:
+        args.mode = "sweep" if (args.alphas is not None or args.vectors) else "search"
+    if args.mode == "sweep" and args.alphas is None:
+        args.alphas = cli.alpha_list("-1,0,0.5,1,2")
+    if args.mode == "search" and (args.alphas is not None or args.vectors or args.layers == "chosen"):
+        ap.error("--alphas, --vectors and --layers chosen belong to --mode sweep; the search finds its own "
+                 "vectors and strengths (--fractions)")
+    return args
+
+
+KINDS = ("decision_point_contrast", "diff_of_means_token_pooled", "diff_of_means_example_mean")
+
+
+def _split(text: str, allowed: tuple, what: str) -> list[str]:
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{what} must be a comma list among {', '.join(allowed)}; got {text!r}")
+    return items
+
+
+def _kinds(text: str) -> list[str]:
+    return _split(text, KINDS, "--vector-kinds")
+
+
+def _wheres(text: str) -> list[str]:
+    return _split(text, WHERE, "--where")
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fractions must be numbers, e.g. 0.05,0.1,0.2; got {text!r}") from None
+    if not vals or any(not (0 < v <= 10) for v in vals):
+        raise argparse.ArgumentTypeError(f"--fractions must be in (0, 10] (fractions of the residual norm); got {text!r}")
+    return vals
 
 
 MIN_VECTOR_SEGMENTS = 5  # fewer segments of a strategy in the vector traces and it gets no vector
@@ -113,7 +197,7 @@ def find_vectors(model, task, args, max_new: int, problems, labeler):
     return vectors, labels
 
 
-def run(args) -> tuple[dict, dict]:
+def run_sweep(args) -> tuple[dict, dict]:
     t0 = time.time()
 
     def log(msg: str) -> None:
@@ -250,7 +334,7 @@ def run(args) -> tuple[dict, dict]:
     return results, {"runs": runs}
 
 
-def plot(runs, out: Path) -> None:
+def plot_sweep(runs, out: Path) -> None:
     plt = cli.pyplot()
 
     strategies = list(dict.fromkeys(r.vector.strategy for r in runs))
@@ -277,7 +361,7 @@ def plot(runs, out: Path) -> None:
     save_figure(fig, out / "steering.png")
 
 
-def summary(results: dict) -> str:
+def summary_sweep(results: dict) -> str:
     st = results["settings"]
     lines = [
         "# Steering the base model with strategy vectors", "",
@@ -314,16 +398,170 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def find_dataset(model, args, max_new: int, problems, labeler):
+    """The base model's own labelled traces on `problems`, captured at every block output."""
+    prompts = [model.encode_prompt(p.prompt) for p in problems]
+    traces = sample_traces({"base": model}, prompts, 1, seed=args.seed + 2, max_new_tokens=max_new,
+                           temperature=args.temperature, labeler=labeler)
+    labels = [t.labels for t in traces]
+    with tempfile.TemporaryDirectory(prefix="twinlens-steer-") as tmp:
+        store = capture(model, [t.token_ids for t in traces], hooks=["blocks.*.hook_out"],
+                        out=Path(tmp) / "acts", positions="all", batch_size=64, progress=False)
+        ds = build_dataset(store, labels, model=None)
+    return ds, labels
+
+
+def _candidates(ds, dpp, kinds, strategies, layers) -> dict:
+    out: dict = {}
+    for s in strategies:
+        cands = []
+        for kind in kinds:
+            if kind == "decision_point_contrast":
+                vs = decision_point_contrast_vectors(ds, s, dpp)
+            else:
+                vs = diff_of_means_vectors(ds, s, common_mean=kind.removeprefix("diff_of_means_"))
+            cands += [Candidate(v, kind) for v in vs if v.layer in layers]
+        out[s] = cands
+    return out
+
+
+def run_search(args) -> tuple[dict, dict]:
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr)
+
+    task = cli.load_task_from_args(args)
+    labeler = task_labeler(task, args.labels, regex=bool(args.problems))  # a bad --labels file: before loading
+    vector_problems = task.problems(args.vector_problems, seed=args.seed + 2)
+    fit_ids = [prompt_id(p.prompt) for p in vector_problems]
+    # held out: disjoint from the problems the vectors are found on
+    problems = task.problems(args.n_problems + args.n_screen, seed=args.seed + 1, exclude=fit_ids)
+    name, path = resolve_model_spec(args.base)
+    model = load_model(path, device=args.device)
+    cli.use_chat_template(args, model)
+    max_new = args.max_new_tokens or task.max_new_tokens
+    wanted = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    bad = [k for k in wanted or [] if not 0 <= k < model.n_layers]
+    if bad:  # before sampling and capturing traces
+        raise TwinlensError(f"Layer(s) {bad} do not exist: the model has layers 0-{model.n_layers - 1}.")
+    ds, labels = find_dataset(model, args, max_new, vector_problems, labeler)
+    common = [s for s in ds.strategies if sum(len(lab.spans_of(s)) for lab in labels) >= MIN_VECTOR_SEGMENTS]
+    strategies = args.strategies.split(",") if args.strategies else common
+    missing = [s for s in strategies if s not in common]
+    if missing:
+        raise TwinlensError(f"Strategies {missing} have fewer than 5 segments in the base model's traces; "
+                            f"steerable: {common}.")
+    layers = list(ds.layers) if wanted is None else wanted
+    sep = separator_ids_of(model.tokenizer, DEFAULT_SEPARATORS)
+    dpp = decision_point_positions(ds, separator_ids=sep)
+    norms = {"all": dict(zip(ds.layers, mean_residual_norm(ds).tolist(), strict=True)),
+             "decision_points": dict(zip(ds.layers, mean_residual_norm(ds, dpp).tolist(), strict=True))}
+    cands = _candidates(ds, dpp, args.vector_kinds, strategies, layers)
+    save_vectors(Path(args.out) / "vectors.safetensors", [c.vector for cs in cands.values() for c in cs],
+                 info={"task": task.name, "fit_problem_ids": fit_ids})
+    log(f"found {sum(map(len, cands.values()))} candidate vectors")
+    screen_p, eval_p = problems[args.n_problems:], problems[:args.n_problems]
+    graded_answers: list = []
+
+    def grader(ps):
+        def grade_fn(i: int, text: str) -> bool:
+            graded_answers.append(task.extract_answer(text))
+            return task.grade(ps[i], text)
+        return grade_fn
+
+    found = steering_search(
+        model, cands, norms, [model.encode_prompt(p.prompt) for p in screen_p],
+        [model.encode_prompt(p.prompt) for p in eval_p], label_fn=text_labeler(task, labeler), grade_fn_screen=grader(screen_p), grade_fn_eval=grader(eval_p),
+        malformed_fn=lambda t: task.extract_answer(t) is None, separator_ids=sorted(sep),
+        fractions=args.fractions, wheres=args.where, n_screen_samples=args.n_screen_samples,
+        n_samples=args.n_samples, n_random=args.n_random, seed=args.seed, random_seed=args.random_seed,
+        max_new_tokens=max_new, temperature=args.temperature, n_bootstrap=args.n_bootstrap, progress=log,
+    )
+    results: dict = {"strategies": {}}
+    for s, x in found.items():
+        results["strategies"][s] = {"best": x["best"], "passes": x["best"]["passes"], "screen": x["screen"]}
+    results["residual_norm"] = {w: {str(k): v for k, v in n.items()} for w, n in norms.items()}
+    results["no_answer"] = {"all completions": no_answer_share(graded_answers)}
+    results["model"] = {"name": name, "path": str(path), "weight_hash": model.weight_hash}
+    results["settings"] = {
+        "task": task.name, "answer_format": task.answer_format, "n_problems": args.n_problems,
+        "n_samples": args.n_samples, "n_screen": args.n_screen, "n_screen_samples": args.n_screen_samples,
+        "temperature": args.temperature, "max_new_tokens": max_new, "seed": args.seed,
+        "random_seed": args.random_seed, "n_random": args.n_random, "layers": layers,
+        "vector_kinds": args.vector_kinds, "where": args.where, "fractions": args.fractions,
+        "vectors": "found here (base traces)", "n_excluded_fit_problems": len(fit_ids),
+        "labels": getattr(labeler, "name", None) or task.name, "chat_template": bool(args.chat_template),
+        "strength": "alpha_fraction x mean residual norm at the steered layer and positions",
+        "common_mean": "diff_of_means_token_pooled: token-pooled reasoning mean; _example_mean: mean of per-example means",
+        "frequency": "share of samples using the strategy at least once",
+        "ci": "95% percentile bootstrap over prompts", "seconds": round(time.time() - t0, 1),
+    }
+    return results, {}
+
+
+def plot_search(results: dict, out: Path) -> None:
+    plt = cli.pyplot()
+    strategies = list(results["strategies"])
+    fig, axes = plt.subplots(1, len(strategies), figsize=(4.5 * len(strategies), 3.8), squeeze=False)
+    for j, s in enumerate(strategies):
+        ax = axes[0, j]
+        rows = results["strategies"][s]["screen"]
+        keys = list(dict.fromkeys((r["vector"], r["layer"], r["where"]) for r in rows))
+        for k, key in enumerate(keys):
+            mine = [r for r in rows if (r["vector"], r["layer"], r["where"]) == key]
+            ax.plot([r["alpha_fraction"] for r in mine], [r["change"] for r in mine], "o-" if key[2] == "all" else "s--",
+                    color=f"C{k % 10}", label=f"{key[0]} L{key[1]} {key[2]}", markersize=3)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{s} (screen)")
+        ax.set_xlabel("strength (fraction of residual norm)")
+        ax.set_ylabel("rate change")
+        ax.legend(fontsize=5)
+    save_figure(fig, out / "steering.png")
+
+
+def summary_search(results: dict) -> str:
+    st = results["settings"]
+    lines = [
+        "# Steering the base model with strategy vectors", "",
+        f"Model `{results['model']['name']}`, task `{st['task']}`. Search over vectors {st['vector_kinds']}, layers "
+        f"{st['layers']}, positions {st['where']}, strengths {st['fractions']} ({st['strength']}), screened on "
+        f"{st['n_screen']} prompts x {st['n_screen_samples']} samples; the chosen setting measured on {st['n_problems']} "
+        f"held-out prompts x {st['n_samples']} samples against {st['n_random']} random vectors of equal norm. "
+        f"Rate = {st['frequency']}; brackets: {st['ci']}.", "",
+        no_answer_line(results["no_answer"], st["answer_format"]), "",
+        "| strategy | vector | layer | where | strength | rate at 0 | rate [CI] | random rates (max upper CI) "
+        "| accuracy | malformed | length x | passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s, e in results["strategies"].items():
+        b = e["best"]
+        rr = ", ".join(f"{x:.2f}" for x in b["random"]["rates"])
+        acc = (f"{b['accuracy_at_0']:.2f} -> {b['accuracy']:.2f}" if b["accuracy"] is not None else "n/a")
+        lines.append(
+            f"| {s} | {b['vector']} | {b['layer']} | {b['where']} | {b['alpha_fraction']:g} | {b['rate_at_0']:.2f} | "
+            f"{b['rate']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}] | {rr} ({b['random']['max_upper_ci']:.2f}) | {acc} | "
+            f"{b['malformed_at_0']['value']:.2f} -> {b['malformed']['value']:.2f} | {b['length_ratio']:.2f} | "
+            f"{b['passes']}{' (degenerate: ' + b['degenerate_why'] + ')' if b['degenerate'] else ''} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run_and_report, parse_args(argv))
 
 
 def run_and_report(args) -> dict:
     out = Path(args.out)
-    results, extra = run(args)
-    plot(extra["runs"], out)
+    if args.mode == "search":
+        results, _ = run_search(args)
+        plot_search(results, out)
+        write_results(out, results, summary_search(results))
+        return results
+    results, extra = run_sweep(args)
+    plot_sweep(extra["runs"], out)
     write_examples(extra["runs"], out / "examples.jsonl")
-    write_results(out, results, summary(results))
+    write_results(out, results, summary_sweep(results))
     return results
 
 
