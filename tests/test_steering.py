@@ -229,3 +229,51 @@ def test_steer_search_mode_refuses_sweep_options_before_loading(tmp_path, capsys
     with pytest.raises(SystemExit):
         steer.parse_args(["--out", "x", "--mode", "search", "--alphas", "0,1"])
     assert "belong to --mode sweep" in capsys.readouterr().err
+
+
+def test_contrast_vector_recovers_a_direction_planted_at_decision_points():
+    """The planted residual at the decision point before an S step is signal * u + noise: the
+    decision-point contrast vector points along u (noise left in a mean of ~380 vs ~580 points:
+    |noise| ~ sqrt(64 * (1/380 + 1/580)) = 0.53 against |signal| 3, cos >= 0.95)."""
+    from test_probes_baselines import SEP, planted_dataset
+
+    from probes.baselines import decision_point_positions
+    from probes.vectors import decision_point_contrast_vectors, mean_residual_norm
+
+    ds = planted_dataset()
+    dpp = decision_point_positions(ds, separator_ids={SEP})
+    (v,) = decision_point_contrast_vectors(ds, "S", dpp)
+    u = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(1)), dim=0)
+    assert float(v.unit @ u) > 0.95
+    assert 2.5 < v.norm < 3.6 and v.method == "decision_point_contrast"
+    # the decision points carry the planted signal on ~40% of them: their mean norm is above all tokens'
+    assert float(mean_residual_norm(ds, dpp)[0]) > float(mean_residual_norm(ds)[0])
+    with pytest.raises(TwinlensError, match="needs >= 5 decision points"):
+        decision_point_contrast_vectors(ds, "S", {0: dpp[0]})  # 6 points: one side has <= 3
+
+
+def test_token_pooled_common_mean_weighs_every_token_and_example_mean_every_example():
+    """Two examples: a 2-token reasoning span at 10 w and an 8-token span at 0. Token-pooled mean
+    = 10 w * 2/10 = 2 w; the authors' mean of per-example means = 5 w (the short answer weighs as
+    much as the long trace: issue 15's finding)."""
+    from probes.datasets import ProbeDataset
+    from probes.labels import ExampleLabels, TokenSpan
+    from probes.vectors import diff_of_means_vectors, overall_mean
+
+    w = torch.zeros(4)
+    w[0] = 1.0
+    n0, n1 = 3, 9  # one prompt token + reasoning
+    X = torch.zeros(n0 + n1, 4)
+    X[1:3] = 10 * w
+    spans = {0: ExampleLabels(tuple(range(n0)), (TokenSpan("S", 1, 3),), 1, n0, source="t"),
+             1: ExampleLabels(tuple(range(n1)), (TokenSpan("S", 1, 4),), 1, n1, source="t")}
+    ex = np.array([0] * n0 + [1] * n1)
+    pos = np.array(list(range(n0)) + list(range(n1)))
+    ds = ProbeDataset(X=X[None], layers=(0,), example=ex, position=pos, reasoning=pos >= 1,
+                      labels={"S": np.zeros(n0 + n1, bool)}, spans=spans, model="base", tokens=np.zeros(n0 + n1, int))
+    torch.testing.assert_close(overall_mean(ds, common_mean="token_pooled")[0].float(), 2 * w)
+    torch.testing.assert_close(overall_mean(ds, common_mean="example_mean")[0].float(), 5 * w)
+    (v,) = diff_of_means_vectors(ds, "S")
+    assert v.extra["common_mean"] == "token_pooled"
+    with pytest.raises(TwinlensError, match="common_mean must be one of"):
+        diff_of_means_vectors(ds, "S", common_mean="median")
