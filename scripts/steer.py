@@ -23,7 +23,7 @@ rate's CI lies above the highest random upper CI and the setting is not degenera
 analyses.verdicts.verdict_steering). Writes results.json (strategies[s]["best"]: layer,
 alpha_fraction, where, vector, rate_at_0, rate, change, ci, random {n, rates, max_upper_ci},
 accuracy(_at_0), malformed(_at_0), length_ratio, passes; strategies[s]["screen"]), steering.png
-(screened rise per setting), summary.md. Defaults (organism, 2 CPU cores): about 1.5 minutes.
+(screened rise per setting), summary.md. Defaults (organism, 2 CPU cores): about 2 minutes (120 s).
 
 --mode sweep (Venhoff et al.'s recipe as published; implied by --alphas or --vectors): add
 alpha * v to one layer's output at every position while it generates, and measure each
