@@ -242,7 +242,11 @@ def test_demo_passes_the_engine_to_every_sampling_job_and_only_to_them(tmp_path,
 
     root = Path(__file__).resolve().parents[1]
     demo = _load_script("demo.py", monkeypatch)
-    args = argparse.Namespace(base=None, rl=None, sft=None, engine="vllm")
+    class DemoArgs(argparse.Namespace):  # the demo's other options left at None, whatever they are
+        def __getattr__(self, name):
+            return None
+
+    args = DemoArgs(engine="vllm")
     with_engine = {j.name for j in demo.JOBS if "--engine" in demo.job_command(j, args, tmp_path)}
     assert with_engine == {"passk", "drift", "calibrate", "formats", "scaling", "mechanism", "route", "evaluate"}
     for job in demo.JOBS:  # each of them really parses --engine
