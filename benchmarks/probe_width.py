@@ -3,6 +3,7 @@
 
     python benchmarks/probe_width.py                  # SmolLM2-135M shapes, 10.8k rows, 2 threads
     python benchmarks/probe_width.py --sk-layers all  # scikit-learn on every layer (slow)
+    python benchmarks/probe_width.py --layers 2,15,29 --sk-layers 2,15,29   # a subset (busy machine)
 
 Data: a random-weight Llama with SmolLM2-135M's shapes (30 layers, d_model 576, 9 heads / 3 KV
 heads, MLP 1536; vocabulary cut to 8192 since the head is never run) reads 84 sequences x 128
@@ -94,8 +95,9 @@ def targets(folder: Path, n_controls: int = 3):
     return tr, te, Ytr, Yte, names
 
 
-def fit_probe(folder: Path, threads: int) -> None:
-    """In a fresh process: fit the probe, save its test logits, print time / RSS / iterations as JSON."""
+def fit_probe(folder: Path, threads: int, layers: list[int] | None = None) -> None:
+    """In a fresh process: fit the probe (on `layers`, default all), save its test logits, print
+    time / RSS / iterations as JSON."""
     import warnings
 
     import torch
@@ -105,6 +107,8 @@ def fit_probe(folder: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     tr, te, Ytr, _, _ = targets(folder)
     X = np.load(folder / "X.npy", mmap_mode="r")
+    if layers is not None:
+        X = X[layers]
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -125,10 +129,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sk-layers", default="0,2,8,15,22,29", help="layers scikit-learn fits ('all' or a comma list)")
     ap.add_argument("--data", help="keep the activations in this folder (reused when present)")
+    ap.add_argument("--layers", default="all",
+                    help="layers the probe is fitted on ('all' or a comma list: a subset for a busy machine)")
     ap.add_argument("--_fit", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    fit_layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     if args._fit:
-        fit_probe(Path(args._fit), args.threads)
+        fit_probe(Path(args._fit), args.threads, fit_layers)
         return 0
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -149,32 +156,38 @@ def main(argv=None) -> int:
     print(f"data: {L} layers x {X.shape[1]} rows x {X.shape[2]} dims ({tr.size} train / {te.size} test); "
           f"|activation| max {float(np.abs(X[-1]).max()):.3g}; {K} targets {names}; {args.threads} thread(s)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__, "--_fit", str(folder), "--threads", str(args.threads)],
+    proc = subprocess.run([sys.executable, __file__, "--_fit", str(folder), "--threads", str(args.threads),
+                           "--layers", args.layers],
                           capture_output=True, text=True, env=env)
     if proc.returncode:
         print(proc.stdout, proc.stderr)
         return 1
     fit = json.loads(proc.stdout.strip().splitlines()[-1])
     scores = np.load(folder / "probe_scores.npy")
+    fitted = list(range(L)) if fit_layers is None else fit_layers
+    L = len(fitted)
     print(f"LinearProbe (one batched fit, {L} layers x {K} targets): {fit['seconds']:.1f} s wall (target <= 120), "
           f"{fit['cpu_seconds']:.1f} s CPU over {args.threads} thread(s) (on a busy machine wall time "
           f"overstates; CPU / threads is the wall time on idle cores), "
           f"peak RSS {fit['peak_rss_gb']:.2f} GB (target <= 2), {fit['n_iter']} iterations, "
           f"converged={fit['converged']}, warnings={fit['warnings']}")
-    layers = list(range(L)) if args.sk_layers == "all" else [int(x) for x in args.sk_layers.split(",")]
+    layers = fitted if args.sk_layers == "all" else [int(x) for x in args.sk_layers.split(",")]
+    if not set(layers) <= set(fitted):
+        ap.error(f"--sk-layers {layers} must be among the fitted --layers {fitted}")
     gaps_acc, gaps_auc, acc_p, acc_s = [], [], [], []
     t = time.perf_counter()
     with threadpool_limits(limits=args.threads):
         for layer in layers:
             Xtr, Xte = np.asarray(X[layer, tr], np.float64), np.asarray(X[layer, te], np.float64)
+            li = fitted.index(layer)  # the probe's index of this layer
             row = []
             for k in range(K):
                 sk = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000,
                                                                         tol=1e-6)).fit(Xtr, Ytr[:, k])
                 a_s = sk.score(Xte, Yte[:, k])
-                a_p = float(((scores[layer, :, k] > 0) == Yte[:, k]).mean())
+                a_p = float(((scores[li, :, k] > 0) == Yte[:, k]).mean())
                 u_s = roc_auc_score(Yte[:, k], sk.decision_function(Xte))
-                u_p = roc_auc_score(Yte[:, k], scores[layer, :, k])
+                u_p = roc_auc_score(Yte[:, k], scores[li, :, k])
                 gaps_acc.append(abs(a_p - a_s))
                 gaps_auc.append(abs(u_p - u_s))
                 acc_p.append(a_p)
@@ -184,7 +197,7 @@ def main(argv=None) -> int:
                   + " ".join(row[3:6]) + " ...)")
     t_sk = time.perf_counter() - t
     print(f"scikit-learn: {len(layers) * K} pipelines (StandardScaler -> LogisticRegression) on layers {layers}: "
-          f"{t_sk:.1f} s ({t_sk / (len(layers) * K) * L * K:.0f} s extrapolated to all {L * K})")
+          f"{t_sk:.1f} s ({t_sk / (len(layers) * K) * X.shape[0] * K:.0f} s extrapolated to all {X.shape[0] * K})")
     print(f"accuracy: max |probe - sklearn| {max(gaps_acc) * 100:.2f} points over {len(gaps_acc)} fits; "
           f"mean accuracy ratio probe/sklearn {np.mean(acc_p) / np.mean(acc_s):.4f}; "
           f"max AUROC gap {max(gaps_auc):.4f}")
