@@ -398,7 +398,12 @@ def _steer_rows(model, settings: Sequence[SteeringSetting], n_prompts: int, prom
                 p0 = plen[prow][:, None]
                 at_dp = pos == p0 - 1
                 tok = ids.get("x")
-                if tok is not None and tuple(tok.shape) == tuple(pos.shape) and sep.numel():
+                if bool(dp[prow].any()) and sep.numel():
+                    if not isinstance(tok, Tensor) or tuple(tok.shape) != tuple(pos.shape):
+                        raise TwinlensError(
+                            f"{spec.description}: steering at decision points needs the token ids of this "
+                            "forward pass (read from the input embedding), but they were not seen; generate "
+                            "with hooks.generate on the HF model, or steer with where='all'.")
                     at_dp = at_dp | (torch.isin(tok.cpu(), sep) & (pos >= p0))
                 mask = torch.where(dp[prow][:, None], at_dp, pos >= 0)
                 add = mask.unsqueeze(-1).to(x.dtype) * table[prow][:, None, :].to(x.dtype)

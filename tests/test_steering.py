@@ -277,3 +277,19 @@ def test_token_pooled_common_mean_weighs_every_token_and_example_mean_every_exam
     assert v.extra["common_mean"] == "token_pooled"
     with pytest.raises(TwinlensError, match="common_mean must be one of"):
         diff_of_means_vectors(ds, "S", common_mean="median")
+
+
+def test_decision_point_steering_without_token_ids_is_an_error_not_a_silent_skip(llama):
+    """A forward fed embeddings (no token ids seen) cannot find separators: it must raise, not
+    steer only the last prompt token."""
+    from hooks.interventions import ForwardLayout, forward_layout
+    from probes.steering import SteeringSetting, _steer_rows
+
+    seq = [3, 4, 7, 5]
+    v = StrategyVector(torch.randn(llama.d_model), layer=0, method="x", strategy="x")
+    emb = llama.hf.get_input_embeddings()(torch.tensor([seq])).detach()
+    layout = ForwardLayout(torch.arange(len(seq))[None], torch.tensor([0]), 1, 1)
+    with _steer_rows(llama, [SteeringSetting(v, "decision_points", 0.1, "x")], 1, [2], [7]):
+        with forward_layout(llama, layout), torch.no_grad():
+            with pytest.raises(TwinlensError, match="needs the token ids"):
+                llama.hf(inputs_embeds=emb)
