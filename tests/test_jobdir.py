@@ -455,6 +455,9 @@ def test_demo_reruns_a_job_made_with_other_models_and_says_so(passk, models, tmp
              "--n-boot", "20"]
     job = demo.Job("passk", "passk.py", small)
     monkeypatch.setattr(demo, "JOBS", [job])
+    # The tiny char-level models speak the organism's task (passk gets --difficulty 3): let the demo
+    # treat them as the organism, whose task needs no --problems (this test is about job folders).
+    monkeypatch.setattr(demo, "is_organism", lambda spec: True)
     out = tmp_path / "demo"
     pair = ["--base", str(models["llama"]), "--out", str(out)]
     # A demo folder whose passk was made with llama_b (run here in-process, as the demo would run it).

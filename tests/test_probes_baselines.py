@@ -28,6 +28,7 @@ def planted_dataset(n_examples=160, n_steps=6, signal=3.0, seed=0, token_carries
     digits (2..11), unrelated to the coin, unless ``token_carries_label``: then the first token of an
     S step is always 2 and of other steps never 2 (the label is token identity)."""
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed + 100)  # never the global stream: other tests move it
     u = torch.nn.functional.normalize(torch.randn(D, generator=torch.Generator().manual_seed(1)), dim=0)
     spans, toks, X_rows, ex, pos = {}, [], [], [], []
     for e in range(n_examples):
@@ -43,7 +44,7 @@ def planted_dataset(n_examples=160, n_steps=6, signal=3.0, seed=0, token_carries
         n = len(ids)
         lab = ExampleLabels(tuple(ids), tuple(sp), 2, n, source="planted")
         spans[e] = lab
-        x = torch.randn(n, D)
+        x = torch.randn(n, D, generator=gen)
         for k, c in enumerate(coins):
             decision = 1 + 3 * k  # the separator just before step k
             x[decision] += float(c) * signal * u
