@@ -155,30 +155,27 @@ def save_vectors(path: str | Path, vectors: Sequence[StrategyVector], info: dict
     return path
 
 
-def load_vectors(path: str | Path) -> list[StrategyVector]:
-    path = Path(path)
-    if not path.exists():
-        raise TwinlensError(f"No vector file at {path}.")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != _FORMAT:
-            raise TwinlensError(
-                f"{path} is not a twinlens strategy-vector file (format {meta.get('format')!r})."
-            )
-        infos = json.loads(meta["vectors"])
-        return [StrategyVector(direction=f.get_tensor(f"vector.{i}"), **info) for i, info in enumerate(infos)]
-
-
-def read_vectors_info(path: str | Path) -> dict:
-    """The `info` dict `save_vectors` stored in a vector file ({} for files written without)."""
-    path = Path(path)
+def _vector_file_metadata(path: Path) -> dict:
+    """The metadata of a twinlens strategy-vector file, or a TwinlensError naming what is wrong."""
     if not path.exists():
         raise TwinlensError(f"No vector file at {path}.")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != _FORMAT:
         raise TwinlensError(f"{path} is not a twinlens strategy-vector file (format {meta.get('format')!r}).")
-    return json.loads(meta.get("info", "{}"))
+    return meta
+
+
+def load_vectors(path: str | Path) -> list[StrategyVector]:
+    path = Path(path)
+    infos = json.loads(_vector_file_metadata(path)["vectors"])
+    with safe_open(str(path), framework="pt") as f:
+        return [StrategyVector(direction=f.get_tensor(f"vector.{i}"), **info) for i, info in enumerate(infos)]
+
+
+def read_vectors_info(path: str | Path) -> dict:
+    """The `info` dict `save_vectors` stored in a vector file ({} for files written without)."""
+    return json.loads(_vector_file_metadata(Path(path)).get("info", "{}"))
 
 
 # ------------------------------------------------------------------ difference of means
