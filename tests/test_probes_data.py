@@ -177,10 +177,18 @@ def test_difference_of_means_follows_the_paper_definition_exactly():
     ]
     store = FakeStore(seqs, d=5, layers=(0, 1, 2))
     ds = build_dataset(store, labels, model="base", strategies=["b"])
-    vecs = diff_of_means_vectors(ds, "b")
+    # The paper's (authors' code) common mean: the mean of per-example means of the reasoning span.
+    vecs = diff_of_means_vectors(ds, "b", common_mean="example_mean")
+    pooled = diff_of_means_vectors(ds, "b")  # the default: every reasoning token weighs the same
     assert [v.layer for v in vecs] == [0, 1, 2] and vecs[0].n_segments == 3
     for li, layer in enumerate((0, 1, 2)):
         A = store.acts[("base", f"blocks.{layer}.hook_out")].double().numpy().reshape(3, 30, 5)
+        tokens = np.concatenate([A[e, lab.reasoning_start : lab.reasoning_end] for e, lab in enumerate(labels)])
+        segs_p = [A[e, s.start - 1 : min(s.end - 1, s.start + 10)].mean(0) for e, lab in enumerate(labels)
+                  for s in lab.spans]
+        strat_p, overall_p = np.mean(segs_p, 0), tokens.mean(0)
+        expect_p = (strat_p - overall_p) / np.linalg.norm(strat_p - overall_p) * np.linalg.norm(overall_p)
+        np.testing.assert_allclose(pooled[li].direction.numpy(), expect_p, rtol=1e-5, atol=1e-6)
         segs = []
         for e, lab in enumerate(labels):
             for s in lab.spans:
