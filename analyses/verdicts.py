@@ -444,7 +444,9 @@ def verdict_sparsity(r: Mapping | None) -> Verdict:
     v.trivial = "a random updated set of the same size overlaps at 1 - s (the random o1)"
     if not _num(frac):
         return v
-    if frac > SPARSE_MAX_UPDATED:
+    if frac == 0:
+        v.outcome, v.why = UNDETERMINED, "no weight changed: the two checkpoints are identical (a sanity pair?)"
+    elif frac > SPARSE_MAX_UPDATED:
         v.outcome, v.why = NOT_SUPPORTED, f"dense update: {fmt(frac)} of weights moved (> {SPARSE_MAX_UPDATED})"
     elif _num(rank) and rank < FULL_RANK_MIN:
         v.outcome, v.why = NOT_SUPPORTED, f"sparse but low rank ({fmt(rank)} < {FULL_RANK_MIN})"

@@ -20,8 +20,12 @@ pytestmark = pytest.mark.real
 JOBS = ["passk", "probe", "steer", "mi_peaks", "diff"]
 SMALL = {
     "passk": "--n-problems 8 --n-samples 2 --k 1 2 --max-new-tokens 64 --n-boot 50",
-    "probe": "--n-problems 8 --n-samples 1 --pilot-problems 2 --steer-problems 3 --steer-samples 1 --alphas 0,1 "
-             "--max-new-tokens 48 --n-bootstrap 30 --n-controls 1",
+    # The pilot measured ~1 line start per trace and asks for ~40 traces for 10 held-out segments at a
+    # 25% split: all 20 problems x 1 sample x 2 models, 30% held out. Steering is the steer job's (the
+    # probe's own steering check needs held-out problems the 20 cannot spare); the random-init control
+    # is left to the organism tests (it doubles capture and fit time at SmolLM2's 30 layers x 576).
+    "probe": "--n-problems 20 --n-samples 1 --test-fraction 0.3 --pilot-problems 2 --no-steer "
+             "--max-new-tokens 48 --n-bootstrap 30 --n-controls 1 --no-random-init",
     "steer": "--layers 12 --n-problems 3 --n-samples 1 --vector-problems 8 --alphas 0,1 --max-new-tokens 48 "
              "--n-bootstrap 30",
     "mi_peaks": "--n-problems 4 --max-new-tokens 48 --checkpoints none --no-interventions --n-boot 50",

@@ -105,6 +105,7 @@ def test_greedy_disagree_alone_is_never_support():
     ({"updated_fraction": {"atol": 0.97}, "update_rank_mean": 0.99, "overlap": [{"o1": 0.97, "random_o1": 0.97}]}, NOT_SUPPORTED),
     ({"updated_fraction": {"atol": 0.2}, "update_rank_mean": 0.99, "overlap": [{"o1": 0.38, "random_o1": 0.37}]}, NOT_SUPPORTED),
     ({"updated_fraction": {"atol": 0.2}, "update_rank_mean": 0.99}, UNDETERMINED),  # one run: overlap untested
+    ({"updated_fraction": {"atol": 0.0}, "update_rank_mean": 0.0}, UNDETERMINED),  # identical checkpoints
 ])
 def test_sparsity_rule(results, outcome):
     assert V.verdict_sparsity(results).outcome == outcome
