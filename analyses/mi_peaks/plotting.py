@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from analyses.mi_peaks.comparison import token_name
-from analyses.mi_peaks.peaks import MIN_TRAJECTORY_LENGTH, find_peaks_iqr
+from analyses.mi_peaks.comparison import special_mask, token_name
+from analyses.mi_peaks.peaks import MIN_TRAJECTORY_LENGTH, peak_stats
 from analyses.mi_peaks.trajectories import Trajectory
 
 STRATEGY_COLOURS = {"backtracking": "tab:orange", "verification": "tab:green", "compute": "0.92"}
@@ -39,8 +39,10 @@ def plot_trajectory(traj: Trajectory, tokenizer: Any, ax, title: str = "",
     clip = top is not None and order[-1] > 2 * top
     shown = np.minimum(mi, top) if clip else mi
     ax.plot(x, shown, lw=1.2, color="tab:blue")
-    if len(mi) >= MIN_TRAJECTORY_LENGTH:
-        p = find_peaks_iqr(mi)
+    # the peaks the analysis counts: special-token states (eos) excluded, as in summarise_model
+    special = special_mask(traj, frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or []))
+    if len(mi) - int(special.sum()) >= MIN_TRAJECTORY_LENGTH:
+        p = np.array(peak_stats(mi, "iqr", exclude=special).peaks, dtype=np.int64)
         ax.scatter(p, shown[p], color="tab:red", s=18, zorder=3)
     if clip:
         ax.set_ylim(min(0.0, float(mi.min())), top * 1.08)
