@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from analyses.passk import guesser_pass_at_k  # noqa: F401  (re-exported: the pass@k row's baseline)
+from analyses.scaling import SATURATION_TOL
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -46,8 +47,8 @@ UNTESTED = "untested: no organism checkpoint plants this claim yet (organism v2)
 # ---------------------------------------------------------------- thresholds, argued
 #: Probes. Selectivity = probe AUROC minus the token-identity baseline's (Hewitt & Liang 2019). A probe
 #: "holds the strategy" beyond token identity only if its lower CI clears the baseline by this much:
-#: 0.02 AUROC is below the spread between probe runs with different seeds on the organism (~0.01),
-#: doubled, so an equal-to-baseline probe cannot pass by noise.
+#: the CI already covers resampling noise; 0.02 AUROC more asks for an effect a reader would call
+#: one (a choice, not a measured seed spread).
 SELECTIVITY_MIN = 0.02
 #: A token baseline at or above this AUROC leaves the probe no room to show selectivity (it would need
 #: more than SELECTIVITY_MIN above it): a ceiling, so the comparison is undetermined, not negative.
@@ -85,8 +86,9 @@ SATURATION = 1e-3
 #: decided only on *stated* confidence (RLCR); an answer-token probability after a worked trace
 #: mostly measures copying.
 CALIBRATION_MIN_WORSE = 2
-#: Scaling: an asymptote within this distance of its bound (1.0 for accuracy) is "saturated".
-ASYMPTOTE_BOUND_TOL = 0.01
+#: Scaling: an asymptote within this distance of its bound (1.0 for accuracy) is "saturated"
+#: (the scaling job flags the same, analyses.scaling.SATURATION_TOL).
+ASYMPTOTE_BOUND_TOL = SATURATION_TOL
 #: Mechanism (importance-weighted suppression share): Kish's effective sample size over n must
 #: reach 0.3 and at least 100 samples; below, a few weights carry the estimate.
 ESS_MIN_FRACTION = 0.30
@@ -94,6 +96,9 @@ ESS_MIN = 100
 #: The importance weights p_rl/p_base average to 1 under the base when the base covers RL's support;
 #: further than this from 1 the masses are unreliable (the job warns at the same tolerance).
 MEAN_WEIGHT_TOL = 0.15
+#: MI peaks: RL's peaks sit on strategy tokens above chance when the permutation test of the job
+#: (peaks redrawn uniformly within each trajectory) rejects chance at this level.
+MI_ENRICHMENT_ALPHA = 0.05
 #: Shortcuts: a length collapse is RL's mean length below half the base's (510 -> 46 tokens in
 #: arXiv 2605.28388), and not also seen in the control run on solvable problems.
 LENGTH_COLLAPSE = 0.5
@@ -632,8 +637,9 @@ def verdict_drift(r: Mapping | None) -> Verdict:
                 f"{fmt(get(bw, 'on_base_samples'))} / {fmt(get(bw, 'on_own_samples'))}")
     v.control = f"first checkpoint ({first}): {fmt(get(kl, first, 'on_base_samples'))}"
     v.trivial = "estimator noise: the first checkpoint's KL is the floor"
-    ci_last = get(r, "kl_base_rl_ci", last, "on_base_samples") or get(fw, "on_base_samples_ci")
-    ci_first = get(r, "kl_base_rl_ci", first, "on_base_samples") or get(kl, first, "on_base_samples_ci")
+    # scripts/drift.py writes ci[checkpoint][samples][direction]
+    ci_last = get(r, "ci", last, "on_base_samples", "kl_base_rl")
+    ci_first = get(r, "ci", first, "on_base_samples", "kl_base_rl")
     if first == last:
         v.outcome, v.why = UNDETERMINED, "one checkpoint only: no noise floor"
     elif ci_last and ci_first:
@@ -641,12 +647,8 @@ def verdict_drift(r: Mapping | None) -> Verdict:
             v.outcome, v.why = SUPPORTED, "last checkpoint's KL CI above the first's"
         else:
             v.outcome, v.why = NOT_SUPPORTED, "KL CIs of the last and first checkpoints overlap"
-    else:
-        a, b = get(fw, "on_base_samples"), get(kl, first, "on_base_samples")
-        if _num(a) and _num(b) and a > 10 * max(b, 1e-6):
-            v.outcome, v.why = SUPPORTED, "last checkpoint's KL is > 10x the first's (no CIs in the results)"
-        else:
-            v.outcome, v.why = UNDETERMINED, "no CIs on KL and no 10x separation from the first checkpoint"
+    else:  # a ratio to a floor of exactly 0 (the base against itself) says nothing about noise
+        v.outcome, v.why = UNDETERMINED, "no CIs on KL: the estimator's noise floor is unknown"
     return v
 
 
@@ -805,7 +807,8 @@ def verdict_mi(r: Mapping | None) -> Verdict:
     """RL creates sharper MI peaks than the base has, at thinking tokens (Qian et al.).
 
     supported when, on the shared reference text, RL - base AOM has its CI above 0 **and** RL's
-    peaks fall on strategy tokens above chance (their share of tokens; CI lower above chance);
+    peaks fall on strategy tokens above chance (their share of tokens; permutation p-value below
+    MI_ENRICHMENT_ALPHA);
     not supported when AOM does not rise (CI upper <= 0) or peaks sit at or below chance;
     undetermined otherwise. Special tokens (``<eos>``) must be excluded from peak finding by the job
     (``special_tokens_excluded``), else the row is undetermined: 26-38% of peaks sat on ``<eos>``.
@@ -828,8 +831,11 @@ def verdict_mi(r: Mapping | None) -> Verdict:
     if planted is not None:
         v.positive_control = f"planted dependence found: {fmt(get(planted, 'recall'), 2)} recall ({'ok' if get(planted, 'passed') else 'FAILED'})"
     rl_share = shares.get("rl") or {}
-    s_lo = rl_share.get("low", get(rl_share, "ci", 0))
     s, chance = rl_share.get("share"), rl_share.get("chance")
+    # the job reports the enrichment's one-sided permutation p-value (peaks redrawn within each
+    # trajectory), not an interval on the share
+    p_perm = rl_share.get("p_permutation")
+    above_chance = _num(s) and _num(chance) and s > chance and _num(p_perm) and p_perm < MI_ENRICHMENT_ALPHA
     if planted is not None and not get(planted, "passed"):
         v.outcome, v.why = DETECTOR_FAILED, "the planted-dependence control was not recovered"
     elif not get(r, "special_tokens_excluded"):
@@ -838,7 +844,7 @@ def verdict_mi(r: Mapping | None) -> Verdict:
         v.outcome, v.why = UNDETERMINED, "no AOM CI or no chance share"
     elif aom.get("high", 0) <= 0 or (_num(s) and s <= chance):
         v.outcome, v.why = NOT_SUPPORTED, "AOM does not rise, or RL's peaks are not above chance on strategy tokens"
-    elif aom["low"] > 0 and _num(s_lo) and s_lo > chance:
+    elif aom["low"] > 0 and above_chance:
         v.outcome, v.why = SUPPORTED, "AOM up (CI above 0) and RL's peaks on strategy tokens above chance"
     else:
         v.outcome, v.why = UNDETERMINED, "AOM or the strategy-token share straddles its threshold"

@@ -196,12 +196,12 @@ def test_scaling_rule_calls_a_saturated_fit_undetermined(results, outcome):
     assert V.verdict_scaling(results).outcome == outcome
 
 
-def _mi(aom_ci, share, share_low, chance=0.3, excluded=True, planted=True):
+def _mi(aom_ci, share, p_perm, chance=0.3, excluded=True, planted=True):
     r = {"paired": {"reference": {"rl-base": {"mi_mean": {"value": 0.01, "low": 0.0, "high": 0.02},
                                                "aom": {"value": sum(aom_ci) / 2, "low": aom_ci[0], "high": aom_ci[1]},
                                                "n_peaks": {"value": -0.5}}}},
          "models": {"rl": {"texts": {"reference": {"peaks_at_strategy_tokens": {
-             "share": share, "low": share_low, "chance": chance}}}}},
+             "share": share, "p_permutation": p_perm, "chance": chance}}}}},
          "special_tokens_excluded": excluded}
     if planted is not None:
         r["planted_control"] = {"recall": 0.9 if planted else 0.1, "passed": planted}
@@ -209,11 +209,12 @@ def _mi(aom_ci, share, share_low, chance=0.3, excluded=True, planted=True):
 
 
 @pytest.mark.parametrize("results, outcome", [
-    (_mi([0.2, 0.8], 0.5, 0.4), SUPPORTED),
-    (_mi([0.2, 0.8], 0.25, 0.2), NOT_SUPPORTED),  # AOM up but peaks below chance on strategy tokens
-    (_mi([-0.5, -0.1], 0.5, 0.4), NOT_SUPPORTED),
-    (_mi([0.2, 0.8], 0.5, 0.4, excluded=False), UNDETERMINED),  # <eos> peaks still counted
-    (_mi([0.2, 0.8], 0.5, 0.4, planted=False), DETECTOR_FAILED),
+    (_mi([0.2, 0.8], 0.5, 0.001), SUPPORTED),
+    (_mi([0.2, 0.8], 0.25, 0.9), NOT_SUPPORTED),  # AOM up but peaks below chance on strategy tokens
+    (_mi([-0.5, -0.1], 0.5, 0.001), NOT_SUPPORTED),
+    (_mi([0.2, 0.8], 0.35, 0.2), UNDETERMINED),  # above chance by share, not by the permutation test
+    (_mi([0.2, 0.8], 0.5, 0.001, excluded=False), UNDETERMINED),  # <eos> peaks still counted
+    (_mi([0.2, 0.8], 0.5, 0.001, planted=False), DETECTOR_FAILED),
 ])
 def test_mi_rule_needs_aom_and_strategy_peaks_above_chance(results, outcome):
     assert V.verdict_mi(results).outcome == outcome
@@ -232,10 +233,16 @@ def test_entropy_and_drift_rules_use_intervals():
     ent["entropy_ci"]["rl"] = [0.15, 0.5]
     assert V.verdict_entropy(ent).outcome == NOT_SUPPORTED
     drift = {"kl_base_rl": {"step0": {"on_base_samples": 0.001}, "step50": {"on_base_samples": 0.3}},
-             "kl_base_rl_ci": {"step0": {"on_base_samples": [0.0, 0.002]}, "step50": {"on_base_samples": [0.25, 0.35]}}}
+             # the shape scripts/drift.py writes: ci[checkpoint][samples][direction]
+             "ci": {"step0": {"on_base_samples": {"kl_base_rl": [0.0, 0.002]}},
+                    "step50": {"on_base_samples": {"kl_base_rl": [0.25, 0.35]}}}}
     assert V.verdict_drift(drift).outcome == SUPPORTED
-    drift["kl_base_rl_ci"]["step50"]["on_base_samples"] = [0.001, 0.35]
+    drift["ci"]["step50"]["on_base_samples"]["kl_base_rl"] = [0.001, 0.35]
     assert V.verdict_drift(drift).outcome == NOT_SUPPORTED
+    # no CIs: a ratio to the base-vs-itself KL of exactly 0 is no noise floor
+    del drift["ci"]
+    drift["kl_base_rl"]["step0"]["on_base_samples"] = 0.0
+    assert V.verdict_drift(drift).outcome == UNDETERMINED
 
 
 # ------------------------------------------------------------------ positive controls
