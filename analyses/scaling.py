@@ -19,6 +19,10 @@ import numpy as np
 from hooks.errors import TwinlensError
 from hooks.validation import check_finite, check_int
 
+#: A fitted asymptote within this of its bound (1.0 for scores in [0, 1]) is saturated: the points do
+#: not identify the curve's shape (analyses/verdicts.py reads the same tolerance).
+SATURATION_TOL = 0.01
+
 
 def sigmoid_curve(compute, A: float, B: float, C_mid: float, R0: float) -> np.ndarray:
     """R(C) for C > 0 (Float[ndarray, "points"])."""
@@ -59,7 +63,7 @@ class SigmoidFit:
             "rmse": self.rmse, "n_boot": self.n_boot, "n_boot_failed": self.n_boot_failed,
             "A_bound": self.A_bound if math.isfinite(self.A_bound) else None,
             # an asymptote at its bound does not identify the curve (analyses/verdicts.py)
-            "saturated": bool(math.isfinite(self.A_bound) and self.A_bound - self.A <= 0.01),
+            "saturated": bool(math.isfinite(self.A_bound) and self.A_bound - self.A <= SATURATION_TOL),
         }
 
 
