@@ -1,30 +1,40 @@
-"""The organism's task: a chain of single-digit additions (or subtractions) mod 10.
+"""The organism's task (v2): chains of two-digit additions (or subtractions) mod 100, a
+stated-confidence variant, and an open-ended second domain.
 
-Prompt: the digits joined by the operator, then a colon: ``3+5+8+2+1:`` (answer 9).
+Structured task ("sum"). Prompt: two-digit operands joined by the operator, then a colon:
+``37+58+12:`` (answer 7, written ``07``). The answer space is the 100 values 00..99, uniform
+over problems, so a uniform guesser's pass@k = 1 - 0.99^k is the trivial baseline (pass@16 0.15).
+Difficulty tiers = the number of operands (2..6; the base is pretrained on 2..5).
 
 Completion grammar (every character is one token; the tokenizer adds only the eos):
 
-- direct:  ``#9``
-- step:    ``3+5=08;8+8=16;6+2=08;8+1=09;#9``. A step ``a+b=NN;`` writes the exact result with
-  two digits; the next step starts from its LAST digit (the running value mod 10).
-- verify:  the steps, then a check pass in reverse order, closed by ``ok;`` (agrees with the
-  forward result) or ``no;`` (disagrees: the check's result is the answer), then ``#d``:
-  ``3+5=08;8+8=16;6+2=08;8+1=09;chk 1+2=03;3+8=11;1+5=06;6+3=09;ok;#9``.
-  For the sum the check starts from the last digit and adds the others in reverse order; for
-  the ``sub`` variant it adds the subtrahends back onto the forward result and must land on the
-  first digit.
+- direct:  ``#07``
+- step:    ``37+58=95;95+12=07;#07``. A step ``a+b=NN;`` writes ``(a+b) mod 100`` with two
+  digits; the next step starts from it.
+- verify:  the steps, then a check pass in reverse order closed by ``ok;`` (agrees with the
+  forward result) or ``no;`` (disagrees: the check's result is the answer), then ``#NN``:
+  ``37+58=95;95+12=07;chk 12+58=70;70+37=07;ok;#07``. For ``sub`` the check adds the subtrahends
+  back (last first) onto the forward result and must land on the first operand.
 - backtracking: ``wait;`` right after a wrong step, then the corrected step:
-  ``3+5=08;8+8=15;wait;8+8=16;6+2=08;...``.
+  ``37+58=94;wait;37+58=95;95+12=07;#07``.
+- stated confidence: a prompt closed by ``?`` instead of ``:`` (``37+58+12?``) asks for a
+  confidence digit after the answer: ``...#07@8``; digit ``d`` states confidence
+  ``(d + 0.5) / 10`` (``confidence_of``).
 
-Strategies (ground truth, from the text): ``compute`` = a forward step ``a+b=NN;``;
-``verification`` = the ``chk ... ok;``/``no;`` pass; ``backtracking`` = ``wait;`` plus the
-corrected step that follows it.
+Open domain ("open"): ``4>23:`` asks for any 4 digits summing to 23; ``#5738`` is right, and so
+is every other such string (``open_solutions`` counts them). Many right answers, one format.
 
-Train/eval split: a problem (its digit tuple) belongs to the eval partition iff a stable hash of
-its prompt falls in the first ``EVAL_FRACTION`` of the hash range. ``make_problems`` with a seed
-``>= EVAL_SEED_OFFSET`` (10**6) draws only eval-partition problems, a smaller seed only
-train-partition problems: held-out problems are disjoint from training by content, not only by
-seed. ``eval_problems(n, k)`` is the shorthand for the held-out set number ``k``.
+Strategies (ground truth, from the text): ``compute`` = a forward step; ``verification`` = the
+``chk ... ok;``/``no;`` pass; ``backtracking`` = ``wait;`` plus the corrected step after it.
+
+Context-dependent strategy choice (organism.corpus): the base's corpus steps more often the more
+operands a problem has, and verifies more often after a backtrack; so a model trained on it can
+carry the decision in its residual stream before the strategy starts (at ``decision_points``).
+
+Train/eval split: a problem belongs to the eval partition iff a stable hash of its prompt (with
+``:`` as the closer, so a problem and its ``?`` variant fall on the same side) is in the first
+``EVAL_FRACTION`` of the hash range. ``make_problems`` with a seed ``>= EVAL_SEED_OFFSET`` draws
+only eval-partition problems, a smaller seed only train-partition ones.
 """
 
 from __future__ import annotations
@@ -33,39 +43,59 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
+from math import comb
 
 STRATEGIES: tuple[str, ...] = ("compute", "verification", "backtracking")
 FORMATS: tuple[str, ...] = ("direct", "step", "verify")
-VARIANTS: tuple[str, ...] = ("sum", "sub")
+VARIANTS: tuple[str, ...] = ("sum", "sub", "open")
 OPERATORS = {"sum": "+", "sub": "-"}
+MODULUS = 100
+ANSWER_SPACE = 100  # answers 00..99 of the structured task
+# Operands per problem: tiers the base is pretrained on, and the range the task admits.
+PRETRAIN_TIERS: tuple[int, ...] = (2, 3, 4, 5)
+MIN_OPERANDS, MAX_OPERANDS = 2, 6
+# Open domain: k digits (k in OPEN_LENGTHS) with a given sum.
+OPEN_LENGTHS: tuple[int, ...] = (3, 4, 5)
 
 EVAL_SEED_OFFSET = 10**6
 EVAL_FRACTION = 0.1
-# Per-token labels: one of STRATEGIES, or these two.
 ANSWER_LABEL = "answer"
 NO_LABEL = "none"
+CONFIDENCE_MARK = "@"
+QUESTION_MARK = "?"
 
-_STEP = r"\d[+\-]\d=\d\d;"
+_NUM = r"\d\d"
+_STEP = rf"{_NUM}[+\-]{_NUM}={_NUM};"
 _STEP_RE = re.compile(_STEP)
-_DIRECT_RE = re.compile(r"#\d")
-_STEP_FMT_RE = re.compile(rf"(?:{_STEP}|wait;)*{_STEP}(?:{_STEP}|wait;)*#\d")
-_VERIFY_FMT_RE = re.compile(rf"(?:{_STEP}|wait;)*{_STEP}(?:{_STEP}|wait;)*chk (?:{_STEP})+(?:ok|no);#\d")
-# Tokens of the labeler: a step, a wait, the check opener, the check closer, the answer.
-_PIECE_RE = re.compile(rf"(?P<step>{_STEP})|(?P<wait>wait;)|(?P<chk>chk )|(?P<close>(?:ok|no);)|(?P<ans>#\d?)")
+_CONF = r"(?:@\d)?"
+_DIRECT_RE = re.compile(rf"#{_NUM}{_CONF}")
+_STEP_FMT_RE = re.compile(rf"(?:{_STEP}|wait;)*{_STEP}(?:{_STEP}|wait;)*#{_NUM}{_CONF}")
+_VERIFY_FMT_RE = re.compile(
+    rf"(?:{_STEP}|wait;)*{_STEP}(?:{_STEP}|wait;)*chk (?:{_STEP})+(?:ok|no);#{_NUM}{_CONF}")
+_PIECE_RE = re.compile(
+    rf"(?P<step>{_STEP})|(?P<wait>wait;)|(?P<chk>chk )|(?P<close>(?:ok|no);)|(?P<ans>#(?:{_NUM})?)")
+_OPEN_PROMPT_RE = re.compile(r"(\d)>(\d\d):")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem. ``prompt`` ends with ``:``; ``answer`` is in 0..9."""
+    """One problem. ``prompt`` ends with ``:`` (or ``?``: confidence asked); ``answer`` is in
+    0..99 (structured) or the target sum (open: any ``length`` digits summing to it are right)."""
 
     prompt: str
     answer: int
-    digits: tuple[int, ...]
+    operands: tuple[int, ...]
     variant: str = "sum"
+    confidence: bool = False
 
     @property
     def difficulty(self) -> int:
-        return len(self.digits)
+        """The tier: operands per problem (open domain: digits asked for)."""
+        return len(self.operands) if self.variant != "open" else self.operands[0]
+
+    @property
+    def digits(self) -> tuple[int, ...]:  # v1 name of the operands
+        return self.operands
 
 
 @dataclass(frozen=True)
@@ -78,63 +108,114 @@ class StrategySpan:
 
 
 def apply_op(a: int, b: int, variant: str) -> int:
-    """Exact result a step writes: ``a+b`` (0..18) or ``(a-b) mod 10`` (0..9)."""
+    """Result a step writes: ``(a + b) mod 100`` or ``(a - b) mod 100``."""
     if variant == "sum":
-        return a + b
+        return (a + b) % MODULUS
     if variant == "sub":
-        return (a - b) % 10
-    raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
+        return (a - b) % MODULUS
+    raise ValueError(f"unknown variant {variant!r} for a step; valid: sum, sub")
 
 
-def answer_of(digits: tuple[int, ...] | list[int], variant: str = "sum") -> int:
-    value = digits[0]
-    for d in digits[1:]:
-        value = apply_op(value, d, variant) % 10
+def answer_of(operands: tuple[int, ...] | list[int], variant: str = "sum") -> int:
+    value = operands[0]
+    for d in operands[1:]:
+        value = apply_op(value, d, variant)
     return value
 
 
-def problem_from_digits(digits: tuple[int, ...] | list[int], variant: str = "sum") -> Problem:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
-    digits = tuple(int(d) for d in digits)
-    prompt = OPERATORS[variant].join(str(d) for d in digits) + ":"
-    return Problem(prompt=prompt, answer=answer_of(digits, variant), digits=digits, variant=variant)
+def problem_from_operands(operands: tuple[int, ...] | list[int], variant: str = "sum",
+                          confidence: bool = False) -> Problem:
+    if variant not in OPERATORS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {tuple(OPERATORS)} (open: open_problem)")
+    operands = tuple(int(d) for d in operands)
+    if any(not 0 <= d < MODULUS for d in operands):
+        raise ValueError(f"operands must be in 0..99, got {operands}")
+    closer = QUESTION_MARK if confidence else ":"
+    prompt = OPERATORS[variant].join(f"{d:02d}" for d in operands) + closer
+    return Problem(prompt=prompt, answer=answer_of(operands, variant), operands=operands,
+                   variant=variant, confidence=confidence)
+
+
+problem_from_digits = problem_from_operands  # v1 name
+
+
+def open_problem(length: int, total: int) -> Problem:
+    """Any ``length`` digits summing to ``total``: prompt ``{length}>{total:02d}:``."""
+    if not (0 <= total <= 9 * length and 1 <= length <= 9):
+        raise ValueError(f"no {length} digits sum to {total}")
+    return Problem(prompt=f"{length}>{total:02d}:", answer=total, operands=(length, total),
+                   variant="open")
+
+
+def open_solutions(length: int, total: int) -> int:
+    """How many digit strings of ``length`` sum to ``total`` (the open problem's right answers)."""
+    return sum((-1) ** j * comb(length, j) * comb(total - 10 * j + length - 1, length - 1)
+               for j in range(0, min(length, total // 10) + 1))
 
 
 def is_eval_problem(prompt: str) -> bool:
-    """True iff the problem is in the held-out partition (stable hash of the prompt)."""
-    h = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
+    """True iff the problem is in the held-out partition (stable hash of the ``:`` prompt)."""
+    key = prompt[:-1] + ":" if prompt.endswith(QUESTION_MARK) else prompt
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
     return h < EVAL_FRACTION * 2**64
 
 
-def make_problems(n: int, seed: int, difficulty: int = 5, variant: str = "sum") -> list[Problem]:
-    """``n`` random problems with ``difficulty`` digits, deterministic in ``seed``.
+def _draw(rng: random.Random, difficulty: int, variant: str, confidence: bool) -> Problem:
+    if variant == "open":
+        length = difficulty
+        return open_problem(length, rng.randrange(9 * length + 1))
+    return problem_from_operands([rng.randrange(MODULUS) for _ in range(difficulty)], variant,
+                                 confidence)
 
-    Seeds ``< EVAL_SEED_OFFSET`` give train-partition problems, seeds ``>= EVAL_SEED_OFFSET``
-    give eval-partition problems (disjoint by content). Problems may repeat within a list.
-    """
-    if difficulty < 2:
-        raise ValueError(f"difficulty must be >= 2 (number of digits), got {difficulty}")
+
+def draw_problem(rng: random.Random, difficulty: int, variant: str = "sum", confidence: bool = False,
+                 eval_partition: bool = False) -> Problem:
+    """One random problem of the given partition, drawn with ``rng``."""
+    while True:
+        p = _draw(rng, difficulty, variant, confidence)
+        if is_eval_problem(p.prompt) == eval_partition:
+            return p
+
+
+def check_difficulty(difficulty: int, variant: str = "sum") -> int:
+    lo, hi = (min(OPEN_LENGTHS), max(OPEN_LENGTHS)) if variant == "open" else (MIN_OPERANDS, MAX_OPERANDS)
+    if not isinstance(difficulty, int) or not lo <= difficulty <= hi:
+        what = "digits asked for" if variant == "open" else "operands per problem"
+        raise ValueError(f"difficulty must be an integer in {lo}..{hi} ({what}), got {difficulty!r}")
+    return difficulty
+
+
+def make_problems(n: int, seed: int, difficulty: int = 4, variant: str = "sum",
+                  confidence: bool = False) -> list[Problem]:
+    """``n`` random problems with ``difficulty`` operands (open: digits), deterministic in
+    ``seed``. Seeds ``< EVAL_SEED_OFFSET`` give train-partition problems, seeds
+    ``>= EVAL_SEED_OFFSET`` eval-partition ones (disjoint by content). ``confidence``: prompts
+    closed by ``?`` (the same problems as without it, for the same seed)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
-    want_eval = seed >= EVAL_SEED_OFFSET
-    rng = random.Random(f"{variant}/{difficulty}/{seed}")
-    out: list[Problem] = []
-    while len(out) < n:
-        p = problem_from_digits([rng.randrange(10) for _ in range(difficulty)], variant)
-        if is_eval_problem(p.prompt) == want_eval:
-            out.append(p)
-    return out
+    check_difficulty(difficulty, variant)
+    rng = random.Random(f"v2/{variant}/{difficulty}/{seed}")
+    return [draw_problem(rng, difficulty, variant, confidence, seed >= EVAL_SEED_OFFSET) for _ in range(n)]
 
 
-def eval_problems(n: int, k: int = 0, difficulty: int = 5, variant: str = "sum") -> list[Problem]:
+def eval_problems(n: int, k: int = 0, difficulty: int = 4, variant: str = "sum",
+                  confidence: bool = False) -> list[Problem]:
     """Held-out problem set number ``k`` (seed ``EVAL_SEED_OFFSET + k``)."""
-    return make_problems(n, EVAL_SEED_OFFSET + k, difficulty, variant)
+    return make_problems(n, EVAL_SEED_OFFSET + k, difficulty, variant, confidence)
 
 
 # ---------------------------------------------------------------- writing completions
 def format_step(a: int, b: int, value: int, variant: str) -> str:
-    return f"{a}{OPERATORS[variant]}{b}={value:02d};"
+    return f"{a:02d}{OPERATORS[variant]}{b:02d}={value:02d};"
+
+
+def confidence_digit(p: float) -> int:
+    """The digit stating confidence ``p``: ``d`` states ``(d + 0.5) / 10``."""
+    return min(9, max(0, int(p * 10)))
+
+
+def confidence_of(digit: int) -> float:
+    return (digit + 0.5) / 10
 
 
 def write_completion(
@@ -144,23 +225,25 @@ def write_completion(
     wrong_value: int | None = None,
     backtrack: bool = False,
     direct_answer: int | None = None,
+    confidence: int | None = None,
 ) -> str:
-    """Write a completion of format ``fmt`` for ``problem``.
+    """Write a completion of format ``fmt`` for a structured ``problem``.
 
     ``wrong_step``: index (0-based) of a forward step written with ``wrong_value`` instead of
     the true result; with ``backtrack`` it is followed by ``wait;`` and the corrected step,
     otherwise the chain continues from the wrong value. ``direct_answer`` overrides the answer
-    of a direct completion (for deliberately wrong ones).
+    of a direct completion. ``confidence``: the digit written after ``@`` (confidence prompts).
     """
     variant = problem.variant
+    tail = "" if confidence is None else f"{CONFIDENCE_MARK}{confidence}"
     if fmt == "direct":
-        return f"#{problem.answer if direct_answer is None else direct_answer}"
+        return f"#{(problem.answer if direct_answer is None else direct_answer):02d}{tail}"
     if fmt not in ("step", "verify"):
         raise ValueError(f"unknown format {fmt!r}; valid: {FORMATS}")
-    digits = problem.digits
+    ops = problem.operands
     parts: list[str] = []
-    value = digits[0]
-    for i, d in enumerate(digits[1:]):
+    value = ops[0]
+    for i, d in enumerate(ops[1:]):
         true = apply_op(value, d, variant)
         if i == wrong_step:
             assert wrong_value is not None and wrong_value != true
@@ -168,51 +251,86 @@ def write_completion(
             if backtrack:
                 parts.append("wait;")
                 parts.append(format_step(value, d, true, variant))
-                value = true % 10
+                value = true
             else:
-                value = wrong_value % 10
+                value = wrong_value
         else:
             parts.append(format_step(value, d, true, variant))
-            value = true % 10
+            value = true
     forward = value
     if fmt == "step":
-        return "".join(parts) + f"#{forward}"
-    # The check pass is always computed correctly; it decides the answer.
-    parts.append("chk ")
+        return "".join(parts) + f"#{forward:02d}{tail}"
+    parts.append("chk ")  # the check pass is always computed correctly; it decides the answer
     if variant == "sum":
-        rev = list(reversed(digits))
+        rev = list(reversed(ops))
         check = rev[0]
         for d in rev[1:]:
-            s = check + d
-            parts.append(format_step(check, d, s, variant))
-            check = s % 10
+            s = apply_op(check, d, "sum")
+            parts.append(format_step(check, d, s, "sum"))
+            check = s
         agrees = check == forward
         final = check
-    else:
-        # Add the subtrahends back (last first) onto the forward result: must give digits[0].
+    else:  # add the subtrahends back (last first) onto the forward result: must give ops[0]
         check = forward
-        for d in reversed(digits[1:]):
-            s = check + d
+        for d in reversed(ops[1:]):
+            s = apply_op(check, d, "sum")
             parts.append(format_step(check, d, s, "sum"))
-            check = s % 10
-        agrees = check == digits[0]
+            check = s
+        agrees = check == ops[0]
         final = forward if agrees else problem.answer
     parts.append("ok;" if agrees else "no;")
-    return "".join(parts) + f"#{final}"
+    return "".join(parts) + f"#{final:02d}{tail}"
 
 
 # ---------------------------------------------------------------- reading completions
-def extract_answer(completion: str) -> int | None:
-    """The digit right after the LAST ``#`` (trailing whitespace ignored), else None."""
+def _after_hash(completion: str) -> str | None:
     if "#" not in completion:
         return None
-    tail = completion.rsplit("#", 1)[1].strip()
-    return int(tail) if len(tail) == 1 and tail.isdigit() else None
+    return completion.rsplit("#", 1)[1].strip()
+
+
+def extract_answer(completion: str) -> int | None:
+    """The two digits right after the LAST ``#`` (a trailing ``@d`` confidence and whitespace
+    ignored), else None. Open-domain answers: use ``extract_open_answer``."""
+    tail = _after_hash(completion)
+    if tail is None:
+        return None
+    tail = re.sub(r"@\d$", "", tail)
+    return int(tail) if len(tail) == 2 and tail.isdigit() else None
+
+
+def extract_confidence(completion: str) -> float | None:
+    """The stated confidence ``(d + 0.5) / 10`` of a completion ending ``@d``, else None."""
+    m = re.search(r"#\d\d@(\d)\s*$", completion)
+    return confidence_of(int(m.group(1))) if m else None
+
+
+def extract_open_answer(completion: str) -> str | None:
+    """The digit string after the last ``#`` of an open-domain completion, else None."""
+    tail = _after_hash(completion)
+    return tail if tail and tail.isdigit() else None
 
 
 def grade(problem: Problem, completion: str) -> bool:
-    """Correct iff the answer after the last ``#`` equals ``problem.answer``."""
+    """Structured: the answer after the last ``#`` equals ``problem.answer``. Open: the digits
+    after the last ``#`` are ``problem.difficulty`` digits summing to ``problem.answer``."""
+    if problem.variant == "open":
+        ans = extract_open_answer(completion)
+        return ans is not None and len(ans) == problem.difficulty and sum(map(int, ans)) == problem.answer
     return extract_answer(completion) == problem.answer
+
+
+def parse_prompt(prompt: str) -> Problem | None:
+    """The Problem a prompt states (structured or open), or None if it is not a task prompt."""
+    m = _OPEN_PROMPT_RE.fullmatch(prompt)
+    if m:
+        return open_problem(int(m.group(1)), int(m.group(2)))
+    m = re.fullmatch(r"(\d\d(?:([+\-])\d\d)+)([:?])", prompt)
+    if not m:
+        return None
+    variant = "sum" if m.group(2) == "+" else "sub"
+    ops = [int(x) for x in re.split(r"[+\-]", m.group(1))]
+    return problem_from_operands(ops, variant, confidence=m.group(3) == QUESTION_MARK)
 
 
 def classify_format(completion: str) -> str:
@@ -289,16 +407,24 @@ def decision_points(completion: str) -> list[int]:
 
 def token_labels(completion: str) -> list[str]:
     """One label per character (== token) of ``completion``: a strategy, ``answer`` (the final
-    ``#d``), or ``none``."""
+    ``#NN``), or ``none``."""
     labels = [NO_LABEL] * len(completion)
     for s in label_strategies(completion):
         labels[s.start : s.end] = [s.strategy] * (s.end - s.start)
     i = completion.rfind("#")
     if i >= 0:
-        for j in range(i, min(i + 2, len(completion))):
+        for j in range(i, min(i + 3, len(completion))):
             labels[j] = ANSWER_LABEL
     return labels
 
 
 def strategies_used(completion: str) -> set[str]:
     return {s.strategy for s in label_strategies(completion)}
+
+
+def answer_span(completion: str) -> tuple[int, int] | None:
+    """Characters of the final answer's two digits, or None."""
+    if extract_answer(completion) is None:
+        return None
+    i = completion.rfind("#")
+    return (i + 1, i + 3)

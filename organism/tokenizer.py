@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)
 # Every character the task grammar writes (both variants).
-CHARACTERS = tuple("0123456789+-=;:# ") + tuple("waitchkon")
+CHARACTERS = tuple("0123456789+-=;:# ") + tuple("waitchkon") + tuple("@?>")
 VOCAB: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS + CHARACTERS)}
 PAD_ID, EOS_ID = VOCAB[PAD], VOCAB[EOS]
 

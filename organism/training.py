@@ -28,7 +28,7 @@ from organism.generation import encode, generate_texts
 from organism.task import Problem, extract_answer, grade, make_problems
 from organism.tokenizer import EOS_ID, PAD_ID, VOCAB, save_tokenizer
 
-MAX_LEN = 128
+MAX_LEN = 160  # tier 6 verify trace with a backtrack: 134 tokens
 # Loss normaliser: summed token loss over a constant (a per-batch mean over tokens would weight
 # short direct answers and long traces differently from batch to batch).
 LOSS_TOKENS_PER_SEQ = 32
@@ -37,13 +37,13 @@ LOSS_TOKENS_PER_SEQ = 32
 @dataclass
 class ModelShape:
     n_layers: int = 4
-    d_model: int = 96
+    d_model: int = 128
     d_mlp: int = 256
-    n_heads: int = 4
+    n_heads: int = 4  # head_dim 32: vLLM's CPU attention accepts it (24 was refused)
 
     def config(self) -> LlamaConfig:
         return LlamaConfig(
-            vocab_size=32,  # 29 used; rounded up
+            vocab_size=len(VOCAB),
             hidden_size=self.d_model,
             intermediate_size=self.d_mlp,
             num_hidden_layers=self.n_layers,
@@ -112,7 +112,7 @@ def _length_groups(pairs: Sequence[tuple[str, str]]) -> list[list[tuple[str, str
     computing ~75 padding positions per direct answer (13 tokens against up to 88 for a
     5-digit trace; ``benchmarks/train_organism.py`` times it).
     """
-    return [[q for q in pairs if len(q[1]) <= 4], [q for q in pairs if len(q[1]) > 4]]
+    return [[q for q in pairs if len(q[1]) <= 6], [q for q in pairs if len(q[1]) > 6]]
 
 
 def _backward_summed_loss(model: PreTrainedModel, groups: Sequence[Sequence[tuple[str, str]]],
