@@ -10,9 +10,12 @@ base / SFT / RL checkpoints trained on it (see ``organism/checkpoints/README.md`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+# TWINLENS_ORGANISM_CHECKPOINTS: another folder of checkpoints (e.g. a rebuild) to use instead.
+CHECKPOINT_DIR = Path(os.environ.get("TWINLENS_ORGANISM_CHECKPOINTS")
+                      or Path(__file__).resolve().parent / "checkpoints")
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "training_info.json")
 
 
