@@ -4,8 +4,9 @@ checkpoint that drifted further from the base learn a *new* task less well?
 For each checkpoint: its drift, KL(base || checkpoint) in nats per token (``analyses.drift``,
 on samples from the base), and its learning gain: fine-tune a copy for a fixed small budget on a
 new variant of the organism task (default ``sub``: subtraction, never seen in training) with the
-organism's own trainer (``organism.training.train_supervised``, correct step/verify traces of
-the new variant), and measure
+organism's own trainer (``organism.training.train_supervised`` on ``plasticity_mix()``: correct
+step/verify traces of the new variant only, ``:`` prompts, no open-domain or stated-confidence
+examples, tiers 2..5), and measure
 
     learning_gain = loss_before - loss_after
 
@@ -74,11 +75,32 @@ class PlasticityResult:
         return d
 
 
-def heldout_pairs(n: int, variant: str = "sub", difficulty: int = 5, k: int = 0) -> list[tuple[str, str]]:
+# Variants a checkpoint can be fine-tuned on: the structured ones (the open domain has no traces).
+PLASTICITY_VARIANTS = ("sub", "sum")
+
+
+def plasticity_mix():
+    """The fine-tuning corpus mix (organism.corpus.CorpusMix): SFT_MIX (correct step/verify traces
+    only) without its open-domain and stated-confidence shares, so every fine-tuning example is a
+    ``:`` prompt of the variant being learned."""
+    from organism.corpus import SFT_MIX
+
+    return dataclasses.replace(SFT_MIX, open_share=0.0, confidence_share=0.0)
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in PLASTICITY_VARIANTS:
+        raise TwinlensError(f"Plasticity fine-tunes on a structured organism variant ({', '.join(PLASTICITY_VARIANTS)}; "
+                            f"sub = subtraction, never trained), got {variant!r}.")
+    return variant
+
+
+def heldout_pairs(n: int, variant: str = "sub", difficulty: int = 4, k: int = 0) -> list[tuple[str, str]]:
     """Held-out (prompt, correct completion) pairs of ``variant``: step traces for even, verify
     traces for odd indices."""
     from organism.task import eval_problems, write_completion
 
+    _check_variant(variant)
     probs = eval_problems(n, k, difficulty=difficulty, variant=variant)
     return [(p.prompt, write_completion(p, "step" if i % 2 == 0 else "verify")) for i, p in enumerate(probs)]
 
@@ -101,21 +123,24 @@ def per_problem_loss(hf: torch.nn.Module, pairs: Sequence[tuple[str, str]], batc
 
 
 @torch.no_grad()
-def greedy_accuracy(hf: torch.nn.Module, variant: str, n: int, difficulty: int = 5, k: int = 0) -> float:
+def greedy_accuracy(hf: torch.nn.Module, variant: str, n: int, difficulty: int = 4, k: int = 0) -> float:
+    """Greedy accuracy on ``n`` held-out problems of ``variant`` (set ``k``) with the tier's full
+    generation budget (analyses.task.organism_max_new_tokens)."""
+    from analyses.task import organism_max_new_tokens
     from organism.generation import generate_texts
     from organism.task import eval_problems, grade
     from organism.tokenizer import build_tokenizer
 
     probs = eval_problems(n, k, difficulty=difficulty, variant=variant)
-    texts = generate_texts(hf, build_tokenizer(), [p.prompt for p in probs], 100, temperature=0.0)
+    texts = generate_texts(hf, build_tokenizer(), [p.prompt for p in probs],
+                           organism_max_new_tokens(difficulty, variant), temperature=0.0)
     return float(np.mean([grade(p, t) for p, t in zip(probs, texts, strict=True)]))
 
 
 def finetune_copy(checkpoint: Checkpoint, *, variant: str, steps: int, seed: int, lr: float,
                   batch_size: int) -> torch.nn.Module:
     """A fresh fp32 copy of ``checkpoint`` fine-tuned for ``steps`` on ``variant`` (correct
-    step/verify traces, organism.corpus.SFT_MIX) with the organism's trainer."""
-    from organism.corpus import SFT_MIX
+    step/verify traces of ``variant`` only: ``plasticity_mix()``) with the organism's trainer."""
     from organism.training import SupervisedConfig, load_fp32, train_supervised
 
     if steps < 1:
@@ -123,7 +148,7 @@ def finetune_copy(checkpoint: Checkpoint, *, variant: str, steps: int, seed: int
                             "measures no learning.")
     model = load_fp32(checkpoint.path)
     cfg = SupervisedConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=0, seed=seed,
-                           mix=SFT_MIX, variant=variant)
+                           mix=plasticity_mix(), variant=_check_variant(variant))
     train_supervised(model, cfg, desc=f"finetune {checkpoint.name}", progress=False)
     return model
 
@@ -138,20 +163,17 @@ def measure_plasticity(
     lr: float = 1e-3,
     batch_size: int = 32,
     n_eval: int = 64,
-    difficulty: int = 5,
+    difficulty: int = 4,
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
 ) -> PlasticityResult:
     """Learning gain on ``variant`` after ``budget`` fine-tuning steps, for each checkpoint,
     against its KL from the base (``kl_from_base``: name -> (kl, (lo, hi)))."""
-    from organism.task import VARIANTS
-
     if budget < 1:
         raise TwinlensError(f"The fine-tuning budget must be at least 1 step, got {budget}; a zero budget "
                             "measures no learning.")
-    if variant not in VARIANTS:
-        raise TwinlensError(f"Unknown task variant {variant!r}; the organism offers {VARIANTS}.")
+    _check_variant(variant)
     if len(seeds) < 2:
         raise TwinlensError(f"Give at least two fine-tuning seeds (a CI needs a spread), got {list(seeds)}.")
     if len(checkpoints) < 2:

@@ -20,17 +20,77 @@ from hooks.errors import TwinlensError
 from hooks.validation import check_int
 
 CharSpan = tuple[str, int, int]  # (strategy, start, end) in characters of the completion
-# The organism's problems have 2..8 digits: at 8 a verify-format solution plus its prompt is 123
-# characters (= tokens) of the 128-token context; at 9 it is 139 and would be cut off.
-ORGANISM_DIFFICULTIES = (2, 8)
+# The organism's context (organism.training.MAX_LEN = the checkpoints' max_position_embeddings;
+# tests/test_organism_task.py checks they agree). Every tier's longest trace must fit in it.
+ORGANISM_CONTEXT = 160
+ORGANISM_VARIANTS = ("sum", "sub", "open")
+# Room for one backtrack (``wait;`` + the corrected step) beyond the longest trace the corpus
+# writes (at most one), so a sampled trace with a second backtrack is not cut before its answer.
+_EXTRA_BACKTRACK = len("wait;") + len("00+00=00;")
 
 
-def check_organism_difficulty(difficulty: Any, name: str = "difficulty") -> int:
-    """The organism task's difficulty (digits per problem): an int in ORGANISM_DIFFICULTIES."""
-    lo, hi = ORGANISM_DIFFICULTIES
-    return check_int(name, difficulty, minimum=lo, maximum=hi,
-                     allowed=f"an integer in {lo}..{hi} (digits per problem; at {hi + 1} a solution "
-                             "no longer fits the organism's 128-token context)")
+def organism_difficulties(variant: str = "sum") -> tuple[int, int]:
+    """(lowest, highest) difficulty of the organism task, from organism.task: operands per problem
+    (``MIN_OPERANDS..MAX_OPERANDS`` = 2..6; the base is pretrained on ``PRETRAIN_TIERS`` 2..5) for
+    ``sum``/``sub``, digits asked for (``OPEN_LENGTHS`` = 3..5) for ``open``."""
+    from organism import task as ot
+
+    variant = check_organism_variant(variant)
+    if variant == "open":
+        return min(ot.OPEN_LENGTHS), max(ot.OPEN_LENGTHS)
+    return ot.MIN_OPERANDS, ot.MAX_OPERANDS
+
+
+def check_organism_variant(variant: Any, name: str = "variant") -> str:
+    """The organism task's variant: ``sum`` (the trained task), ``sub`` (subtraction, never
+    trained: the plasticity probe) or ``open`` (the open domain: any k digits with a given sum)."""
+    if variant not in ORGANISM_VARIANTS:
+        raise TwinlensError(f"{name} must be one of {', '.join(ORGANISM_VARIANTS)} (the organism's task "
+                            f"variants), got {variant!r}.")
+    return variant
+
+
+def check_organism_difficulty(difficulty: Any, name: str = "difficulty", variant: str = "sum") -> int:
+    """The organism task's difficulty: operands per problem (2..6) for sum/sub, digits asked for
+    (3..5) for the open domain (``organism_difficulties``)."""
+    lo, hi = organism_difficulties(variant)
+    what = ("digits asked for, open domain" if variant == "open" else
+            "operands per problem; the base is pretrained on 2..5, 6 is the held-out hard tier")
+    return check_int(name, difficulty, minimum=lo, maximum=hi, allowed=f"an integer in {lo}..{hi} ({what})")
+
+
+def organism_longest_completion(difficulty: int, variant: str = "sum", confidence: bool = False) -> int:
+    """Tokens (= characters) of the longest completion the organism's grammar writes for a problem
+    of this tier, without the eos: for sum/sub a verify trace with one backtrack (the corpus's
+    longest) and, with ``confidence``, the ``@d`` after the answer; for open ``#`` + the digits.
+    Written by organism.task.write_completion, so it follows the grammar if that changes."""
+    from organism import task as ot
+
+    difficulty = check_organism_difficulty(difficulty, variant=variant)
+    if variant == "open":
+        return len("#") + difficulty
+    problem = ot.problem_from_operands([0] * difficulty, variant, confidence=confidence)
+    slip = (ot.apply_op(0, 0, variant) + 1) % ot.MODULUS
+    return len(ot.write_completion(problem, "verify", wrong_step=0, wrong_value=slip, backtrack=True,
+                                   confidence=9 if confidence else None))
+
+
+def organism_max_new_tokens(difficulty: int, variant: str = "sum", confidence: bool = False) -> int:
+    """Generation budget of an organism problem: the longest completion + eos + room for one
+    more backtrack (open domain: the digits again), checked against ``ORGANISM_CONTEXT``; a tier
+    whose longest completion cannot fit is refused (TwinlensError)."""
+    from organism import task as ot
+
+    longest = organism_longest_completion(difficulty, variant, confidence)
+    prompt = (ot.open_problem(difficulty, 0) if variant == "open"
+              else ot.problem_from_operands([0] * difficulty, variant, confidence=confidence)).prompt
+    room = ORGANISM_CONTEXT - len(prompt)
+    if longest + 1 > room:
+        raise TwinlensError(
+            f"organism difficulty {difficulty} ({variant}): its longest completion ({longest} tokens + eos) "
+            f"after a {len(prompt)}-token prompt does not fit the {ORGANISM_CONTEXT}-token context.")
+    margin = difficulty if variant == "open" else _EXTRA_BACKTRACK
+    return min(room, longest + 1 + margin)
 
 
 @dataclass(frozen=True)
@@ -62,8 +122,15 @@ class Task:
     answer_span(completion) -> (start, end) characters of the final answer, or None;
     skips_steps(completion) -> True when the answer comes without intermediate steps.
     char_tokens: one token per character (character spans are token spans).
-    answer_space: how many distinct answers the task admits, when known (organism: 10 digits); the
-    uniform guesser's pass@k = 1 - (1 - 1/answer_space)^k is the trivial baseline of pass@k.
+    answer_space: how many distinct answers the task admits, when known and uniform over problems
+    (organism: the 100 values 00..99); the uniform guesser's pass@k = 1 - (1 - 1/answer_space)^k is
+    the trivial baseline of pass@k. None: unknown, or many right answers per problem (open domain).
+    single_answer: each problem has one right answer (False: many, e.g. the organism's open domain;
+    majority vote over answers, maj@k, then means nothing and is not reported).
+    extract_confidence(completion) -> the confidence in [0, 1] the completion states, or None; set
+    when the task's prompts ask for one (organism ``confidence=True``: ``#07@8`` states 0.85).
+    domain: what kind of task it is, for per-domain comparisons (RESEARCH.md s.8): "structured"
+    (one right answer, e.g. arithmetic), "open" (many right answers), or None (not known).
     """
 
     name: str
@@ -83,6 +150,9 @@ class Task:
     answer_space: int | None = None
     answer_format: str = "exact"  # how answers are found: the organism's exact grader, or analyses.grading's
     n_available: int | None = None  # a fixed problem list's size (None: a generator)
+    single_answer: bool = True
+    extract_confidence: Callable[[str], float | None] | None = None
+    domain: str | None = None
 
     def problems(self, n: int, seed: int = 0, exclude: Iterable[TaskProblem | str] = ()) -> list[TaskProblem]:
         """Problem set ``seed``: ``n`` problems, none of which is in ``exclude``.
@@ -122,28 +192,65 @@ class Task:
             m *= 2
 
 
-def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
-    """The organism's task (organism.task) as a Task. ``problems(n, seed)`` draws held-out
-    problems: set ``seed`` of ``organism.task.eval_problems``; ids name the set and index."""
+def organism_task(difficulty: int = 4, variant: str = "sum", confidence: bool = False) -> Task:
+    """The organism's task (organism.task, v2) as a Task. ``problems(n, seed)`` draws held-out
+    problems: set ``seed`` of ``organism.task.eval_problems``; ids name the variant, tier, set and index.
+
+    difficulty: the tier, operands per problem (2..6; the base is pretrained on 2..5) for ``sum``
+    and ``sub``; digits asked for (3..5) for ``open``. Default 4: the middle pretrained tier.
+    variant: ``sum`` (the trained task: answers 00..99, ``answer_space`` 100, uniform), ``sub``
+    (subtraction: never trained, the plasticity probe), ``open`` (any ``difficulty`` digits summing
+    to the prompt's target, ``4>23:`` -> ``#5738``: many right answers, graded by
+    organism.task.grade; answers are digit strings; ``answer_space`` None, ``single_answer`` False).
+    confidence: prompts closed by ``?`` ask for a stated confidence ``@d`` after the answer
+    (sum/sub only); ``Task.extract_confidence`` reads it (organism.task.extract_confidence,
+    ``(d + 0.5) / 10``).
+    max_new_tokens: the grammar's longest completion for the tier + eos + one more backtrack
+    (``organism_max_new_tokens``); refused when it would not fit the 160-token context.
+    Errors: an unknown variant or a tier outside the variant's range (TwinlensError).
+    """
     from organism import task as ot
 
-    difficulty = check_organism_difficulty(difficulty)
+    variant = check_organism_variant(variant)
+    difficulty = check_organism_difficulty(difficulty, variant=variant)
+    if confidence and variant == "open":
+        raise TwinlensError("The organism's open domain has no stated-confidence prompts; use confidence "
+                            "with variant sum (or sub).")
+    tag = f"{variant}{'-conf' if confidence else ''}-d{difficulty}"
 
     def make(n: int, seed: int) -> list[TaskProblem]:
         return [
-            TaskProblem(id=f"{variant}-d{difficulty}-eval{seed}-{i:05d}", prompt=p.prompt,
-                        answer=p.answer, source=p)
-            for i, p in enumerate(ot.eval_problems(n, seed, difficulty=difficulty, variant=variant))
+            TaskProblem(id=f"{tag}-eval{seed}-{i:05d}", prompt=p.prompt, answer=p.answer, source=p)
+            for i, p in enumerate(ot.eval_problems(n, seed, difficulty=difficulty, variant=variant,
+                                                   confidence=confidence))
         ]
+
+    def source(problem: TaskProblem):
+        src = problem.source if problem.source is not None else ot.parse_prompt(problem.prompt)
+        if src is None:
+            raise TwinlensError(f"{problem.prompt!r} is not an organism prompt; the organism task grades only its own.")
+        return src
+
+    if variant == "open":
+        def open_span(completion: str) -> tuple[int, int] | None:
+            ans = ot.extract_open_answer(completion)
+            if ans is None:
+                return None
+            end = len(completion.rstrip())
+            return (end - len(ans), end)
+
+        return Task(
+            name=f"organism-{tag}",
+            grade=lambda problem, completion: ot.grade(source(problem), completion),
+            extract_answer=ot.extract_open_answer,
+            classify_format=lambda c: "answer" if re.fullmatch(r"#\d+", c.strip()) else "other",
+            answer_span=open_span, make_problems=make, formats=("answer",),
+            max_new_tokens=organism_max_new_tokens(difficulty, variant),
+            ngram=2, char_tokens=True, answer_space=None, single_answer=False, domain="open",
+        )
 
     def grade(problem: TaskProblem, completion: str) -> bool:
         return ot.extract_answer(completion) == problem.answer
-
-    def answer_span(completion: str) -> tuple[int, int] | None:
-        if ot.extract_answer(completion) is None:
-            return None
-        i = completion.rfind("#")
-        return (i + 1, i + 2)  # the digit after the last '#'
 
     def skips_steps(completion: str) -> bool:
         i = completion.rfind("#")
@@ -153,17 +260,17 @@ def organism_task(difficulty: int = 5, variant: str = "sum") -> Task:
     def spans(completion: str) -> list[CharSpan]:
         return [(s.strategy, s.start, s.end) for s in ot.label_strategies(completion)]
 
-    n_steps = difficulty - 1
     return Task(
-        name=f"organism-{variant}-d{difficulty}",
+        name=f"organism-{tag}",
         grade=grade, extract_answer=ot.extract_answer, classify_format=ot.classify_format,
-        label_strategies=spans, answer_span=answer_span, skips_steps=skips_steps,
+        label_strategies=spans, answer_span=ot.answer_span, skips_steps=skips_steps,
         make_problems=make, formats=tuple(ot.FORMATS), strategies=tuple(ot.STRATEGIES),
-        # steps + check pass (7 chars a step) + "chk ", "ok;", "#d", and room for two backtracks
-        max_new_tokens=min(127 - 2 * difficulty, 2 * 7 * n_steps + 4 + 3 + 2 + 2 * 12 + 8),  # context 128
-        ngram=7,  # one step "a+b=NN;": a repeated 7-gram is a repeated step
+        max_new_tokens=organism_max_new_tokens(difficulty, variant, confidence),
+        ngram=len("00+00=00;"),  # one step: a repeated 9-gram is a repeated step
         char_tokens=True,
-        answer_space=10,  # the answer is one digit (a sum mod 10)
+        answer_space=ot.ANSWER_SPACE,  # two digits 00..99, uniform over problems
+        extract_confidence=ot.extract_confidence if confidence else None,
+        domain="structured",
     )
 
 
@@ -381,10 +488,11 @@ def read_prompts_file(path: Any, n: int | None = None) -> list[str]:
     return prompts if n is None else prompts[:n]
 
 
-def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant: str = "sum",
-              answer_format: str | None = None, answer_pattern: str | None = None,
+def load_task(problems_file: str | None = None, *, difficulty: int = 4, variant: str = "sum",
+              confidence: bool = False, answer_format: str | None = None, answer_pattern: str | None = None,
               need_answers: bool = True) -> Task:
-    """The task a job runs on: the organism's (default; its own exact grader), or a JSONL file
+    """The task a job runs on: the organism's (default; its own exact grader; ``difficulty``,
+    ``variant`` and ``confidence`` as in ``organism_task``), or a JSONL file
     of ``{"prompt": ..., "answer": ...}`` rows (read by ``read_problems_file``) whose answers
     ``answer_format`` finds (default ``auto``; or the regex ``answer_pattern``) and math-verify
     grades (``regex_task``). ``need_answers`` (jobs that grade): every row must have an
@@ -392,13 +500,19 @@ def load_task(problems_file: str | None = None, *, difficulty: int = 5, variant:
 
     An answer format or pattern without a problems file is refused: the organism's grader is
     exact and takes neither."""
+    if problems_file is not None and (variant != "sum" or confidence):
+        raise TwinlensError(
+            "--variant/--confidence choose among the organism task's prompts; a problems file brings its "
+            "own prompts (with --problems, leave them out; calibrate.py's --confidence stated reads a "
+            "confidence stated in real text)."
+        )
     if problems_file is None:
         if answer_format not in (None, "exact") or answer_pattern is not None:
             raise TwinlensError(
                 "--answer-format/--answer-pattern grade real text: give a problems file "
                 "(--problems FILE.jsonl) too; the organism task keeps its own exact grader."
             )
-        return organism_task(difficulty=difficulty, variant=variant)
+        return organism_task(difficulty=difficulty, variant=variant, confidence=confidence)
     from pathlib import Path
 
     rows = read_problems_file(problems_file, need_answers=need_answers)

@@ -34,6 +34,12 @@ ANSWER_FORMAT_HELP = ("how to find the final answer in real text (with --problem
                       "its exact grader")
 ANSWER_PATTERN_HELP = "a regex whose group 1 is the answer (with --problems; replaces --answer-format)"
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (must exist on this machine)"
+DIFFICULTY_HELP = ("organism tier: operands per problem, 2..6 (the base is pretrained on 2..5; 6 is the held-out "
+                   "hard tier); with --variant open, digits asked for, 3..5 (default: %(default)s)")
+VARIANT_HELP = ("organism task variant: sum (the trained task, answers 00..99), sub (subtraction, never trained), "
+                "open (the open domain: any k digits with a given sum, many right answers) (default: %(default)s)")
+CONFIDENCE_HELP = ("organism prompts closed by '?': the model states a confidence '@d' after its answer "
+                   "(organism v2's stated-confidence variant; sum/sub only)")
 
 
 # ----------------------------------------------------------------- argparse types
@@ -91,6 +97,8 @@ def _top_p(value: float) -> float:
 def _difficulty(value: int) -> int:
     from analyses.task import check_organism_difficulty
 
+    # The widest range (sum/sub: 2..6); load_task checks the variant's own (open: 3..5) before
+    # any model loads.
     return check_organism_difficulty(value, "the value")
 
 
@@ -183,11 +191,18 @@ def add_model_args(ap: argparse.ArgumentParser, *, rl_repeatable: bool = True,
 
 
 def add_problem_args(ap: argparse.ArgumentParser, *, n_problems: int, n_samples: int,
+                     difficulty_default: int = 4, variant: bool = True, confidence: bool = True,
                      helps: Mapping[str, str | None] | None = None) -> None:
-    """--problems, --difficulty, --problem-set, --n-problems, --n-samples."""
+    """--problems, --difficulty (organism tier, default 4), --variant (args.task_variant; unless
+    variant is False: a job with its own), --confidence (args.confidence_prompts; unless confidence
+    is False: a job that decides it itself), --problem-set, --n-problems, --n-samples."""
     add = _Adder(ap, helps)
     add("--problems", PROBLEMS_HELP)
-    add("--difficulty", type=difficulty, default=5)
+    add("--difficulty", DIFFICULTY_HELP, type=difficulty, default=difficulty_default)
+    if variant:
+        add("--variant", VARIANT_HELP, choices=("sum", "sub", "open"), default="sum", dest="task_variant")
+    if confidence:
+        add("--confidence", CONFIDENCE_HELP, action="store_true", dest="confidence_prompts")
     add("--problem-set", type=nonnegative_int, default=0)
     add("--n-problems", type=positive_int, default=n_problems)
     add("--n-samples", type=positive_int, default=n_samples)
@@ -218,11 +233,15 @@ def add_answer_args(ap: argparse.ArgumentParser) -> None:
 
 
 def load_task_from_args(args: argparse.Namespace, need_answers: bool = True) -> Any:
-    """The job's Task from --problems, --difficulty, --answer-format, --answer-pattern (each
-    optional on the parser): the organism's by default, a graded problems file otherwise."""
+    """The job's Task from --problems, --difficulty, --variant, --confidence, --answer-format,
+    --answer-pattern (each optional on the parser): the organism's by default, a graded problems
+    file otherwise. A variant / confidence that the task refuses is a TwinlensError here, before
+    any model loads."""
     from analyses.task import load_task
 
-    return load_task(getattr(args, "problems", None), difficulty=getattr(args, "difficulty", 5),
+    return load_task(getattr(args, "problems", None), difficulty=getattr(args, "difficulty", 4),
+                     variant=getattr(args, "task_variant", "sum"),
+                     confidence=bool(getattr(args, "confidence_prompts", False)),
                      answer_format=getattr(args, "answer_format", None),
                      answer_pattern=getattr(args, "answer_pattern", None), need_answers=need_answers)
 
@@ -414,7 +433,7 @@ def pyplot() -> Any:
 
 def load_base_and_rl(args: argparse.Namespace, rl_specs: list[str] | None = None, *,
                      need_answers: bool = True) -> tuple[Any, dict, list]:
-    """(task, {"base": Model, <rl name>: Model, ...}, problems) from --problems/--difficulty,
+    """(task, {"base": Model, <rl name>: Model, ...}, problems) from --problems/--difficulty/--variant/--confidence,
     --base, --rl (repeatable; default organism rl-seed0), --n-problems, --problem-set.
     ``rl_specs`` replaces --rl (e.g. a checkpoint series the script chose). ``need_answers``
     False: a --problems file without reference answers is accepted (task.has_answers False)."""

@@ -98,10 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     + " ".join(DEFAULT))
     ap.add_argument("--n", type=cli.positive_int, default=500, help="held-out problems")
     ap.add_argument("--eval-set", type=cli.nonnegative_int, default=0, help="held-out set number k")
-    ap.add_argument("--difficulty", type=cli.difficulty, default=5)
+    ap.add_argument("--difficulty", type=cli.difficulty, default=4, help=cli.DIFFICULTY_HELP)
     ap.add_argument("--seed", type=cli.nonnegative_int, default=0, help="sampling seed")
     ap.add_argument("--samples", type=cli.positive_int, default=1, help="samples per problem at T=1")
-    ap.add_argument("--max-new-tokens", type=cli.positive_int, default=100)
+    ap.add_argument("--max-new-tokens", type=cli.positive_int,
+                    help="default: the tier's longest trace + room for a backtrack (analyses.task.organism_max_new_tokens)")
     cli.add_engine_args(ap, scorer=False)
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
@@ -109,6 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=cli.nonnegative_int, default=1,
                     help="torch threads (1 is fastest for this tiny model, esp. on a shared CPU)")
     args = ap.parse_args(argv)
+    if args.max_new_tokens is None:
+        from analyses.task import organism_max_new_tokens
+
+        args.max_new_tokens = organism_max_new_tokens(args.difficulty)
     try:
         cli.check_engine_args(args)
     except TwinlensError as e:

@@ -46,13 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_model_args(ap, rl_repeatable=False, helps={"--base": None, "--rl": None})
     ap.add_argument("--checkpoint", action="append",
                     help="intermediate checkpoint of the RL run (repeatable; default: the organism's {rl}-step*)")
-    cli.add_problem_args(ap, n_problems=64, n_samples=8, helps={
+    cli.add_problem_args(ap, n_problems=64, n_samples=8, variant=False, helps={
         "--n-problems": "problems for the suppression analysis and KL", "--n-samples": "base samples per problem"})
     ap.add_argument("--phase-problems", type=cli.positive_int, default=32)
     ap.add_argument("--phase-samples", type=cli.positive_int, default=4)
     ap.add_argument("--ngram", type=cli.positive_int, default=2, help="n of the strategy n-grams")
     ap.add_argument("--no-plasticity", action="store_true")
-    ap.add_argument("--variant", default="sub", help="the new task variant fine-tuned on (organism)")
+    ap.add_argument("--variant", default="sub", choices=("sub", "sum"),
+                    help="the new task variant fine-tuned on (organism; default sub: subtraction, never trained)")
     ap.add_argument("--budget", type=cli.positive_int, default=8, help="fine-tuning steps per checkpoint and seed")
     ap.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1], help="fine-tuning seeds")
     ap.add_argument("--ft-lr", type=cli.positive_float, default=1e-3)

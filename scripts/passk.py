@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap)
     cli.add_problem_args(ap, n_problems=100, n_samples=16, helps={
-        "--difficulty": "organism problem length (digits)", "--problem-set": "held-out problem set number",
+        "--problem-set": "held-out problem set number",
         "--n-samples": "samples per problem (n)"})
     ap.add_argument("--k", type=cli.positive_int, nargs="+", help="k values (default 1, 2, 4, ..., n)")
     cli.add_sampling_args(ap)
@@ -50,10 +50,13 @@ def run(args: argparse.Namespace) -> dict:
     task, family, problems = cli.load_base_and_rl(args)
     samples = sample(family, problems, args.n_samples, task=task, out=out / "samples.jsonl",
                      **cli.sample_kwargs(args))
+    # maj@k votes for one right answer: a task with many right answers per problem (the organism's
+    # open domain) has none to vote for, so maj@k is left out there.
     cmp = compare_pass_at_k(
         {m: samples.by_problem(m, "correct") for m in family},
-        answers={m: samples.by_problem(m, "answer") for m in family},
-        reference=samples.references(), ks=args.k, n_boot=args.n_boot, seed=args.seed,
+        answers={m: samples.by_problem(m, "answer") for m in family} if task.single_answer else None,
+        reference=samples.references() if task.single_answer else None, ks=args.k, n_boot=args.n_boot,
+        seed=args.seed,
     )
 
     results = {

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
     cli.add_answer_args(ap)
-    ap.add_argument("--difficulty", type=cli.difficulty, default=5)
+    ap.add_argument("--difficulty", type=cli.difficulty, default=4, help=cli.DIFFICULTY_HELP)
     ap.add_argument("--problem-set", type=cli.nonnegative_int, default=0, help="held-out set to evaluate on")
     ap.add_argument("--fit-set", type=cli.nonnegative_int, default=1, help="held-out set the probe/vectors are fitted on")
     ap.add_argument("--n-problems", type=cli.positive_int, default=200)

@@ -134,9 +134,9 @@ def test_script_on_tiny_pair_writes_results_contract(tiny_models, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["k"] == [1, 2] and set(res["pass_at_k"]) == {"base", "llama_b"}
     assert "crossover_k" in res and res["seed"] == 0
-    # the organism's task has 10 answers: the guesser's curve is written beside the models'
-    assert res["guesser"]["answer_space"] == 10
-    assert res["guesser"]["pass_at_k"] == pytest.approx([0.1, 0.19])
+    # organism v2's task has 100 answers (00..99): the guesser's curve is written beside the models'
+    assert res["guesser"]["answer_space"] == 100
+    assert res["guesser"]["pass_at_k"] == pytest.approx([0.01, 1 - 0.99**2])
     assert (out / "pass_at_k.png").exists() and (out / "summary.md").exists()
     assert "uniform guesser" in (out / "summary.md").read_text()
 
