@@ -6,7 +6,10 @@ measures it on the RL model's samples), averaged over a sample's completion toke
 its problem's samples, then over problems. Exact over the whole vocabulary: one teacher-forced
 forward of each model over prompt + completion. Entropy of each model's next-token
 distribution per completion position and per token kind (the strategy the predicted token
-belongs to, from the task's labels: strategy tokens vs the rest).
+belongs to, from the task's labels: strategy tokens vs the rest). Entropy by domain (RESEARCH.md
+s.8, Omni-Thinker: RL on a structured domain lowers output entropy, on an open/creative one it does
+not): ``entropy_change`` gives a model's entropy drop from the base on one domain's problems with a
+bootstrap CI; scripts/drift.py measures it on the organism's structured task and its open domain.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class DriftResult:
     n_empty: int  # samples with no completion token (no position to measure; skipped)
     seed: int
     per_problem: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    problem_ids: list[str] = field(repr=False, default_factory=list)  # order of the per_problem arrays
 
     def to_dict(self) -> dict:
         return {
@@ -161,8 +165,48 @@ def measure_drift(
                                      for t in range(max_t)] for label in (base, other)},
         kl_by_kind={k: float(np.mean(v)) for k, v in sorted(kind_kl.items())},
         n_problems=len(ids), n_samples=len(rows) - n_empty, n_tokens=n_tokens, n_empty=n_empty,
-        seed=seed, per_problem=per,
+        seed=seed, per_problem=per, problem_ids=ids,
     )
+
+
+@dataclass
+class EntropyChange:
+    """A model's mean next-token entropy on its own samples minus the base's on the base's samples,
+    over the problems both were measured on (nats per token; negative = RL lowered entropy)."""
+
+    base: float
+    other: float
+    change: float  # other - base
+    ci: tuple[float, float]  # percentile bootstrap over problems (paired: one problem, both models)
+    n_problems: int
+
+    def to_dict(self) -> dict:
+        return {"base": self.base, "other": self.other, "change": self.change, "ci": list(self.ci),
+                "n_problems": self.n_problems}
+
+
+def entropy_change(on_base: DriftResult, on_other: DriftResult, *, n_boot: int = 1000, seed: int = 0,
+                   ci: float = 0.95) -> EntropyChange:
+    """Entropy change of ``on_other.other`` from the base, each on its own samples:
+    ``on_base``: measure_drift on the base's samples, ``on_other``: on the other model's (same
+    base, same problems). Per problem, H_other(own samples) - H_base(base samples); mean over
+    problems, CI by a paired percentile bootstrap over problems. Errors: results of different
+    models, or no problem in common (TwinlensError)."""
+    if on_base.base != on_other.base or on_base.other != on_other.other:
+        raise TwinlensError(f"entropy_change needs two results of one pair; got ({on_base.base}, {on_base.other}) "
+                            f"and ({on_other.base}, {on_other.other}).")
+    hb = dict(zip(on_base.problem_ids, on_base.per_problem[f"entropy_{on_base.base}"], strict=True))
+    ho = dict(zip(on_other.problem_ids, on_other.per_problem[f"entropy_{on_other.other}"], strict=True))
+    common = sorted(set(hb) & set(ho))
+    if not common:
+        raise TwinlensError("The two drift results share no problem; measure both on the same problems.")
+    b, o = np.array([hb[p] for p in common]), np.array([ho[p] for p in common])
+    idx = bootstrap_indices(np.random.default_rng(seed), len(common), n_boot)
+    q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
+    d = o - b
+    lo, hi = np.quantile(d[idx].mean(axis=1), q)
+    return EntropyChange(base=float(b.mean()), other=float(o.mean()), change=float(d.mean()),
+                         ci=(float(lo), float(hi)), n_problems=len(common))
 
 
 def drift_series(

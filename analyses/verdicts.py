@@ -742,20 +742,54 @@ def verdict_calibration(r: Mapping | None) -> Verdict:
 
 
 # ---------------------------------------------------------------- §8 entropy
+OPEN_DOMAIN_TWIN = "rl-open"  # organism v2's twin RL-trained on the open domain
+
+
 def verdict_entropy(r: Mapping | None) -> Verdict:
-    """RL on a structured task lowers output entropy (Omni-Thinker). supported when the last
-    checkpoint's mean next-token entropy CI lies below the base's; not supported when it does not
-    (overlap or above); undetermined without CIs. The structured-vs-open contrast needs a second,
-    open-ended domain (organism v2)."""
-    v = Verdict(8, "RL on a structured task lowers output entropy", "drift")
+    """RL on a structured domain lowers output entropy, on an open one it does not, or less
+    (Omni-Thinker, RESEARCH.md s.8).
+
+    With the drift job's per-domain entropy changes (``entropy_change_by_domain[model][domain]``:
+    change from the base on each model's own samples, paired bootstrap CI over problems): the
+    structured change is the last model's on the structured task; the open change is
+    ``OPEN_DOMAIN_TWIN``'s on the open domain where that twin was measured (RL trained on the open
+    domain), else the same model's. supported when the structured change's CI lies below 0 and the
+    open change's CI lies above it (the open domain loses less entropy, CIs apart); not supported
+    when the structured CI does not lie below 0 (no drop), or the open change's CI lies below the
+    structured one's (the open domain loses more); undetermined when the two CIs overlap. Without
+    an open domain (e.g. a real pair on one task) the structured part alone decides: supported when
+    the last checkpoint's entropy CI lies below the base's, not supported when it does not,
+    undetermined without CIs; the row says the contrast was not measured."""
+    v = Verdict(8, "RL lowers output entropy on a structured domain, not (or less) on an open one", "drift")
     ent, ci = get(r, "entropy"), get(r, "entropy_ci") or {}
     if not isinstance(ent, Mapping) or "base" not in ent:
         return v
     last = list(ent)[-1]
+    v.trivial = "sampling noise (CIs)"
+    changes = get(r, "entropy_change_by_domain") or {}
+    s_ch = get(changes, last, "structured")
+    open_model = OPEN_DOMAIN_TWIN if get(changes, OPEN_DOMAIN_TWIN, "open") else last
+    o_ch = get(changes, open_model, "open")
+    if last != "base" and s_ch and o_ch and s_ch.get("ci") and o_ch.get("ci"):
+        s_ci, o_ci = tuple(s_ch["ci"]), tuple(o_ch["ci"])
+        v.shows = (f"entropy change from the base on own samples (nats/token): {last} on the structured task, "
+                   f"{open_model} on the open domain")
+        v.number = f"structured {fmt(s_ch.get('change'))} {fmt(s_ci)}; open {fmt(o_ch.get('change'))} {fmt(o_ci)}"
+        v.control = (f"{last} on the open domain: {fmt(get(changes, last, 'open', 'change'))}"
+                     if open_model != last and get(changes, last, "open") else
+                     "entropy by token kind in the drift section")
+        if not s_ci[1] < 0:
+            v.outcome, v.why = NOT_SUPPORTED, "entropy on the structured task did not fall (change CI not below 0)"
+        elif apart_above(o_ci, s_ci):
+            v.outcome, v.why = SUPPORTED, "structured entropy fell, and the open domain's change lies above it (CIs apart)"
+        elif apart_above(s_ci, o_ci):
+            v.outcome, v.why = NOT_SUPPORTED, "the open domain lost more entropy than the structured task (CIs apart)"
+        else:
+            v.outcome, v.why = UNDETERMINED, "structured entropy fell, but the open domain's change overlaps it"
+        return v
     v.shows = f"mean next-token entropy on each model's own samples, base -> {last} (nats)"
     v.number = f"{fmt(ent['base'])}{' ' + fmt(ci.get('base')) if ci.get('base') else ''} -> {fmt(ent[last])}{' ' + fmt(ci.get(last)) if ci.get(last) else ''}"
-    v.control = "entropy by token kind in the drift section; one domain only (no open-ended contrast)"
-    v.trivial = "sampling noise (CIs)"
+    v.control = "entropy by token kind in the drift section; one domain only (the open-domain contrast was not measured)"
     if last == "base":
         return v
     if ci.get("base") and ci.get(last):

@@ -7,10 +7,16 @@ for one or several RL models or a series of checkpoints (RESEARCH.md sections 5 
     python scripts/drift.py --rl rl-seed0 --rl rl-seed1 --rl rl-hard --out runs/drift-seeds
     python scripts/drift.py --base path/base --rl path/rl --problems math.jsonl --device cuda --out runs/d
 
-Defaults (organism, 2 CPU cores, ~45 s in a `make demo` run): 64 held-out problems x 4 samples per model,
-temperature 0.6, top-p 0.95. Without --rl the organism's rl-seed0 series (rl-seed0-step*, then
-rl-seed0) is measured. Writes DIR/results.json (keys kl_base_rl, kl_rl_base, entropy, ...),
-DIR/kl_series.png, DIR/entropy.png, DIR/summary.md; samples in DIR/samples/ (rerun resumes).
+Entropy by domain (RESEARCH.md s.8): on the organism, the final RL model(s) and the base are also
+sampled on --open-problems problems of the open domain (``4>23:`` -> any 4 digits summing to 23:
+many right answers), and each model's entropy change from the base is reported per domain
+(structured = the task above, open), with paired bootstrap CIs over problems.
+
+Defaults (organism, 2 CPU cores, ~45 s in a `make demo` run): 64 held-out tier-4 problems x 4 samples per
+model, plus 32 open-domain problems (4 digits), temperature 0.6, top-p 0.95. Without --rl the organism's
+rl-seed0 series (rl-seed0-step*, then rl-seed0) is measured. Writes DIR/results.json (keys kl_base_rl,
+kl_rl_base, entropy, entropy_by_domain, entropy_change_by_domain, ...), DIR/kl_series.png,
+DIR/entropy.png, DIR/summary.md; samples in DIR/samples/ and DIR/samples-open/ (rerun resumes).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.drift import measure_drift, plot_entropy_by_position  # noqa: E402
+from analyses.drift import entropy_change, measure_drift, plot_entropy_by_position  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import checkpoint_series, sample_each  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
@@ -34,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--series", default="rl-seed0",
                     help="without --rl: the organism run whose step checkpoints to measure ('' = final only)")
     cli.add_problem_args(ap, n_problems=64, n_samples=4)
+    ap.add_argument("--open-problems", type=cli.nonnegative_int, default=32,
+                    help="organism: open-domain problems for the entropy-by-domain contrast (0 = structured only; "
+                    "ignored with --problems or --variant open)")
+    ap.add_argument("--open-difficulty", type=cli.difficulty, default=4,
+                    help="organism open domain: digits asked for, 3..5 (default: %(default)s)")
     cli.add_sampling_args(ap)
     cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=1000)
@@ -63,15 +74,31 @@ def run(args: argparse.Namespace) -> dict:
     labels = list(family)[1:]  # the RL models, after "base"
     samples = sample_each(family, problems, args.n_samples, out_dir=out / "samples", task=task,
                           **cli.sample_kwargs(args))
-    drift = {}
-    for label in labels:
+    kw = dict(base="base", n_boot=args.n_boot, seed=args.seed,
+              batch_size=args.batch_size or 32)  # scoring rows per forward
+
+    def both(samples_, label):
         pair = {"base": family["base"], label: family[label]}
-        kw = dict(base="base", other=label, n_boot=args.n_boot, seed=args.seed,
-                  batch_size=args.batch_size or 32)  # scoring rows per forward
-        drift[label] = {
-            "on_base_samples": measure_drift(pair, samples, sampled_by=["base"], **kw),
-            "on_own_samples": measure_drift(pair, samples, sampled_by=[label], **kw),
-        }
+        return {"on_base_samples": measure_drift(pair, samples_, sampled_by=["base"], other=label, **kw),
+                "on_own_samples": measure_drift(pair, samples_, sampled_by=[label], other=label, **kw)}
+
+    drift = {label: both(samples, label) for label in labels}
+    domain = task.domain or "task"
+    by_domain = {domain: drift}
+    open_task = None
+    if args.problems is None and task.domain == "structured" and args.open_problems:
+        # The open-domain contrast for the final models only (a series' steps add nothing to it).
+        from analyses.task import organism_task
+
+        open_task = organism_task(args.open_difficulty, "open")
+        finals = [labels[-1]] if steps else labels
+        open_family = {m: family[m] for m in ("base", *finals)}
+        open_samples = sample_each(open_family, open_task.problems(args.open_problems, seed=args.problem_set),
+                                   args.n_samples, out_dir=out / "samples-open", task=open_task,
+                                   **cli.sample_kwargs(args))
+        by_domain["open"] = {m: both(open_samples, m) for m in finals}
+    change = {d: {m: entropy_change(r["on_base_samples"], r["on_own_samples"], n_boot=args.n_boot, seed=args.seed)
+                  for m, r in res.items()} for d, res in by_domain.items()}
 
     sources = ("on_base_samples", "on_own_samples")
     base_res = drift[labels[0]]["on_base_samples"]
@@ -87,6 +114,13 @@ def run(args: argparse.Namespace) -> dict:
                        **{m: d["on_own_samples"].ci[f"entropy_{m}"] for m, d in drift.items()}},
         "entropy_by_kind": {"base": base_res.entropy_by_kind["base"],
                             **{m: d["on_own_samples"].entropy_by_kind[m] for m, d in drift.items()}},
+        # per domain: each model's entropy on its own samples, and its change from the base's (nats/token)
+        "entropy_by_domain": {d: {"base": next(iter(res.values()))["on_base_samples"].entropy["base"],
+                                  **{m: r["on_own_samples"].entropy[m] for m, r in res.items()}}
+                              for d, res in by_domain.items()},
+        "entropy_change_by_domain": {m: {d: change[d][m].to_dict() for d in change if m in change[d]}
+                                     for m in labels},
+        "domains": {domain: task.name, **({"open": open_task.name} if open_task else {})},
         "steps": steps or None,
         "details": {m: {s: d[s].to_dict() for s in sources} for m, d in drift.items()},
         "units": "nats per token; mean over a sample's completion tokens, then its problem's samples, then problems",
@@ -94,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         "models": {label: str(m.path) for label, m in family.items()},
         "settings": {"task": task.name, "n_problems": args.n_problems, "n_samples": args.n_samples,
                      "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
+                     "open_problems": args.open_problems if open_task else 0,
                      "answers": "given" if task.has_answers else ANSWERS_NONE},
     }
     write_plots(drift, labels, steps, out)
@@ -171,6 +206,13 @@ def summary(results: dict, labels: list[str]) -> str:
     lines += ["| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for m, d in results["entropy_by_kind"].items():
         lines.append(f"| {m} | " + " | ".join(f"{d[k]:.3f}" if k in d else "" for k in kinds) + " |")
+    domains = list(results["entropy_by_domain"])
+    lines += ["", "Entropy change from the base by domain (own samples; " + ", ".join(
+        f"{d} = `{results['domains'][d]}`" for d in domains) + "; negative = lower than the base):", "",
+        "| model | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for m, per in results["entropy_change_by_domain"].items():
+        lines.append(f"| {m} | " + " | ".join(
+            fmt(per[d]["change"], per[d]["ci"]) if d in per else "" for d in domains) + " |")
     lines.append("")
     return "\n".join(lines)
 

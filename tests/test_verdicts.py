@@ -227,6 +227,31 @@ def test_shortcut_rule_needs_the_solvable_run_not_to_collapse(hard_len, ref_len,
     assert V.verdict_shortcuts({"checkpoints": rows}).outcome == outcome
 
 
+def _domains(structured_ci, open_ci, open_model="rl-seed0"):
+    ch = {"rl-seed0": {"structured": {"change": sum(structured_ci) / 2, "ci": structured_ci}}}
+    ch.setdefault(open_model, {})["open"] = {"change": sum(open_ci) / 2, "ci": open_ci}
+    return {"entropy": {"base": 0.5, "rl-seed0": 0.2}, "entropy_ci": {"base": [0.45, 0.55], "rl-seed0": [0.15, 0.25]},
+            "entropy_change_by_domain": ch}
+
+
+@pytest.mark.parametrize("structured_ci, open_ci, open_model, outcome", [
+    ([-0.35, -0.25], [-0.05, 0.04], "rl-open", SUPPORTED),  # the open twin keeps its entropy
+    ([-0.35, -0.25], [-0.05, 0.04], "rl-seed0", SUPPORTED),  # no open twin: the same model on the open domain
+    ([-0.35, -0.25], [-0.30, -0.10], "rl-open", UNDETERMINED),  # the drops overlap
+    ([-0.35, -0.25], [-0.60, -0.40], "rl-open", NOT_SUPPORTED),  # the open domain loses more
+    ([-0.05, 0.02], [0.00, 0.10], "rl-open", NOT_SUPPORTED),  # structured entropy did not fall
+])
+def test_entropy_rule_contrasts_the_structured_drop_with_the_open_domains(structured_ci, open_ci, open_model, outcome):
+    r = _domains(structured_ci, open_ci, open_model)
+    v = V.verdict_entropy(r)
+    assert v.outcome == outcome, v.why
+    assert "structured" in v.number and "open" in v.number
+    # the old, one-domain reading of the same numbers would say supported in every case but the last
+    del r["entropy_change_by_domain"]
+    one = V.verdict_entropy(r)
+    assert one.outcome == SUPPORTED and "not measured" in one.control
+
+
 def test_entropy_and_drift_rules_use_intervals():
     ent = {"entropy": {"base": 0.5, "rl": 0.2}, "entropy_ci": {"base": [0.45, 0.55], "rl": [0.15, 0.25]}}
     assert V.verdict_entropy(ent).outcome == SUPPORTED
