@@ -16,9 +16,9 @@ A verdict answers one claim of RESEARCH.md on one pair. It reads the jobs' ``res
 
 Every rule is a pure function of the results dictionaries, so tests plant results and check each
 outcome (tests/test_verdicts.py). Positive controls: a rule takes ``positive`` / ``negative``
-results of the same job run on an organism checkpoint built to make the claim true / false. The
-organism does not ship such checkpoints for most claims yet (organism v2); until then the column
-says "untested" and the outcome rests on the row's own controls.
+results of the same job run on an organism checkpoint built to make the claim true / false
+(which checkpoints, per row: analyses/controls.py; the runner: scripts/controls.py). A row
+without such a run says "untested: <why>" and its outcome rests on its own controls.
 
 Intervals throughout are the jobs' 95% intervals (bootstrap over problems or Wilson); "CIs apart"
 means one interval's lower end above the other's upper end, a conservative test at roughly the
@@ -42,7 +42,9 @@ DETECTOR_FAILED = "detector failed its positive control"
 NOT_MEASURED = "not measured"
 OUTCOMES = (SUPPORTED, NOT_SUPPORTED, UNDETERMINED, DETECTOR_FAILED, NOT_MEASURED)
 
-UNTESTED = "untested: no organism checkpoint plants this claim yet (organism v2)"
+UNTESTED = "untested: no planted-true run of this row's job (scripts/controls.py runs them)"
+PASSED = "passed"
+FAILED = "FAILED"
 
 # ---------------------------------------------------------------- thresholds, argued
 #: Probes. Selectivity = probe AUROC minus the token-identity baseline's (Hewitt & Liang 2019). A probe
@@ -106,11 +108,12 @@ LENGTH_COLLAPSE = 0.5
 
 @dataclass
 class Verdict:
-    """One row of the verdict table."""
+    """One row of the verdict table (``row``: its key in :data:`ROW_JOBS`)."""
 
     section: int
     claim: str
     job: str
+    row: str = ""
     shows: str = ""
     number: str = ""
     control: str = ""  # negative control(s)
@@ -178,34 +181,51 @@ def _rl_key(d: Any) -> str | None:
     return next((k for k in d if k != "base"), None) if isinstance(d, Mapping) else None
 
 
+def untested(why: str) -> str:
+    """The positive-control cell of a row whose detector was not run where its claim is planted."""
+    return f"untested: {why}"
+
+
 def _positive_control(rule: Callable[..., Verdict], positive: Any, negative: Any) -> tuple[str, bool | None]:
-    """Run ``rule`` on the planted-true (and planted-false) results: (text, detector ok?)."""
+    """Run ``rule`` on the planted-true (and planted-false) results: (cell text, detector ok?).
+
+    The detector passes when it says "supported" where the claim is planted true and does not say
+    "supported" where it is planted false. "undetermined" on the planted-false run is not a
+    failure: the detector did not fire on a false claim, it only could not rule it out at the
+    control's size; the cell says so. ``ok`` is None when there is no planted-true run.
+    """
     if positive is None:
         return UNTESTED, None
     pv = rule(positive)
-    text = f"planted true: {pv.outcome}"
-    ok = pv.outcome == SUPPORTED
-    if negative is not None:
-        nv = rule(negative)
-        text += f"; planted false: {nv.outcome}"
-        ok = ok and nv.outcome == NOT_SUPPORTED
-    return text, ok
+    nv = rule(negative) if negative is not None else None
+    seen = f"planted true: {pv.outcome}" + (f"; planted false: {nv.outcome}" if nv is not None else
+                                            "; no planted-false run")
+    if pv.outcome != SUPPORTED:
+        return f"{FAILED}: the detector does not fire where the claim is planted true ({seen})", False
+    if nv is not None and nv.outcome == SUPPORTED:
+        return f"{FAILED}: the detector fires where the claim is planted false ({seen})", False
+    return f"{PASSED}: detector says supported where planted true ({seen})", True
 
 
 def with_positive_control(rule: Callable[..., Verdict], results: Any, positive: Any = None,
                           negative: Any = None) -> Verdict:
     """Apply ``rule`` to this pair's results and to its positive/negative controls.
 
-    A detector that does not say "supported" on the planted-true checkpoint (or not "not supported"
+    A detector that does not say "supported" on the planted-true checkpoint (or says "supported"
     on the planted-false one) has failed its positive control, and its verdict here is replaced by
-    DETECTOR_FAILED: an absent effect from a blind detector is no evidence.
+    DETECTOR_FAILED: an absent effect from a blind detector is no evidence, and a present one from
+    a detector that fires on false claims neither.
     """
     v = rule(results)
     if positive is None:  # keep the rule's own in-job control text, if it has one
         return v
-    v.positive_control, ok = _positive_control(rule, positive, negative)
+    return _apply_control(v, *_positive_control(rule, positive, negative))
+
+
+def _apply_control(v: Verdict, text: str, ok: bool | None) -> Verdict:
+    v.positive_control = text
     if ok is False and v.outcome != NOT_MEASURED:
-        v.why = f"{DETECTOR_FAILED} ({v.positive_control}); it said {v.outcome!r} here: {v.why}"
+        v.why = f"{DETECTOR_FAILED} ({text}); it said {v.outcome!r} here: {v.why}"
         v.outcome = DETECTOR_FAILED
     return v
 
@@ -906,32 +926,41 @@ def _formats_with_greedy(results: Mapping[str, Any]) -> Verdict:
     return verdict_formats(fr, greedy)
 
 
+#: Every row of the table, in order: its key -> the job whose results.json it reads. Planted
+#: results (``positives`` / ``negatives`` of :func:`collect`) are keyed by the row, not the job: the
+#: drift job feeds two rows (KL, entropy) whose claims are planted on different checkpoints.
+ROW_JOBS: dict[str, str] = {
+    "probe": "probe", "steer": "steer", "route": "route", "diff": "diff", "mechanism": "mechanism",
+    "formats": "formats", "passk": "passk", "drift": "drift", "shortcuts": "evaluate",
+    "calibrate": "calibrate", "entropy": "drift", "scaling": "scaling", "mi_peaks": "mi_peaks",
+}
+_RULES: dict[str, Callable[[Any], Verdict]] = {
+    "probe": verdict_probes, "steer": verdict_steering, "route": verdict_routing, "diff": verdict_sparsity,
+    "mechanism": verdict_mechanism, "formats": verdict_formats, "passk": verdict_passk, "drift": verdict_drift,
+    "shortcuts": verdict_shortcuts, "calibrate": verdict_calibration, "entropy": verdict_entropy,
+    "scaling": verdict_scaling, "mi_peaks": verdict_mi,
+}
+
+
 def collect(results: Mapping[str, Any], positives: Mapping[str, Any] | None = None,
-            negatives: Mapping[str, Any] | None = None) -> list[Verdict]:
+            negatives: Mapping[str, Any] | None = None,
+            untested_why: Mapping[str, str] | None = None) -> list[Verdict]:
     """Every row of the verdict table from ``results[job]`` (parsed results.json or None).
 
-    ``positives[job]`` / ``negatives[job]``: the same job's results on the organism checkpoint where
-    the claim is planted true / false, when it was run.
+    ``positives[row]`` / ``negatives[row]`` (row keys of :data:`ROW_JOBS`): the row's job run on the
+    organism checkpoint where its claim is planted true / false, when it was run.
+    ``untested_why[row]``: why a row has no planted-true run (shown in its positive-control cell
+    instead of the generic text; a job's own in-job control text is kept).
     """
-    positives, negatives = positives or {}, negatives or {}
-    single: list[tuple[str, Callable[[Any], Verdict]]] = [
-        ("probe", verdict_probes), ("steer", verdict_steering), ("route", verdict_routing),
-        ("diff", verdict_sparsity), ("mechanism", verdict_mechanism),
-    ]
-    rows = [with_positive_control(rule, results.get(job), positives.get(job), negatives.get(job))
-            for job, rule in single]
-    fv = _formats_with_greedy(results)
-    pos = positives.get("formats")
-    if pos is not None:
-        fv.positive_control, ok = _positive_control(verdict_formats, pos, negatives.get("formats"))
-        if ok is False and fv.outcome != NOT_MEASURED:
-            fv.why = f"{DETECTOR_FAILED} ({fv.positive_control}); it said {fv.outcome!r} here: {fv.why}"
-            fv.outcome = DETECTOR_FAILED
-    rows.append(fv)
-    for job, rule in [("passk", verdict_passk), ("drift", verdict_drift), ("evaluate", verdict_shortcuts),
-                      ("calibrate", verdict_calibration), ("drift", verdict_entropy),
-                      ("scaling", verdict_scaling), ("mi_peaks", verdict_mi)]:
-        key = "shortcuts" if rule is verdict_shortcuts else ("entropy" if rule is verdict_entropy else job)
-        v = with_positive_control(rule, results.get(job), positives.get(key), negatives.get(key))
+    positives, negatives, untested_why = positives or {}, negatives or {}, untested_why or {}
+    rows = []
+    for row, job in ROW_JOBS.items():
+        rule = _RULES[row]
+        v = _formats_with_greedy(results) if row == "formats" else rule(results.get(job))
+        v.row = row
+        if positives.get(row) is not None:
+            _apply_control(v, *_positive_control(rule, positives[row], negatives.get(row)))
+        elif v.positive_control == UNTESTED and untested_why.get(row):
+            v.positive_control = untested(untested_why[row])
         rows.append(v)
     return rows

@@ -11,8 +11,11 @@ Each job runs as its own process into its own folder under --out (its output in
 (weight hashes) and settings is skipped unless --force; a folder made with other models or settings
 is rerun from scratch (the job gets --overwrite), and the demo says so. A failing job is reported at
 the end and does not stop the others. Job processes die with the demo (Linux: parent-death signal),
-and one demo at a time may write into --out (a lock). Finally scripts/report.py writes report.html
-and report.md and prints the verdict table.
+and one demo at a time may write into --out (a lock). On the organism, a full demo (no --only) then
+runs each verdict row's positive and negative controls (scripts/controls.py: the row's job on the
+twins where its claim is planted true / false, at small sizes) into --out/controls; --no-controls
+skips them. Finally scripts/report.py writes report.html and report.md and prints the verdict
+table, positive-control column included.
 
 A pair that is not the organism needs its task: --problems (JSONL of {prompt, answer[, gold,
 reference]}: mi_peaks reads gold/reference), and optionally --labels (strategy labels: a JSON
@@ -181,6 +184,33 @@ def plan_job(job: Job, cmd: list[str], job_out: Path, force: bool) -> tuple[str,
     return "run", "resuming the earlier run with the same settings" if not record.get("complete") else ""
 
 
+def run_planted_controls(args: argparse.Namespace, jobs: list[Job], out: Path) -> None:
+    """The verdict rows' positive/negative controls (scripts/controls.py) into out/controls, for the
+    rows whose job this demo ran, on a full demo (no --only) of the organism pair; their runs' seconds
+    are printed and kept in out/controls/controls.json. A failed control run is recorded there (the
+    report says the row's control is untested, and why) and does not fail the demo."""
+    if getattr(args, "no_controls", False):
+        return
+    if args.only or not getattr(args, "organism_pair", True):
+        why = "--only given" if args.only else "the pair is not the organism"
+        print(f"controls: not run ({why}); run them with `python scripts/controls.py --out {out / 'controls'}`",
+              flush=True)
+        return
+    from controls import run_controls
+
+    from analyses.verdicts import ROW_JOBS
+
+    ran = {j.name for j in jobs}
+    rows = [row for row, job in ROW_JOBS.items() if job in ran]
+    t0 = time.time()
+    try:
+        run_controls(out / "controls", rows, demo_dir=out, force=args.force, engine=args.engine,
+                     log=lambda line: print(line, flush=True))
+    except TwinlensError as exc:
+        print(f"controls: not run ({exc})", flush=True)
+    print(f"controls finished in {time.time() - t0:.0f}s", flush=True)
+
+
 def _die_with_parent(parent: int):
     """preexec_fn for a job: the kernel sends it SIGTERM when the demo dies, however the demo dies
     (SIGKILL included), so no job is left writing into a folder a rerun will use (Linux prctl)."""
@@ -216,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answer-format", help="how the jobs find real answers (see scripts/passk.py --help)")
     ap.add_argument("--job-args", action="append", metavar="NAME=ARGS",
                     help="extra arguments for one job, e.g. probe=\"--n-problems 20\" (repeatable)")
+    ap.add_argument("--no-controls", action="store_true",
+                    help="skip the positive/negative controls (scripts/controls.py: each verdict row's job on the "
+                    "organism twins where its claim is planted true / false, into OUT/controls); they run after "
+                    "the jobs on a full demo of the organism (no --only)")
     args = ap.parse_args(argv)
     for option, given in (("--only", args.only or []), ("--skip", args.skip)):
         unknown = [n for n in given if n not in names]
@@ -312,6 +346,7 @@ def _run_jobs(args: argparse.Namespace, out: Path) -> int:
                   flush=True)
 
     sys.path.insert(0, str(ROOT / "scripts"))
+    run_planted_controls(args, jobs, out)
     from report import write_report
 
     table = write_report(out)

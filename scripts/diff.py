@@ -6,7 +6,8 @@
     python scripts/diff.py --base Qwen/Qwen2.5-Math-1.5B --rl path/to/rl --out runs/qwen \\
         --rank-method auto --device cuda
 
-Models are folders of safetensors files or hub ids (from the local cache when HF_HUB_OFFLINE=1).
+Models are organism checkpoint names (`base`, `rl-sparse-seed0`), folders of safetensors files or hub ids
+(from the local cache when HF_HUB_OFFLINE=1).
 Without --base, the shipped organism checkpoints are used (resolved when the script runs); with
 --base, --rl is required and nothing defaults to the organism.
 
@@ -58,7 +59,7 @@ def organism_defaults() -> tuple[str, list[str], str | None]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--base", help="base checkpoint (folder, .safetensors file or hub id)")
+    ap.add_argument("--base", help="base checkpoint (organism checkpoint name, folder, .safetensors file or hub id)")
     ap.add_argument("--rl", action="append", default=None, help="RL checkpoint; repeat for several runs")
     ap.add_argument("--sft", help="SFT checkpoint from the same base, shown beside RL")
     ap.add_argument("--out", required=True, help="output folder")
@@ -220,7 +221,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         if not args.rl:
             raise TwinlensError("--base given without --rl; pass at least one --rl checkpoint.")
-        base, rls, sft = args.base, args.rl, args.sft
+        # organism checkpoint names (``base``, ``rl-sparse-seed0``) resolve as in every other job
+        from analyses.sampling import resolve_model_spec
+
+        base, rls = str(resolve_model_spec(args.base)[1]), [str(resolve_model_spec(r)[1]) for r in args.rl]
+        sft = str(resolve_model_spec(args.sft)[1]) if args.sft else None
     fam = diff_runs(base, rls, sft=sft, keep_masks=args.save_masks, progress=not args.no_progress,
                     tolerance=args.tolerance, compare=args.compare_dtype,
                     overlap_tolerance=args.overlap_tolerance, rank=not args.no_rank,

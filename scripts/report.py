@@ -4,10 +4,12 @@
     python scripts/report.py runs/demo
 
     python scripts/report.py runs/demo --positive runs/planted-true --negative runs/planted-false
+    python scripts/report.py runs/demo --controls runs/demo/controls     # the default when it exists
 
 It opens with the verdict table: for each claim of RESEARCH.md, what this pair shows, the number,
 its negative control, its trivial explanation (token identity, construction, a uniform guesser,
-chance, saturation), the positive control, and one verdict of: supported / not supported /
+chance, saturation), the positive control (the row's detector on organism checkpoints where its
+claim is planted true / false: scripts/controls.py, read from FOLDER/controls), and one verdict of: supported / not supported /
 undetermined / detector failed its positive control / not measured. The rules live in one module,
 analyses/verdicts.py. Every number is read from the jobs' results.json files; verdicts.json holds
 the table for programs.
@@ -26,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analyses.reporting import write_text_atomic  # noqa: E402
-from analyses.verdicts import Verdict, collect  # noqa: E402
+from analyses.verdicts import ROW_JOBS, Verdict, collect  # noqa: E402
 
 JOBS_READ = ("probe", "steer", "route", "diff", "mechanism", "formats", "evaluate", "passk", "drift",
              "calibrate", "scaling", "mi_peaks")
@@ -42,14 +44,37 @@ def _load(out: Path, job: str) -> dict | None:
         return None
 
 
-def collect_verdicts(out: Path, positives: Path | None = None, negatives: Path | None = None) -> list[Verdict]:
-    """The verdict table of a demo folder (rules: analyses/verdicts.py). ``positives``/``negatives``:
-    demo folders of the same jobs run on checkpoints where each claim is planted true / false."""
-    def load_all(folder: Path | None) -> dict:
-        return {job: _load(folder, job) for job in JOBS_READ} if folder else {}
+def _load_rows(folder: Path) -> dict:
+    """{row: results} from a demo folder of the rows' jobs run on planted checkpoints: a row's own
+    sub-folder (``entropy``, ``shortcuts``) when there is one, else its job's."""
+    out = {}
+    for row, job in ROW_JOBS.items():
+        results = _load(folder, row) if row != job else None
+        out[row] = results if results is not None else _load(folder, job)
+    return out
+
+
+def collect_verdicts(out: Path, positives: Path | None = None, negatives: Path | None = None,
+                     controls: Path | None = None) -> list[Verdict]:
+    """The verdict table of a demo folder (rules: analyses/verdicts.py).
+
+    Planted runs come from ``controls`` (a scripts/controls.py folder; default ``out/controls``
+    when it exists) or from ``positives``/``negatives``: demo folders of the same jobs run on
+    checkpoints where each claim is planted true / false (these win where both are given). Rows with
+    no planted run say why (analyses/controls.py)."""
+    from analyses.controls import load_controls, static_untested_reasons
 
     try:
-        return collect(load_all(out), load_all(positives) or None, load_all(negatives) or None)
+        pos, neg, why = {}, {}, static_untested_reasons()
+        controls = controls if controls is not None else (out / "controls" if (out / "controls").is_dir() else None)
+        if controls is not None:
+            pos, neg, why = load_controls(controls)
+        if positives:
+            pos.update({r: x for r, x in _load_rows(Path(positives)).items() if x is not None})
+        if negatives:
+            neg.update({r: x for r, x in _load_rows(Path(negatives)).items() if x is not None})
+        results = {job: _load(out, job) for job in JOBS_READ}
+        return collect(results, pos or None, neg or None, why)
     except Exception as exc:  # a malformed results.json must not sink the whole report
         return [Verdict(0, f"verdicts could not be read ({type(exc).__name__}: {exc})", "?")]
 
@@ -125,10 +150,13 @@ def made_with(folder: Path) -> str:
     return f"Made with {'; '.join(parts) or 'no model options'}{state}."
 
 
-def write_report(out: str | Path, positives: str | Path | None = None, negatives: str | Path | None = None) -> str:
-    """Write out/report.md, out/report.html and out/verdicts.json; return the verdict table (markdown)."""
+def write_report(out: str | Path, positives: str | Path | None = None, negatives: str | Path | None = None,
+                 controls: str | Path | None = None) -> str:
+    """Write out/report.md, out/report.html and out/verdicts.json; return the verdict table (markdown).
+    Planted runs: see :func:`collect_verdicts`."""
     out = Path(out)
-    verdicts = collect_verdicts(out, Path(positives) if positives else None, Path(negatives) if negatives else None)
+    verdicts = collect_verdicts(out, Path(positives) if positives else None, Path(negatives) if negatives else None,
+                                Path(controls) if controls else None)
     (out / "verdicts.json").write_text(json.dumps([v.to_dict() for v in verdicts], indent=1))
     table = verdict_markdown(verdicts)
     md = ["# twinlens report", "", f"Pair and jobs under `{out}`.", "", "## Verdicts", "", table, ""]
@@ -188,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", help="a demo folder (one sub-folder per job)")
     ap.add_argument("--positive", help="demo folder of the same jobs on checkpoints where each claim is planted true")
     ap.add_argument("--negative", help="... and where each claim is planted false")
+    ap.add_argument("--controls", help="a scripts/controls.py folder (default: FOLDER/controls when it exists)")
     args = ap.parse_args(argv)
-    print(write_report(args.folder, positives=args.positive, negatives=args.negative))
+    if args.controls and not Path(args.controls).is_dir():
+        ap.error(f"--controls {args.controls}: no such folder (make it with scripts/controls.py --out DIR)")
+    print(write_report(args.folder, positives=args.positive, negatives=args.negative, controls=args.controls))
     return 0
 
 

@@ -465,10 +465,10 @@ def test_demo_reruns_a_job_made_with_other_models_and_says_so(passk, models, tmp
                                                     sft=None, engine="hf"), out / "passk")
     assert passk.main(made[2:]) == 0
 
-    assert demo.main([*pair, "--rl", str(models["llama_b"])]) == 0
+    assert demo.main([*pair, "--rl", str(models["llama_b"]), "--no-controls"]) == 0
     assert "done before with the same models and settings, skipped" in capsys.readouterr().out
 
-    assert demo.main([*pair, "--rl", str(models["llama_c"])]) == 0
+    assert demo.main([*pair, "--rl", str(models["llama_c"]), "--no-controls"]) == 0
     said = capsys.readouterr().out
     assert "passk: its folder was made with other models or settings (--rl:" in said and "rerunning" in said
     res = json.loads((out / "passk" / "results.json").read_text())

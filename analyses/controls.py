@@ -1,0 +1,307 @@
+"""Positive and negative controls of the verdict table: for each row, the organism checkpoints
+where its claim is planted true and where it is planted false (organism v2, issue 14), the job the
+row needs, and the smallest settings that still discriminate.
+
+A verdict's detector is trusted only if it says "supported" where the claim is true by
+construction and does not where it is false (analyses.verdicts: DETECTOR_FAILED otherwise).
+:data:`CONTROLS` holds one :class:`RowControl` per row of ``analyses.verdicts.ROW_JOBS``;
+scripts/controls.py runs them into ``<demo>/controls/positive/<row>`` and ``.../negative/<row>``
+and the report reads them. A side without an honest planted case is ``None`` with the reason in
+``untested``: the table says so instead of pretending.
+
+Model options name organism checkpoints (``organism.list_checkpoints()``); two placeholders are
+resolved against the shipped set: ``rl-kl-*`` is the twin with the largest KL coefficient (the
+clearest planted case), and ``{step:NAME}`` is checkpoint NAME's RL step (training_info.json).
+A side whose checkpoint is not shipped is reported untested with the missing name.
+
+    from analyses.controls import CONTROLS, planted_args
+    planted_args(CONTROLS["diff"], "true")   # ['--base', 'base', '--rl', 'rl-sparse-seed0', ...]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analyses.verdicts import ROW_JOBS
+
+SIDES = ("true", "false")
+
+
+@dataclass(frozen=True)
+class Planted:
+    """One planted case: the job's model options (organism checkpoint names) and why the row's
+    claim is true (or false) there."""
+
+    models: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class RowControl:
+    """A verdict row's controls: the job, its planted-true / planted-false cases (``None``: no
+    honest planted case, see ``untested``), and the job options that size the control runs.
+
+    ``reuse_demo``: the planted-true case is the job's own default run on the organism (same
+    models, same settings), so a demo on the organism reuses that folder instead of rerunning it.
+    """
+
+    row: str
+    job: str
+    true: Planted | None
+    false: Planted | None
+    args: tuple[str, ...] = ()
+    untested: str = ""
+    reuse_demo: bool = False
+
+    def side(self, side: str) -> Planted | None:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        return self.true if side == "true" else self.false
+
+
+_RANDOM_INIT = ("no checkpoint plants 'the base has no such direction' (a model without the strategies "
+                "cannot produce the traces the job labels); the job's own random-init model, shuffled labels "
+                "and token-identity baseline are the row's negative controls")
+
+#: Every verdict row's planted cases. Sizes: the smallest that still resolve the planted effect
+#: (the controls run inside `make demo`'s 10-minute budget; measured per row by scripts/controls.py,
+#: which writes each run's seconds to controls.json).
+CONTROLS: dict[str, RowControl] = {c.row: c for c in [
+    RowControl(
+        "probe", "probe",
+        true=Planted((), "the job's defaults, the organism base (and rl-seed0): organism v2 makes strategy choice depend on context by construction: backtracking "
+                     "follows a wrong step, stepwise computing grows with the operand count, verification "
+                     "follows a backtrack; the base's residual at the decision point must carry it"),
+        false=None, untested=_RANDOM_INIT, reuse_demo=True),
+    RowControl(
+        "steer", "steer",
+        true=Planted((), "the job's default, the organism base: it takes each strategy at its decision points (context-dependent by "
+                     "construction), so a direction that moves the choice exists"),
+        false=None, reuse_demo=True,
+        untested=("no checkpoint plants 'this strategy cannot be steered'; the job's >= 5 random vectors "
+                  "of equal norm per setting are the negative control")),
+    RowControl(
+        "route", "route", true=None, false=None,
+        untested=("no twin plants a base-to-RL gap that few routed tokens do (or do not) recover: the row "
+                  "rests on random routing at the same budget and on hybrids that are not RL's output by "
+                  "construction")),
+    RowControl(
+        "diff", "diff",
+        true=Planted(("--base", "base", "--rl", "rl-sparse-seed0", "--rl", "rl-sparse-seed1"),
+                     "rl-sparse-seed0/1 train in the update regime of real RL runs (bf16 master weights, "
+                     "small lr): >= 70% of bf16 weights unchanged, same data, two seeds"),
+        false=Planted(("--base", "base", "--rl", "rl-seed0", "--rl", "rl-seed1"),
+                      "rl-seed0/1 train in fp32 at a large lr: a dense update"),
+        args=("--no-spectral", "--no-progress")),
+    RowControl(
+        "mechanism", "mechanism",
+        true=Planted(("--base", "base", "--rl", "rl-nsr"),
+                     "rl-nsr keeps only negative-advantage samples (Zhu et al.): it can only push wrong "
+                     "trajectories down"),
+        false=Planted(("--base", "base", "--rl", "rl-psr"),
+                      "rl-psr keeps only positive-advantage samples: it can only pull right ones up"),
+        args=("--no-plasticity", "--n-problems", "32", "--n-samples", "8", "--phase-problems", "1",
+              "--n-boot", "200")),
+    RowControl(
+        "formats", "formats",
+        true=Planted(("--checkpoint", "base", "--step", "0", "--checkpoint", "rl-seed0",
+                      "--step", "{step:rl-seed0}"),
+                     "rl-seed0: GRPO without a KL penalty on a corpus of several formats (Zhao et al.: "
+                     "collapse onto one)"),
+        false=Planted(("--checkpoint", "base", "--step", "0", "--checkpoint", "rl-kl-*",
+                       "--step", "{step:rl-kl-*}"),
+                      "rl-kl-<largest beta>: rl-seed0's recipe with a KL penalty to the base, which keeps "
+                      "minority formats alive"),
+        args=("--n-problems", "32", "--n-samples", "4", "--n-boot", "200")),
+    RowControl(
+        "passk", "passk",
+        true=Planted(("--base", "base", "--rl", "rl-nsr"),
+                     "rl-nsr (negative samples only) keeps the base's support and entropy: pass@k at or "
+                     "above the base's at every k (Zhu et al.)"),
+        false=Planted(("--base", "base", "--rl", "rl-psr"),
+                      "rl-psr (positive samples only) collapses entropy onto what it already solves: the "
+                      "base overtakes it at large k (Yue et al.'s crossover)"),
+        args=("--n-problems", "32", "--n-samples", "16", "--n-boot", "200")),
+    RowControl(
+        "drift", "drift",
+        true=Planted(("--base", "base", "--rl", "rl-seed0-step0", "--rl", "rl-seed0"),
+                     "rl-seed0 trained without a KL penalty: its KL to the base must clear the step-0 "
+                     "checkpoint's (the estimator's floor)"),
+        false=None,
+        untested=("every RL twin moves away from the base; one that did not would be the base itself, whose "
+                  "floor (the step-0 checkpoint) is already the row's negative control"),
+        args=("--n-problems", "16", "--n-samples", "2", "--n-boot", "200")),
+    RowControl(
+        "shortcuts", "evaluate", true=None, false=None,
+        untested=("rl-hard is the only twin trained on too-hard problems and nothing plants a collapse (or "
+                  "its absence) by construction: whether its length collapses is the row's own finding")),
+    RowControl(
+        "calibrate", "calibrate",
+        true=Planted(("--base", "base", "--rl", "rl-binary"),
+                     "rl-binary: RL on the stated-confidence prompts with a correct/incorrect reward, which "
+                     "pays for confident guessing (RLCR)"),
+        false=Planted(("--base", "base", "--rl", "rl-brier"),
+                      "rl-brier: the same with RLCR's reward c - (q - c)^2, which pays for calibration"),
+        args=("--confidence", "stated", "--n-problems", "100", "--n-samples", "2", "--n-boot", "200")),
+    RowControl(
+        "entropy", "drift",
+        true=Planted(("--base", "base", "--rl", "rl-seed0"),
+                     "rl-seed0: RL on the structured task (one right answer per problem)"),
+        false=Planted(("--base", "base", "--rl", "rl-open", "--variant", "open"),
+                      "rl-open on the open domain (any k digits summing to s: many right answers), "
+                      "measured on that domain"),
+        args=("--n-problems", "16", "--n-samples", "4", "--n-boot", "200")),
+    RowControl(
+        "scaling", "scaling", true=None, false=None,
+        untested=("no checkpoint series plants a sigmoid (or a power law) in compute; the fit and its "
+                  "saturation rule are checked on synthetic curves in the tests")),
+    RowControl(
+        "mi_peaks", "mi_peaks", true=None, false=None,
+        untested=("no twin plants MI peaks at strategy tokens; the job's own planted-dependence control "
+                  "(dependence injected at known positions) is the row's positive control")),
+]}
+
+
+def check_controls_cover_rows() -> None:
+    """Every verdict row has exactly one RowControl, reading the row's own job."""
+    missing, extra = set(ROW_JOBS) - set(CONTROLS), set(CONTROLS) - set(ROW_JOBS)
+    wrong = {r: (c.job, ROW_JOBS[r]) for r, c in CONTROLS.items() if r in ROW_JOBS and c.job != ROW_JOBS[r]}
+    if missing or extra or wrong:
+        raise AssertionError(f"controls table out of step with the verdict rows: missing {sorted(missing)}, "
+                             f"unknown {sorted(extra)}, wrong job {wrong}")
+
+
+def kl_twin(available: Iterable[str]) -> str | None:
+    """The shipped ``rl-kl-<beta>`` twin with the largest beta (None when there is none)."""
+    best: tuple[float, str] | None = None
+    for name in available:
+        m = re.fullmatch(r"rl-kl-([0-9.eE+-]+)", name)
+        if m:
+            try:
+                beta = float(m.group(1))
+            except ValueError:
+                continue
+            if best is None or beta > best[0]:
+                best = (beta, name)
+    return best[1] if best else None
+
+
+def _resolve_name(name: str, available: list[str]) -> str | None:
+    if "*" in name:
+        return kl_twin(available) if name == "rl-kl-*" else next(iter(fnmatch.filter(available, name)), None)
+    return name if name in available else None
+
+
+def _recorded_step(name: str) -> Any:
+    import organism
+
+    return organism.checkpoint_info(name).get("step")
+
+
+def planted_args(control: RowControl, side: str, available: Iterable[str] | None = None,
+                 step_of: Callable[[str], Any] | None = None) -> list[str] | str:
+    """The job options of one planted case (models, then the control's sizing options), with the
+    placeholders resolved against the shipped checkpoints (``available``, default
+    ``organism.list_checkpoints()``; ``step_of(name)``, default its training_info step); or a
+    string saying why that side is untested (no honest planted case, or a checkpoint that is not
+    shipped)."""
+    planted = control.side(side)
+    if planted is None:
+        return control.untested or "no planted case for this side"
+    if available is None:
+        import organism
+
+        available = organism.list_checkpoints()
+    available = list(available)
+    out: list[str] = []
+    model_options = {"--base", "--rl", "--sft", "--checkpoint"}
+    for i, token in enumerate(planted.models):
+        step = re.fullmatch(r"\{step:(.+)\}", token)
+        if step:
+            name = _resolve_name(step.group(1), available)
+            if name is None:
+                return f"checkpoint {step.group(1)} is not shipped"
+            value = (step_of or _recorded_step)(name)
+            if value is None:
+                return f"checkpoint {name} records no RL step (training_info.json)"
+            out.append(str(value))
+        elif i > 0 and planted.models[i - 1] in model_options:
+            name = _resolve_name(token, available)
+            if name is None:
+                return f"checkpoint {token} is not shipped"
+            out.append(name)
+        else:
+            out.append(token)
+    return out + list(control.args)
+
+
+
+
+# ---------------------------------------------------------------- what a controls run left
+#: The record scripts/controls.py writes beside the planted folders.
+RECORD = "controls.json"
+#: The folder of each side's runs under a controls folder.
+SIDE_FOLDER = {"true": "positive", "false": "negative"}
+RAN = ("ran", "reused", "done before")
+
+
+def load_controls(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(positives, negatives, untested_why) for ``analyses.verdicts.collect`` from a controls folder.
+
+    ``positives[row]`` / ``negatives[row]``: the parsed results.json of each planted run that
+    finished (its folder as recorded in controls.json: a reused demo job's own folder, or
+    ``positive/<row>`` / ``negative/<row>``); ``untested_why[row]``: why a row has no planted-true
+    result (no honest planted case, a checkpoint not shipped, the run failed: see its log). Without
+    controls.json, planted folders found by name are read and the static reasons of
+    :data:`CONTROLS` fill the rest.
+    """
+    import json
+
+    folder = Path(folder)
+    record: dict[str, Any] = {}
+    path = folder / RECORD
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text()).get("rows") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            record = {}
+    sides: dict[str, dict[str, Any]] = {"true": {}, "false": {}}
+    why: dict[str, str] = {}
+    for row, control in CONTROLS.items():
+        for side in SIDES:
+            entry = record.get(row, {}).get(side) or {}
+            results_dir = Path(entry["folder"]) if entry.get("folder") else folder / SIDE_FOLDER[side] / row
+            if not results_dir.is_absolute():
+                results_dir = folder / results_dir
+            results = None
+            if (not entry or entry.get("status") in RAN) and (results_dir / "results.json").is_file():
+                try:
+                    results = json.loads((results_dir / "results.json").read_text())
+                except (OSError, json.JSONDecodeError):
+                    results = None
+            if results is not None:
+                sides[side][row] = results
+            elif side == "true":
+                if entry.get("status") == "failed":
+                    why[row] = f"the planted-true run failed ({entry.get('why') or 'see its log'})"
+                elif entry.get("why"):
+                    why[row] = entry["why"]
+                elif control.true is None:
+                    why[row] = control.untested
+                else:
+                    why[row] = "not run (scripts/controls.py runs it)"
+    return sides["true"], sides["false"], why
+
+
+def static_untested_reasons() -> dict[str, str]:
+    """{row: why} for the rows with no honest planted-true case (a report without a controls run)."""
+    return {row: c.untested for row, c in CONTROLS.items() if c.true is None}
+
+
+__all__ = ["CONTROLS", "Planted", "RECORD", "RowControl", "SIDES", "SIDE_FOLDER", "check_controls_cover_rows",
+           "kl_twin", "load_controls", "planted_args", "static_untested_reasons"]

@@ -1,0 +1,193 @@
+"""Positive and negative controls of the verdict table: the planted-case table covers every row,
+the report marks a row's control passed / FAILED / untested from planted folders, and the runner
+runs a row's job on planted checkpoints end to end (the sparsity row, on tiny planted twins)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from report import collect_verdicts  # noqa: E402
+
+from analyses import controls as C  # noqa: E402
+from analyses import verdicts as V  # noqa: E402
+
+EVERY_TWIN = ["base", "sft", "rl-seed0", "rl-seed0-step0", "rl-seed1", "rl-hard", "rl-sparse-seed0",
+              "rl-sparse-seed1", "rl-kl-0.05", "rl-kl-0.3", "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
+
+
+# ------------------------------------------------------------------ the table
+def test_every_verdict_row_has_its_planted_cases_or_says_why_not():
+    C.check_controls_cover_rows()
+    assert list(C.CONTROLS) == list(V.ROW_JOBS) and len(C.CONTROLS) == len(V.collect({})) == 13
+    for row, c in C.CONTROLS.items():
+        assert c.job == V.ROW_JOBS[row]
+        for side in C.SIDES:
+            planted = c.side(side)
+            if planted is None:  # no honest planted case: the reason is stated, not left blank
+                assert len(c.untested) > 40, row
+            else:
+                assert len(planted.why) > 30, (row, side)
+    # the claims issue 14's twins plant: these rows run on both sides
+    both = {r for r, c in C.CONTROLS.items() if c.true and c.false}
+    assert both == {"diff", "mechanism", "formats", "passk", "calibrate", "entropy"}
+
+
+def test_every_planted_command_names_only_shipped_twins_and_resolves_placeholders():
+    steps = {"rl-seed0": 50, "rl-kl-0.3": 40}
+    for row, c in C.CONTROLS.items():
+        for side in C.SIDES:
+            args = C.planted_args(c, side, EVERY_TWIN, step_of=steps.get)
+            if c.side(side) is None:
+                assert args == c.untested
+                continue
+            assert isinstance(args, list) and not any("*" in a or "{" in a for a in args), (row, side, args)
+            for opt, value in zip(args, args[1:], strict=False):
+                if opt in ("--base", "--rl", "--sft", "--checkpoint"):
+                    assert value in EVERY_TWIN, (row, side, value)
+    formats_false = C.planted_args(C.CONTROLS["formats"], "false", EVERY_TWIN, step_of=steps.get)
+    assert formats_false[:8] == ["--checkpoint", "base", "--step", "0", "--checkpoint", "rl-kl-0.3", "--step", "40"]
+
+
+def test_the_kl_twin_is_the_largest_beta_and_a_missing_twin_makes_the_side_untested():
+    assert C.kl_twin(["rl-kl-0.3", "rl-kl-0.05", "rl-kl-1e-2", "rl-seed0"]) == "rl-kl-0.3"
+    assert C.kl_twin(["rl-seed0"]) is None
+    why = C.planted_args(C.CONTROLS["mechanism"], "true", ["base", "rl-psr"])
+    assert why == "checkpoint rl-nsr is not shipped"
+    why = C.planted_args(C.CONTROLS["formats"], "false", ["base", "rl-seed0"], step_of=lambda n: 1)
+    assert why == "checkpoint rl-kl-* is not shipped"
+
+
+# ------------------------------------------------------------------ the report reads planted folders
+def _diff(updated: float, o1: float | None = None, random_o1: float | None = None) -> dict:
+    r = {"updated_fraction": {"atol": updated}, "update_rank_mean": 0.99}
+    if o1 is not None:
+        r["overlap"] = [{"o1": o1, "random_o1": random_o1}]
+    return r
+
+
+def _entropy(base_ci, rl_ci) -> dict:
+    return {"entropy": {"base": sum(base_ci) / 2, "rl-seed0": sum(rl_ci) / 2},
+            "entropy_ci": {"base": base_ci, "rl-seed0": rl_ci}}
+
+
+def _write(folder: Path, results: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_report_marks_each_rows_positive_control_passed_failed_or_untested(tmp_path):
+    demo, ctl = tmp_path / "demo", tmp_path / "demo" / "controls"
+    _write(demo / "diff", _diff(0.97, 0.975, 0.97))  # this pair: dense
+    _write(demo / "drift", {**_entropy([1.2, 1.3], [0.5, 0.6]),
+                            "kl_base_rl": {"step0": {"on_base_samples": 0.0}, "rl-seed0": {"on_base_samples": 0.4}},
+                            "ci": {"step0": {"on_base_samples": {"kl_base_rl": [0.0, 0.01]}},
+                                   "rl-seed0": {"on_base_samples": {"kl_base_rl": [0.3, 0.5]}}}})
+    # diff: sparse where planted true, dense where planted false -> passed, and "not supported" stands
+    _write(ctl / "positive" / "diff", _diff(0.21, 0.62, 0.21))
+    _write(ctl / "negative" / "diff", _diff(0.96, 0.97, 0.96))
+    # entropy: its own folder (not the drift row's): entropy does not fall where planted true -> FAILED
+    _write(ctl / "positive" / "entropy", _entropy([1.2, 1.3], [1.15, 1.35]))
+    _write(ctl / "negative" / "entropy", _entropy([1.2, 1.3], [1.2, 1.3]))
+    (ctl / C.RECORD).write_text(json.dumps({"rows": {
+        "diff": {"true": {"status": "ran", "folder": "positive/diff"},
+                 "false": {"status": "ran", "folder": "negative/diff"}},
+        "entropy": {"true": {"status": "ran", "folder": "positive/entropy"},
+                    "false": {"status": "ran", "folder": "negative/entropy"}},
+        "passk": {"true": {"status": "failed", "why": "exit 1: out of memory"}},
+        "calibrate": {"true": {"status": "untested", "why": "checkpoint rl-binary is not shipped"}},
+    }}))
+    rows = {v.row: v for v in collect_verdicts(demo)}
+    assert rows["diff"].outcome == V.NOT_SUPPORTED
+    assert rows["diff"].positive_control.startswith("passed: detector says supported where planted true")
+    assert "planted false: not supported" in rows["diff"].positive_control
+    assert rows["entropy"].outcome == V.DETECTOR_FAILED  # its "supported" here means nothing
+    assert rows["entropy"].positive_control.startswith("FAILED")
+    assert rows["drift"].outcome == V.SUPPORTED and rows["drift"].positive_control.startswith("untested")
+    assert rows["passk"].positive_control == "untested: the planted-true run failed (exit 1: out of memory)"
+    assert rows["calibrate"].positive_control == "untested: checkpoint rl-binary is not shipped"
+    assert rows["route"].positive_control == "untested: " + C.CONTROLS["route"].untested
+    # a detector that fires where the claim is planted false fails too
+    _write(ctl / "negative" / "diff", _diff(0.2, 0.6, 0.2))
+    rows = {v.row: v for v in collect_verdicts(demo)}
+    assert rows["diff"].outcome == V.DETECTOR_FAILED and "planted false" in rows["diff"].positive_control
+
+
+def test_planted_false_undetermined_does_not_fail_a_detector_that_fired_where_planted_true():
+    pos, neg = _diff(0.2, 0.6, 0.2), _diff(0.0)  # identical checkpoints: undetermined
+    v = V.with_positive_control(V.verdict_sparsity, _diff(0.97, 0.975, 0.97), pos, neg)
+    assert v.outcome == V.NOT_SUPPORTED and v.positive_control.startswith("passed")
+    assert "planted false: undetermined" in v.positive_control
+
+
+# ------------------------------------------------------------------ the runner, end to end
+def _twin(base: Path, folder: Path, frac: float, seed: int, info: dict) -> None:
+    """A copy of ``base`` with a fraction ``frac`` of every matrix's entries moved (mask drawn
+    from ``seed``): the planted update regime."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(base, folder)
+    sd = load_file(str(base / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    for k, w in sd.items():
+        if w.ndim == 2:
+            mask = torch.rand(w.shape, generator=g) < frac
+            sd[k] = w + mask * (0.05 + 0.05 * torch.rand(w.shape, generator=g))
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "training_info.json").write_text(json.dumps(info))
+
+
+def test_runner_runs_the_sparsity_rows_planted_twins_and_the_report_passes_its_detector(tmp_path, monkeypatch):
+    from conftest import make_tiny_model
+    from controls import run_controls
+
+    import organism
+
+    ck = tmp_path / "checkpoints"
+    base = make_tiny_model(ck / "base", seed=0)
+    (base / "training_info.json").write_text(json.dumps({"stage": "pretrain"}))
+    # sparse twins: 10% of entries moved, the two seeds' masks drawn alike (seed 1 for both) plus
+    # their own noise -> overlap far above random; dense twins: every entry moved
+    _twin(base, ck / "rl-sparse-seed0", 0.10, 1, {"stage": "rl"})
+    _twin(base, ck / "rl-sparse-seed1", 0.10, 1, {"stage": "rl"})
+    _twin(base, ck / "rl-seed0", 1.0, 2, {"stage": "rl"})
+    _twin(base, ck / "rl-seed1", 1.0, 3, {"stage": "rl"})
+    monkeypatch.setenv("TWINLENS_ORGANISM_CHECKPOINTS", str(ck))
+    monkeypatch.setattr(organism, "CHECKPOINT_DIR", ck)
+    assert set(organism.list_checkpoints()) == {"base", "rl-sparse-seed0", "rl-sparse-seed1", "rl-seed0", "rl-seed1"}
+    demo = tmp_path / "demo"
+    (demo / "diff").mkdir(parents=True)
+    (demo / "diff" / "results.json").write_text(json.dumps(_diff(0.97, 0.975, 0.97)))
+    lines: list[str] = []
+    record = run_controls(demo / "controls", rows=["diff", "route"], demo_dir=demo, log=lines.append)
+    assert record["diff"]["true"]["status"] == "ran" and record["diff"]["false"]["status"] == "ran"
+    assert record["route"]["true"]["status"] == "untested"
+    pos = json.loads((demo / "controls" / "positive" / "diff" / "results.json").read_text())
+    neg = json.loads((demo / "controls" / "negative" / "diff" / "results.json").read_text())
+    assert 0.05 < pos["updated_fraction"]["atol"] < 0.15 and neg["updated_fraction"]["atol"] > 0.99
+    rows = {v.row: v for v in collect_verdicts(demo)}
+    assert rows["diff"].positive_control.startswith("passed"), rows["diff"].positive_control
+    assert rows["diff"].outcome == V.NOT_SUPPORTED
+    # a second run finds both runs done with the same models and settings
+    lines.clear()
+    record = run_controls(demo / "controls", rows=["diff"], demo_dir=demo, log=lines.append)
+    assert record["diff"]["true"]["status"] == "done before", lines
+    assert os.path.isfile(demo / "controls" / C.RECORD)
+
+
+def test_runner_refuses_an_unknown_row_before_running_anything(tmp_path):
+    from controls import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "c"), "--rows", "sparsity"])
+    assert exc.value.code == 2 and not (tmp_path / "c").exists()
