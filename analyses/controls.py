@@ -135,7 +135,7 @@ CONTROLS: dict[str, RowControl] = {c.row: c for c in [
         false=None,
         untested=("every RL twin moves away from the base; one that did not would be the base itself, whose "
                   "floor (the step-0 checkpoint) is already the row's negative control"),
-        args=("--n-problems", "16", "--n-samples", "2", "--n-boot", "200")),
+        args=("--n-problems", "16", "--n-samples", "2", "--open-problems", "0", "--n-boot", "200")),
     RowControl(
         "shortcuts", "evaluate", true=None, false=None,
         untested=("rl-hard is the only twin trained on too-hard problems and nothing plants a collapse (or "
@@ -150,12 +150,14 @@ CONTROLS: dict[str, RowControl] = {c.row: c for c in [
         args=("--confidence", "stated", "--n-problems", "100", "--n-samples", "2", "--n-boot", "200")),
     RowControl(
         "entropy", "drift",
-        true=Planted(("--base", "base", "--rl", "rl-seed0"),
-                     "rl-seed0: RL on the structured task (one right answer per problem)"),
-        false=Planted(("--base", "base", "--rl", "rl-open", "--variant", "open"),
-                      "rl-open on the open domain (any k digits summing to s: many right answers), "
-                      "measured on that domain"),
-        args=("--n-problems", "16", "--n-samples", "4", "--n-boot", "200")),
+        true=Planted(("--base", "base", "--rl", "rl-open", "--rl", "rl-seed0"),
+                     "rl-seed0: RL on the structured task (one right answer per problem), beside rl-open: RL "
+                     "on the open domain (any k digits summing to s: many right answers), each measured on "
+                     "its own domain"),
+        false=Planted(("--base", "base", "--rl", "rl-open", "--rl", "rl-nsr"),
+                      "rl-nsr: RL on the structured task from negative samples only, which keeps entropy near "
+                      "the base (Zhu et al.): the structured drop is absent by construction"),
+        args=("--n-problems", "16", "--n-samples", "4", "--open-problems", "16", "--n-boot", "200")),
     RowControl(
         "scaling", "scaling", true=None, false=None,
         untested=("no checkpoint series plants a sigmoid (or a power law) in compute; the fit and its "

@@ -64,7 +64,7 @@ def check_options(job, cmd: list[str]) -> str:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            _demo().script_identity(job, cmd)
+            _demo().script_module(job).parse_args(cmd[2:])
     except SystemExit:
         lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
         return f"scripts/{job.script} refuses the control's options: {lines[-1] if lines else 'argument error'}"

@@ -145,9 +145,8 @@ def parse_job_args(items: list[str] | None, ap: argparse.ArgumentParser) -> dict
     return out
 
 
-def script_identity(job: Job, cmd: list[str]) -> dict[str, Any]:
-    """The identity (analyses.jobdir.job_identity) the job's script will record for ``cmd``: its
-    own parse_args on the same options, so defaults are the script's."""
+def script_module(job: Job) -> Any:
+    """The job's script loaded as a module (once per process), for its own parse_args."""
     path = ROOT / "scripts" / job.script
     spec = importlib.util.spec_from_file_location(f"_twinlens_demo_{path.stem}", path)
     module = sys.modules.get(spec.name)
@@ -155,7 +154,13 @@ def script_identity(job: Job, cmd: list[str]) -> dict[str, Any]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses in a script look their module up there
         spec.loader.exec_module(module)
-    return job_identity(path.stem, module.parse_args(cmd[2:]))
+    return module
+
+
+def script_identity(job: Job, cmd: list[str]) -> dict[str, Any]:
+    """The identity (analyses.jobdir.job_identity) the job's script will record for ``cmd``: its
+    own parse_args on the same options, so defaults are the script's."""
+    return job_identity(Path(job.script).stem, script_module(job).parse_args(cmd[2:]))
 
 
 def plan_job(job: Job, cmd: list[str], job_out: Path, force: bool) -> tuple[str, str]:

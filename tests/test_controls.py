@@ -191,3 +191,18 @@ def test_runner_refuses_an_unknown_row_before_running_anything(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "c"), "--rows", "sparsity"])
     assert exc.value.code == 2 and not (tmp_path / "c").exists()
+
+
+def test_every_planted_command_is_taken_by_its_jobs_own_parser():
+    """The table and the job scripts stay in step: an option a job does not take would make the
+    row untested at run time (the runner says so); here it fails loudly."""
+    from controls import check_options, job_spec
+
+    for row, c in C.CONTROLS.items():
+        for side in C.SIDES:
+            args = C.planted_args(c, side, EVERY_TWIN, step_of=lambda n: 40)
+            if isinstance(args, list):
+                job = job_spec(c.job)
+                assert check_options(job, ["python", job.script, "--out", "x", *args]) == "", (row, side)
+    job = job_spec("drift")
+    assert "refuses the control's options" in check_options(job, ["python", "drift.py", "--out", "x", "--nope"])
