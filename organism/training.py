@@ -25,7 +25,15 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 from organism.corpus import PRETRAIN_MIX, SFT_MIX, CorpusMix, make_corpus
 from organism.generation import encode, generate_texts
-from organism.task import Problem, extract_answer, grade, make_problems
+from organism.task import (
+    EVAL_SEED_OFFSET,
+    OPEN_LENGTHS,
+    Problem,
+    extract_confidence,
+    grade,
+    make_problems,
+    parse_prompt,
+)
 from organism.tokenizer import EOS_ID, PAD_ID, VOCAB, save_tokenizer
 
 MAX_LEN = 160  # tier 6 verify trace with a backtrack: 134 tokens
@@ -208,24 +216,140 @@ def finetune_sft(base: str | Path, out: str | Path, cfg: SupervisedConfig | None
 
 
 # ---------------------------------------------------------------- RL (GRPO through TRL)
+# Operand counts of the RL problems: tier 2 is nearly solved by the base's direct answers (little
+# GRPO signal), tier 6 is held out (rl-hard trains on it; the scaling job extrapolates to it), and
+# tiers 3-5 are where the base's pass@1 sits between ~0.05 and ~0.6, so most GRPO groups mix right
+# and wrong completions and carry a gradient.
+RL_TIERS: tuple[int, ...] = (3, 4, 5)
+# Problem sets an RL stage can draw (train partition only):
+# - "structured": ':' prompts of RL_TIERS (the '?' variant and the open domain stay untouched, so
+#   rl-seed0 can be compared with rl-binary/rl-brier and rl-open on them);
+# - "confidence": the same problems closed by '?' (a stated confidence asked for);
+# - "open": open-domain prompts of every length in OPEN_LENGTHS.
+RL_PROBLEM_SETS: tuple[str, ...] = ("structured", "confidence", "open")
+REWARDS: tuple[str, ...] = ("correctness", "brier")
+ADVANTAGE_SIGNS: tuple[str, ...] = ("both", "negative", "positive")
+MASTER_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
+
 @dataclass
 class RLConfig:
+    """One GRPO run. ``problems``/``reward``/``advantage_sign``/``master_dtype`` name the twin's recipe:
+
+    - ``reward``: "correctness" (1 right / 0 wrong, ``correctness_reward``) or "brier" (RLCR's
+      c - (q - c)^2, ``brier_reward``);
+    - ``advantage_sign``: "both" (plain GRPO), "negative" (NSR: only samples with advantage < 0
+      train) or "positive" (PSR: only advantage > 0), Zhu et al. arXiv 2506.01347;
+    - ``master_dtype``: "float32" (fp32 weights and Adam state, rounded to bf16 when saved) or
+      "bfloat16" (the model trains in bf16: an Adam step smaller than half a bf16 ulp of a weight
+      is lost, as in bf16 RL runs; this is what leaves most weights bit-identical to the base).
+    """
+
     steps: int = 50
     prompts_per_step: int = 8
     generations: int = 8
     lr: float = 3e-4
     beta: float = 0.0  # KL coefficient against the initial model (TRL's `beta`)
     temperature: float = 1.0
-    max_completion_length: int = 100
+    max_completion_length: int = 110  # tier-5 verify trace with a backtrack and '@d': 100
     seed: int = 0
     data_seed: int = 7  # same data for every RL seed
     n_problems: int = 4096
+    problems: str = "structured"
+    reward: str = "correctness"
+    advantage_sign: str = "both"
+    master_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name, valid in (("problems", RL_PROBLEM_SETS), ("reward", REWARDS),
+                            ("advantage_sign", ADVANTAGE_SIGNS), ("master_dtype", MASTER_DTYPES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"RLConfig.{name} = {getattr(self, name)!r} is unknown; valid: {valid}")
+        if self.steps < 0 or self.lr <= 0 or self.beta < 0:
+            raise ValueError(f"RLConfig needs steps >= 0, lr > 0, beta >= 0; got steps={self.steps}, "
+                             f"lr={self.lr}, beta={self.beta}")
 
 
-def correctness_reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 iff the answer after the last ``#`` is right; nothing for format."""
-    return [1.0 if extract_answer(c) == int(a) else 0.0
-            for c, a in zip(completions, answer, strict=True)]
+def make_rl_problems(kind: str, n: int, seed: int) -> list[Problem]:
+    """``n`` train-partition problems of the RL problem set ``kind`` (``RL_PROBLEM_SETS``),
+    interleaved over its tiers (lengths for "open") in equal shares, deterministic in ``seed``."""
+    if kind not in RL_PROBLEM_SETS:
+        raise ValueError(f"unknown RL problem set {kind!r}; valid: {RL_PROBLEM_SETS}")
+    if seed >= EVAL_SEED_OFFSET:
+        raise ValueError(f"RL trains on the train partition: seed must be < {EVAL_SEED_OFFSET}")
+    if kind == "open":
+        per = [make_problems(-(-n // len(OPEN_LENGTHS)), seed, difficulty=k, variant="open")
+               for k in OPEN_LENGTHS]
+    else:
+        per = [make_problems(-(-n // len(RL_TIERS)), seed, difficulty=t,
+                             confidence=kind == "confidence") for t in RL_TIERS]
+    return [p for group in zip(*per, strict=True) for p in group][:n]
+
+
+def _graded(prompts: Sequence[str], completions: Sequence[str]) -> list[bool]:
+    """Correctness of each completion for the problem its prompt states (structured, '?' or open)."""
+    out = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        problem = parse_prompt(prompt)
+        if problem is None:
+            raise ValueError(f"{prompt!r} is not an organism task prompt")
+        out.append(grade(problem, completion))
+    return out
+
+
+def correctness_reward(prompts, completions, **kwargs) -> list[float]:
+    """1.0 iff the completion's answer is right for the problem its prompt states (structured:
+    the two digits after the last ``#``; open domain: any right digit string); nothing for format
+    or a stated confidence."""
+    return [1.0 if ok else 0.0 for ok in _graded(prompts, completions)]
+
+
+def brier_reward(prompts, completions, **kwargs) -> list[float]:
+    """RLCR's reward (Damani et al., arXiv 2507.16806): ``c - (q - c)^2`` with ``c`` = correct
+    (1/0) and ``q`` the stated confidence (``organism.task.extract_confidence``: ``(d + 0.5) / 10``
+    for a final ``@d``). A missing or ill-formed confidence counts as the worst ``q`` (1 - c: the
+    largest penalty, 1), so stating none never pays. Range [-1, 1]."""
+    out = []
+    for ok, completion in zip(_graded(prompts, completions), completions, strict=True):
+        c = 1.0 if ok else 0.0
+        q = extract_confidence(completion)
+        if q is None:
+            q = 1.0 - c  # the worst confidence for this outcome
+        out.append(c - (q - c) ** 2)
+    return out
+
+
+REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
+    "correctness": correctness_reward, "brier": brier_reward}
+
+
+def clamp_advantages(advantages: torch.Tensor, sign: str) -> torch.Tensor:
+    """Advantages with the other sign zeroed: "negative" keeps ``A < 0`` (NSR), "positive" keeps
+    ``A > 0`` (PSR), "both" returns them unchanged. A zero advantage contributes no policy
+    gradient, so a clamped sample trains nothing (only a KL term, if any, still acts on it)."""
+    if sign == "both":
+        return advantages
+    if sign == "negative":
+        return advantages.clamp(max=0.0)
+    if sign == "positive":
+        return advantages.clamp(min=0.0)
+    raise ValueError(f"unknown advantage sign {sign!r}; valid: {ADVANTAGE_SIGNS}")
+
+
+def _signed_trainer_class():
+    """``GRPOTrainer`` whose loss sees only the advantages of one sign (imported lazily: trl is heavy)."""
+    from trl import GRPOTrainer
+
+    class SignedAdvantageGRPOTrainer(GRPOTrainer):
+        """GRPO keeping only negative- or positive-advantage samples (``advantage_sign``)."""
+
+        advantage_sign = "both"
+
+        def _compute_loss(self, model, inputs):
+            inputs = {**inputs, "advantages": clamp_advantages(inputs["advantages"], self.advantage_sign)}
+            return super()._compute_loss(model, inputs)
+
+    return SignedAdvantageGRPOTrainer
 
 
 def train_rl(
@@ -240,38 +364,48 @@ def train_rl(
 ) -> Path:
     """GRPO from the checkpoint ``init`` with TRL's ``GRPOTrainer`` on CPU.
 
-    ``save_at``: steps after which an intermediate checkpoint is written to
+    ``problems``: the training set (default: ``make_rl_problems(cfg.problems, cfg.n_problems,
+    cfg.data_seed)``). ``save_at``: steps after which an intermediate checkpoint is written to
     ``out.parent / save_name(step)`` (step 0 = the init weights, written before training).
     """
     import warnings
 
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     cfg = cfg or RLConfig()
     out = Path(out)
-    problems = problems or make_problems(cfg.n_problems, seed=cfg.data_seed)
+    problems = problems or make_rl_problems(cfg.problems, cfg.n_problems, cfg.data_seed)
     set_seed(cfg.seed)
     model = load_fp32(init)
+    if cfg.master_dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
     tok = AutoTokenizer.from_pretrained(init)
-    ds = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
+    ds = Dataset.from_list([{"prompt": p.prompt} for p in problems])
     batch = cfg.prompts_per_step * cfg.generations
     counters = {"tokens_generated": 0, "completions": 0, "reward_sum": 0.0}
+    reward_fn = REWARD_FUNCTIONS[cfg.reward]
 
-    def reward(prompts, completions, answer, completion_ids=None, **kw):
-        r = correctness_reward(prompts, completions, answer)
+    def reward(prompts, completions, completion_ids=None, **kw):
+        r = reward_fn(prompts, completions)
         counters["completions"] += len(completions)
         counters["reward_sum"] += sum(r)
         if completion_ids is not None:
             counters["tokens_generated"] += sum(len(c) for c in completion_ids)
         return r
 
-    reward.__name__ = "correctness"
+    reward.__name__ = cfg.reward
     t0 = time.time()
-    base_info = {"stage": "rl", "init": Path(init).name, "algorithm": "GRPO (trl.GRPOTrainer)",
-                 "reward": "correctness only (answer after the last '#')",
+    reward_doc = {"correctness": "correctness only (organism.training.correctness_reward)",
+                  "brier": "c - (q - c)^2, q the stated confidence (organism.training.brier_reward)"}
+    base_info = {"stage": "rl", "init": Path(init).name, "algorithm": "GRPO (trl.GRPOTrainer)"
+                 + {"both": "", "negative": ", negative-advantage samples only (NSR)",
+                    "positive": ", positive-advantage samples only (PSR)"}[cfg.advantage_sign],
+                 "reward": reward_doc[cfg.reward],
                  "hyperparameters": asdict(cfg), "n_train_problems": len(problems),
+                 "train_tiers": sorted({p.difficulty for p in problems}),
+                 "train_variants": sorted({p.variant + ("?" if p.confidence else "") for p in problems}),
                  **(info_extra or {})}
 
     def info_at(step: int) -> dict:
@@ -300,14 +434,16 @@ def train_rl(
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, top_p=1.0, top_k=0,
         beta=cfg.beta, max_steps=cfg.steps, seed=cfg.seed, data_seed=cfg.data_seed,
-        logging_steps=10, save_strategy="no", report_to="none",
+        logging_steps=max(1, min(10, cfg.steps)), save_strategy="no", report_to="none",
         disable_tqdm=not progress, dataloader_num_workers=0,
         log_completions=False,
     )
+    trainer_cls = _signed_trainer_class()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds,
+        trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=ds,
                               processing_class=tok, callbacks=[SaveAt()])
+        trainer.advantage_sign = cfg.advantage_sign
         trainer.train()
     final = info_at(cfg.steps)
     final["log_history"] = [h for h in trainer.state.log_history if "reward" in h][-10:]
@@ -317,9 +453,10 @@ def train_rl(
 
 
 def find_unsolved_problems(model: PreTrainedModel, tokenizer, n_pool: int, seed: int,
-                           k: int = 8, max_new_tokens: int = 100,
-                           difficulty: int = 5) -> tuple[list[Problem], dict]:
-    """Train-partition problems the model never solves in ``k`` samples (pass@k = 0)."""
+                           k: int = 8, max_new_tokens: int = 120,
+                           difficulty: int = 6) -> tuple[list[Problem], dict]:
+    """Train-partition problems (``:`` prompts, ``difficulty`` operands) the model never solves in
+    ``k`` samples at temperature 1 (pass@k = 0)."""
     pool = make_problems(n_pool, seed=seed, difficulty=difficulty)
     # Unique problems only: pass@k is a property of the problem.
     seen: dict[str, Problem] = {}
@@ -334,9 +471,13 @@ def find_unsolved_problems(model: PreTrainedModel, tokenizer, n_pool: int, seed:
                       "difficulty": difficulty, "temperature": 1.0}
 
 
+def _weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
 def bf16_unchanged_fraction(a: str | Path, b: str | Path) -> dict:
     """Fraction of weights with identical bf16 values in two checkpoints (tied counted once)."""
-    sa, sb = load_file(str(Path(a) / "model.safetensors")), load_file(str(Path(b) / "model.safetensors"))
+    sa, sb = _weights(a), _weights(b)
     same = total = 0
     per_tensor = {}
     for k, va in sa.items():
@@ -348,8 +489,97 @@ def bf16_unchanged_fraction(a: str | Path, b: str | Path) -> dict:
     return {"unchanged_fraction": same / total, "n_weights": total, "per_tensor": per_tensor}
 
 
+def update_overlap(base: str | Path, a: str | Path, b: str | Path) -> dict:
+    """Overlap of two runs' updated sets (weights whose bf16 value differs from ``base``'s).
+
+    RESEARCH.md s.2 (Mukherjee et al.): with sparsities s1, s2 (unchanged fractions) and updated
+    sets I1, I2, ``o1 = |I1 & I2| / |I1|``, ``o2 = |I1 & I2| / |I2|``; if the sets were drawn at
+    random the expectation is ``o1 = 1 - s2``, ``o2 = 1 - s1`` (``random_o1``, ``random_o2``).
+    Also the Jaccard index and its random baseline ``pq / (p + q - pq)`` (p, q = 1 - s1, 1 - s2).
+    Fractions in [0, 1]; NaN where an updated set is empty."""
+    s0, sa, sb = _weights(base), _weights(a), _weights(b)
+    n = n1 = n2 = both = 0
+    for k, v0 in s0.items():
+        u1, u2 = sa[k] != v0, sb[k] != v0
+        n += v0.numel()
+        n1 += int(u1.sum())
+        n2 += int(u2.sum())
+        both += int((u1 & u2).sum())
+    p, q = n1 / n, n2 / n
+    nan = float("nan")
+    union = n1 + n2 - both
+    return {"s1": 1 - p, "s2": 1 - q, "o1": both / n1 if n1 else nan, "o2": both / n2 if n2 else nan,
+            "random_o1": q, "random_o2": p, "jaccard": both / union if union else nan,
+            "random_jaccard": p * q / (p + q - p * q) if p + q > 0 else nan, "n_weights": n}
+
+
+# ---------------------------------------------------------------- build stages (one process each)
+@dataclass(frozen=True)
+class StageSpec:
+    """One build stage of ``scripts/train_organism.py``: everything it needs, picklable, so that a
+    worker process can run it and its output depends on nothing else (``run_stage``).
+
+    ``kind``: "pretrain" | "sft" (``supervised``), "rl" (``rl``; ``save_at`` steps written as
+    ``{name}-step{s}``), "rl-hard" (``rl`` on ``hard_pool`` problems of ``hard_difficulty`` operands
+    that the init never solves in ``hard_k`` samples)."""
+
+    name: str
+    kind: str
+    supervised: SupervisedConfig | None = None
+    rl: RLConfig | None = None
+    save_at: tuple[int, ...] = ()
+    hard_difficulty: int = 6
+    hard_pool: int = 400
+    hard_k: int = 8
+    note: str = ""
+
+    def outputs(self) -> list[str]:
+        """Checkpoint folder names this stage writes."""
+        return [self.name] + [f"{self.name}-step{s}" for s in self.save_at]
+
+
+def run_stage(spec: StageSpec, out: str | Path, threads: int = 1, progress: bool = False) -> dict:
+    """Run one stage into ``out/<spec.name>`` (the init is ``out/base``); returns its wall time.
+
+    Deterministic by the stage's own seeds: every random stream is seeded here, so the weights do
+    not depend on which process runs the stage or what ran before it in that process."""
+    torch.set_num_threads(threads)
+    out = Path(out)
+    base = out / "base"
+    t0 = time.time()
+    extra = {"recipe": spec.note} if spec.note else {}
+    if spec.kind == "pretrain":
+        pretrain_base(out / spec.name, spec.supervised, progress=progress)
+    elif spec.kind == "sft":
+        finetune_sft(base, out / spec.name, spec.supervised, progress=progress)
+    elif spec.kind == "rl":
+        train_rl(base, out / spec.name, spec.rl, save_at=spec.save_at,
+                 save_name=(lambda s: f"{spec.name}-step{s}") if spec.save_at else None,
+                 progress=progress, info_extra=extra)
+    elif spec.kind == "rl-hard":
+        from transformers import AutoTokenizer
+
+        model = load_fp32(base)
+        tok = AutoTokenizer.from_pretrained(base)
+        unsolved, screen = find_unsolved_problems(
+            model, tok, spec.hard_pool, seed=11, k=spec.hard_k,
+            max_new_tokens=spec.rl.max_completion_length, difficulty=spec.hard_difficulty)
+        if not unsolved:
+            return {"name": spec.name, "seconds": round(time.time() - t0, 1), "skipped":
+                    f"the base solves every one of {screen['pool']} screened problems"}
+        train_rl(base, out / spec.name, spec.rl, problems=unsolved, progress=progress,
+                 info_extra={**extra, "problem_selection": f"train-partition problems of "
+                             f"{spec.hard_difficulty} operands with base pass@{spec.hard_k} = 0 at "
+                             "temperature 1", "difficulty": spec.hard_difficulty, "screen": screen,
+                             "train_prompts": [p.prompt for p in unsolved][:200]})
+    else:
+        raise ValueError(f"unknown stage kind {spec.kind!r}")
+    return {"name": spec.name, "seconds": round(time.time() - t0, 1)}
+
+
 __all__ = [
     "ModelShape", "SupervisedConfig", "RLConfig", "pretrain_base", "finetune_sft", "train_rl",
     "save_checkpoint", "load_fp32", "find_unsolved_problems", "bf16_unchanged_fraction",
-    "correctness_reward", "VOCAB",
+    "update_overlap", "correctness_reward", "brier_reward", "clamp_advantages", "make_rl_problems",
+    "StageSpec", "run_stage", "RL_TIERS", "RL_PROBLEM_SETS", "VOCAB",
 ]

@@ -311,7 +311,8 @@ SCRIPT_CASES = [
     ("steer", "--layers", "3-1", "comma list of block indices"), ("steer", "--layers", "-1", "block indices >= 0"),
     ("steer", "--random-seed", "-1", ">= 0"),
     ("steer", "--n-bootstrap", "0", ">= 1"), ("steer", "--vector-problems", "0", ">= 1"),
-    ("train_organism", "--rl-lr", "0", "> 0"), ("train_organism", "--beta", "-1", ">= 0"),
+    ("train_organism", "--rl-lr", "0", "> 0"), ("train_organism", "--kl-betas", "0.1,0", "> 0"),
+    ("train_organism", "--sparse-lr", "0", "> 0"), ("train_organism", "--workers", "0", ">= 1"),
     ("train_organism", "--hard-difficulty", "9", "2..6"), ("train_organism", "--hard-pool", "0", ">= 1"),
     ("train_organism", "--max-completion", "0", ">= 1"), ("train_organism", "--pretrain-steps", "-1", ">= 0"),
 ]
