@@ -36,9 +36,9 @@ from organism.task import (
 )
 
 # P(step or verify | operands): more operands, more stepping (compute depends on context).
-STEP_SHARE = {2: 0.15, 3: 0.30, 4: 0.45, 5: 0.60, 6: 0.70}
+STEP_SHARE = {2: 0.15, 3: 0.30, 4: 0.45, 5: 0.60, 6: 0.70, 7: 0.75}
 # P(direct answer right | operands) in the corpus (wrong ones are uniform over the other 99).
-DIRECT_RIGHT = {2: 0.60, 3: 0.15, 4: 0.05, 5: 0.02, 6: 0.01}
+DIRECT_RIGHT = {2: 0.50, 3: 0.20, 4: 0.08, 5: 0.04, 6: 0.02, 7: 0.01}
 VERIFY_AFTER_WAIT = 0.60
 VERIFY_OTHERWISE = 0.12
 

@@ -1,24 +1,26 @@
 """The organism's task (v2): chains of two-digit additions (or subtractions) mod 100, a
 stated-confidence variant, and an open-ended second domain.
 
-Structured task ("sum"). Prompt: two-digit operands joined by the operator, then a colon:
-``37+58+12:`` (answer 7, written ``07``). The answer space is the 100 values 00..99, uniform
-over problems, so a uniform guesser's pass@k = 1 - 0.99^k is the trivial baseline (pass@16 0.15).
-Difficulty tiers = the number of operands (2..6; the base is pretrained on 2..5).
+Structured task ("sum"). Prompt: a two-digit start value, then single-digit addends, joined by
+the operator, then a colon: ``37+8+5+9:`` (answer (37+8+5+9) mod 100 = 59, written ``59``). The
+start is uniform over 00..99, so the answer is uniform over the 100 values 00..99 and a uniform
+guesser's pass@k = 1 - 0.99^k is the trivial baseline (pass@16 0.15). Difficulty tiers = the
+number of operands, start included (2..7; the base is pretrained on 3..6).
 
 Completion grammar (every character is one token; the tokenizer adds only the eos):
 
 - direct:  ``#07``
-- step:    ``37+58=95;95+12=07;#07``. A step ``a+b=NN;`` writes ``(a+b) mod 100`` with two
-  digits; the next step starts from it.
-- verify:  the steps, then a check pass in reverse order closed by ``ok;`` (agrees with the
-  forward result) or ``no;`` (disagrees: the check's result is the answer), then ``#NN``:
-  ``37+58=95;95+12=07;chk 12+58=70;70+37=07;ok;#07``. For ``sub`` the check adds the subtrahends
-  back (last first) onto the forward result and must land on the first operand.
+- step:    ``37+8=45;45+5=50;50+9=59;#59``. A step ``aa+b=NN;`` writes ``(aa+b) mod 100`` with
+  two digits; the next step starts from it.
+- verify:  the steps, then a check pass that adds the addends onto the start in reverse order,
+  closed by ``ok;`` (agrees with the forward result) or ``no;`` (disagrees: the check's result is
+  the answer), then ``#NN``: ``37+8=45;45+5=50;50+9=59;chk 37+9=46;46+5=51;51+8=59;ok;#59``. For
+  ``sub`` the check adds the subtrahends back (last first) onto the forward result and must land
+  on the start.
 - backtracking: ``wait;`` right after a wrong step, then the corrected step:
-  ``37+58=94;wait;37+58=95;95+12=07;#07``.
+  ``37+8=46;wait;37+8=45;45+5=50;50+9=59;#59``.
 - stated confidence: a prompt closed by ``?`` instead of ``:`` (``37+58+12?``) asks for a
-  confidence digit after the answer: ``...#07@8``; digit ``d`` states confidence
+  confidence digit after the answer: ``...#59@8``; digit ``d`` states confidence
   ``(d + 0.5) / 10`` (``confidence_of``).
 
 Open domain ("open"): ``4>23:`` asks for any 4 digits summing to 23; ``#5738`` is right, and so
@@ -52,8 +54,8 @@ OPERATORS = {"sum": "+", "sub": "-"}
 MODULUS = 100
 ANSWER_SPACE = 100  # answers 00..99 of the structured task
 # Operands per problem: tiers the base is pretrained on, and the range the task admits.
-PRETRAIN_TIERS: tuple[int, ...] = (2, 3, 4, 5)
-MIN_OPERANDS, MAX_OPERANDS = 2, 6
+PRETRAIN_TIERS: tuple[int, ...] = (3, 4, 5, 6)
+MIN_OPERANDS, MAX_OPERANDS = 2, 7
 # Open domain: k digits (k in OPEN_LENGTHS) with a given sum.
 OPEN_LENGTHS: tuple[int, ...] = (3, 4, 5)
 
@@ -65,7 +67,7 @@ CONFIDENCE_MARK = "@"
 QUESTION_MARK = "?"
 
 _NUM = r"\d\d"
-_STEP = rf"{_NUM}[+\-]{_NUM}={_NUM};"
+_STEP = rf"{_NUM}[+\-]\d={_NUM};"
 _STEP_RE = re.compile(_STEP)
 _CONF = r"(?:@\d)?"
 _DIRECT_RE = re.compile(rf"#{_NUM}{_CONF}")
@@ -80,7 +82,8 @@ _OPEN_PROMPT_RE = re.compile(r"(\d)>(\d\d):")
 @dataclass(frozen=True)
 class Problem:
     """One problem. ``prompt`` ends with ``:`` (or ``?``: confidence asked); ``answer`` is in
-    0..99 (structured) or the target sum (open: any ``length`` digits summing to it are right)."""
+    0..99 (structured) or the target sum (open: any ``length`` digits summing to it are right).
+    ``operands``: the start (0..99) then the addends (0..9); open: (length, total)."""
 
     prompt: str
     answer: int
@@ -128,10 +131,10 @@ def problem_from_operands(operands: tuple[int, ...] | list[int], variant: str = 
     if variant not in OPERATORS:
         raise ValueError(f"unknown variant {variant!r}; valid: {tuple(OPERATORS)} (open: open_problem)")
     operands = tuple(int(d) for d in operands)
-    if any(not 0 <= d < MODULUS for d in operands):
-        raise ValueError(f"operands must be in 0..99, got {operands}")
+    if len(operands) < 2 or not 0 <= operands[0] < MODULUS or any(not 0 <= d <= 9 for d in operands[1:]):
+        raise ValueError(f"operands must be a start in 0..99 and >= 1 addends in 0..9, got {operands}")
     closer = QUESTION_MARK if confidence else ":"
-    prompt = OPERATORS[variant].join(f"{d:02d}" for d in operands) + closer
+    prompt = f"{operands[0]:02d}" + "".join(f"{OPERATORS[variant]}{d}" for d in operands[1:]) + closer
     return Problem(prompt=prompt, answer=answer_of(operands, variant), operands=operands,
                    variant=variant, confidence=confidence)
 
@@ -164,8 +167,8 @@ def _draw(rng: random.Random, difficulty: int, variant: str, confidence: bool) -
     if variant == "open":
         length = difficulty
         return open_problem(length, rng.randrange(9 * length + 1))
-    return problem_from_operands([rng.randrange(MODULUS) for _ in range(difficulty)], variant,
-                                 confidence)
+    return problem_from_operands([rng.randrange(MODULUS)] + [rng.randrange(10) for _ in range(difficulty - 1)],
+                                 variant, confidence)
 
 
 def draw_problem(rng: random.Random, difficulty: int, variant: str = "sum", confidence: bool = False,
@@ -206,7 +209,7 @@ def eval_problems(n: int, k: int = 0, difficulty: int = 4, variant: str = "sum",
 
 # ---------------------------------------------------------------- writing completions
 def format_step(a: int, b: int, value: int, variant: str) -> str:
-    return f"{a:02d}{OPERATORS[variant]}{b:02d}={value:02d};"
+    return f"{a:02d}{OPERATORS[variant]}{b}={value:02d};"
 
 
 def confidence_digit(p: float) -> int:
@@ -261,10 +264,9 @@ def write_completion(
     if fmt == "step":
         return "".join(parts) + f"#{forward:02d}{tail}"
     parts.append("chk ")  # the check pass is always computed correctly; it decides the answer
-    if variant == "sum":
-        rev = list(reversed(ops))
-        check = rev[0]
-        for d in rev[1:]:
+    if variant == "sum":  # the addends onto the start, last first: other intermediate values
+        check = ops[0]
+        for d in reversed(ops[1:]):
             s = apply_op(check, d, "sum")
             parts.append(format_step(check, d, s, "sum"))
             check = s
@@ -325,7 +327,7 @@ def parse_prompt(prompt: str) -> Problem | None:
     m = _OPEN_PROMPT_RE.fullmatch(prompt)
     if m:
         return open_problem(int(m.group(1)), int(m.group(2)))
-    m = re.fullmatch(r"(\d\d(?:([+\-])\d\d)+)([:?])", prompt)
+    m = re.fullmatch(r"(\d\d(?:([+\-])\d)+)([:?])", prompt)
     if not m:
         return None
     variant = "sum" if m.group(2) == "+" else "sub"
