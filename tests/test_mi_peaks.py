@@ -368,3 +368,21 @@ def test_planted_dependence_is_found_and_eos_never_peaks():
     assert pc["n_planted"] >= 20 and pc["recall"] >= 0.8 and pc["passed"]
     null = planted_dependence_control(trajs, cfg.method, cfg.sigma, special, mix=0.0, seed=0)
     assert null["recall"] < 0.2 and not null["passed"]
+
+
+def test_organism_reference_texts_are_v2_verify_traces_with_a_near_slip_and_its_correction():
+    import re
+
+    from analyses.mi_peaks import organism_problem_set
+    from organism import task as ot
+
+    ps = organism_problem_set(200, seed=3)
+    assert {len(p.source.operands) for p in ps.problems} == {4}  # the kit's default tier
+    for p, gold, ref in zip(ps.problems, ps.gold_texts, ps.reference_completions, strict=True):
+        assert gold == p.prompt + ot.write_completion(p.source, "step") and gold.endswith(f"#{p.answer:02d}")
+        assert ot.classify_format(ref) == "verify" and ot.grade(p.source, ref)
+        assert ot.strategies_used(ref) == {"compute", "verification", "backtracking"}
+        # the step before "wait;" is the slip: same operands as the corrected step, value off by 1 or 10
+        m = re.search(r"(\d\d\+\d\d)=(\d\d);wait;(\d\d\+\d\d)=(\d\d);", ref)
+        assert m and m.group(1) == m.group(3)
+        assert (int(m.group(2)) - int(m.group(4))) % 100 in (1, 10, 90, 99)

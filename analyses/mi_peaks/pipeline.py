@@ -10,7 +10,7 @@ Two kinds of text per model:
   from "the model writes strategy tokens" -- the question whether RL creates the peaks or the
   base already has them.
 
-Gold text (for both): prompt + a correct step-by-step solution (ends with the answer digit).
+Gold text (for both): prompt + a correct step-by-step solution (ends with the answer's two digits).
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class MiProblemSet:
     append_texts: tuple[str, ...] = ()  # thinking tokens for test-time scaling
 
 
-def organism_problem_set(n: int, seed: int = 0, difficulty: int = 5, variant: str = "sum") -> MiProblemSet:
-    """Held-out organism problems; gold = prompt + correct step solution; reference = the verify
-    format with one wrong step followed by ``wait;`` and its correction (both strategies)."""
+def organism_problem_set(n: int, seed: int = 0, difficulty: int = 4, variant: str = "sum") -> MiProblemSet:
+    """Held-out organism problems (tier ``difficulty``: operands per problem, 2..6); gold = prompt +
+    correct step solution; reference = the verify format with one wrong step (a slip the corpus
+    writes: the step's true value off by 1 or 10, mod 100) followed by ``wait;`` and its correction,
+    so it holds compute, backtracking and verification spans."""
     from analyses.task import organism_task
     from organism import task as ot
 
@@ -69,13 +71,9 @@ def organism_problem_set(n: int, seed: int = 0, difficulty: int = 5, variant: st
     for p in problems:
         src = p.source
         gold.append(p.prompt + ot.write_completion(src, "step"))
-        step = rng.randrange(len(src.digits) - 1)
-        # The true value of that step, to pick a different wrong one.
-        value = src.digits[0]
-        for d in src.digits[1 : step + 1]:
-            value = ot.apply_op(value, d, src.variant) % 10
-        true = ot.apply_op(value, src.digits[step + 1], src.variant)
-        wrong = rng.choice([v for v in range(19 if src.variant == "sum" else 10) if v != true])
+        step = rng.randrange(len(src.operands) - 1)
+        true = ot.answer_of(src.operands[: step + 2], src.variant)  # what that step writes when right
+        wrong = (true + rng.choice((-10, -1, 1, 10))) % ot.MODULUS
         refs.append(ot.write_completion(src, "verify", wrong_step=step, wrong_value=wrong, backtrack=True))
     return MiProblemSet(task=task, problems=problems, gold_texts=gold, reference_completions=refs,
                         append_texts=("wait;", "chk "))

@@ -13,7 +13,7 @@ same numbers as hooking every KV-cached generation step, in one pass.
 
 Gold representation: block ``layer`` output at the LAST token of one forward over the reference
 solution text (the authors use the dataset's solution text; for the organism we pass prompt +
-a correct step-by-step solution, which ends with the answer digit).
+a correct step-by-step solution, which ends with the answer's two digits).
 """
 
 from __future__ import annotations
