@@ -1,8 +1,9 @@
 """Calibration of a model's confidence in its own answers (RESEARCH.md section 7, RLCR).
 
-Confidence is the model's probability of its own final answer (for the organism: the answer
-digit after the last ``#``; for multi-token answers the product over the answer tokens), or,
-for real text, a stated confidence parsed from the output (``confidence: 0.8``).
+Confidence is a confidence the completion states (the organism's stated-confidence variant:
+``#07@8`` = 0.85, read by the task's ``extract_confidence``; real text: ``confidence: 0.8``, parsed
+by ``parse_stated_confidence``), or, as the fallback, the model's probability of its own final
+answer (the product over the answer's tokens; the organism: the two digits after the last ``#``).
 Metrics: Brier score, ECE with equal-width bins (Guo et al. 2017: bins (lo, hi], confidence 0
 in the first), adaptive ECE with equal-mass bins, AUROC of confidence vs correctness.
 """

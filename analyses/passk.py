@@ -223,8 +223,9 @@ class PassKComparison:
 def guesser_pass_at_k(ks: Sequence[int], answer_space: int) -> list[float]:
     """pass@k of a uniform guesser over ``answer_space`` equally likely answers: 1 - (1 - 1/|A|)^k.
 
-    The trivial baseline of a pass@k curve: with 10 possible answers it already reaches pass@16 = 0.81,
-    so a model's pass@k at large k says nothing until it is clear of this curve.
+    The trivial baseline of a pass@k curve: with 10 possible answers (organism v1) it already reaches
+    pass@16 = 0.81, with 100 (organism v2: 00..99) pass@16 = 0.15 and pass@256 = 0.92, so a model's
+    pass@k at large k says nothing until it is clear of this curve.
     """
     if not isinstance(answer_space, int) or answer_space < 1:
         raise TwinlensError(f"answer_space must be a positive integer, got {answer_space!r}.")

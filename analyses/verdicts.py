@@ -718,8 +718,9 @@ def verdict_calibration(r: Mapping | None) -> Verdict:
     ECE (equal-width bins), Brier and AUROC are read together: supported when at least
     CALIBRATION_MIN_WORSE of the three worsen with CIs apart (ECE/Brier up, AUROC down); not
     supported when none worsens with CIs apart; undetermined when only one does. The claim is about *stated* confidence: with confidence = the probability
-    of the answer token after a worked trace (which measures copying the trace's last digit), the
-    row is undetermined whatever the numbers.
+    of the answer tokens after a worked trace (which measures copying the trace's last step), the
+    row is undetermined whatever the numbers; the calibrate job uses the stated confidence where the
+    task states one (organism v2's '?' prompts) and records which in results.json "confidence".
     """
     v = Verdict(7, "Binary-reward RL hurts calibration (ECE, Brier, AUROC together)", "calibrate")
     ece = get(r, "ece")

@@ -124,7 +124,7 @@ def job_command(job: Job, args: argparse.Namespace, out: Path) -> list[str]:
 
 def check_task(args: argparse.Namespace, ap: argparse.ArgumentParser) -> bool:
     """Whether the pair is the organism; a pair that is not needs --problems (refused before any
-    job runs: its jobs would feed the organism's digit-sum prompts to a real tokenizer and grade
+    job runs: its jobs would feed the organism's modular-sum prompts to a real tokenizer and grade
     them with the organism's grader)."""
     organism_pair = all(is_organism(s) for s in [args.base, *(args.rl or []), args.sft])
     if not organism_pair and not args.problems:

@@ -15,91 +15,123 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import organism  # noqa: E402
 from organism.corpus import PRETRAIN_MIX, SFT_MIX, make_corpus  # noqa: E402
 from organism.task import (  # noqa: E402
+    ANSWER_SPACE,
     EVAL_SEED_OFFSET,
     FORMATS,
     STRATEGIES,
     StrategySpan,
+    apply_op,
     classify_format,
     eval_problems,
+    extract_confidence,
     grade,
     is_eval_problem,
     label_strategies,
     make_problems,
-    problem_from_digits,
+    open_problem,
+    open_solutions,
+    parse_prompt,
+    problem_from_operands,
     token_labels,
     write_completion,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-P = problem_from_digits((3, 5, 8, 2, 1))  # answer 9
-STEP = "3+5=08;8+8=16;6+2=08;8+1=09;#9"
-VERIFY = "3+5=08;8+8=16;6+2=08;8+1=09;chk 1+2=03;3+8=11;1+5=06;6+3=09;ok;#9"
-WAIT = "3+5=08;8+8=15;wait;8+8=16;6+2=08;8+1=09;#9"
-WRONG = "3+5=08;8+8=15;5+2=07;7+1=08;#8"
+# Organism v2: two-digit operands, every step mod 100. By hand: 37+58 = 95; 95+12 = 107 -> 07;
+# 07+40 = 47; 47+09 = 56. Check pass (sum: the operands in reverse): 09+40 = 49; 49+12 = 61;
+# 61+58 = 119 -> 19; 19+37 = 56.
+P = problem_from_operands((37, 58, 12, 40, 9))  # answer 56
+STEP = "37+58=95;95+12=07;07+40=47;47+09=56;#56"
+VERIFY = "37+58=95;95+12=07;07+40=47;47+09=56;chk 09+40=49;49+12=61;61+58=19;19+37=56;ok;#56"
+WAIT = "37+58=95;95+12=08;wait;95+12=07;07+40=47;47+09=56;#56"
+WRONG = "37+58=95;95+12=08;08+40=48;48+09=57;#57"
 
 
 def test_api_constants_are_as_documented():
     assert STRATEGIES == ("compute", "verification", "backtracking")
     assert FORMATS == ("direct", "step", "verify")
+    assert ANSWER_SPACE == 100
 
 
 def test_problem_prompt_and_answer():
-    assert P.prompt == "3+5+8+2+1:" and P.answer == 9 and P.variant == "sum"
-    sub = problem_from_digits((9, 3, 5, 2, 1), "sub")
-    assert sub.prompt == "9-3-5-2-1:" and sub.answer == (9 - 3 - 5 - 2 - 1) % 10
+    assert P.prompt == "37+58+12+40+09:" and P.answer == 56 and P.variant == "sum" and P.difficulty == 5
+    sub = problem_from_operands((90, 35, 7, 20, 1), "sub")
+    assert sub.prompt == "90-35-07-20-01:" and sub.answer == (90 - 35 - 7 - 20 - 1) % 100 == 27
+    asked = problem_from_operands((37, 58), confidence=True)
+    assert asked.prompt == "37+58?" and asked.answer == 95 and parse_prompt("37+58?") == asked
+    assert parse_prompt(P.prompt) == P and parse_prompt("4>23:") == open_problem(4, 23)
 
 
 def test_writer_produces_the_documented_grammar():
-    assert write_completion(P, "direct") == "#9"
+    assert write_completion(P, "direct") == "#56"
     assert write_completion(P, "step") == STEP
     assert write_completion(P, "verify") == VERIFY
-    assert write_completion(P, "step", wrong_step=1, wrong_value=15, backtrack=True) == WAIT
-    assert write_completion(P, "step", wrong_step=1, wrong_value=15) == WRONG
+    assert write_completion(P, "step", wrong_step=1, wrong_value=8, backtrack=True) == WAIT
+    assert write_completion(P, "step", wrong_step=1, wrong_value=8) == WRONG
     # A wrong forward step caught by the check: "no;" and the check's (right) answer.
-    caught = write_completion(P, "verify", wrong_step=1, wrong_value=15)
-    assert caught.endswith("no;#9") and grade(P, caught)
+    caught = write_completion(P, "verify", wrong_step=1, wrong_value=8)
+    assert caught.endswith("19+37=56;no;#56") and grade(P, caught)
+    assert write_completion(P, "step", confidence=8) == STEP + "@8"
 
 
-def test_grade_reads_the_answer_after_the_last_hash():
-    assert grade(P, "#9") and grade(P, STEP) and grade(P, VERIFY) and grade(P, WAIT)
+def test_grade_reads_the_two_digits_after_the_last_hash():
+    assert grade(P, "#56") and grade(P, STEP) and grade(P, VERIFY) and grade(P, WAIT)
     assert not grade(P, WRONG)
-    assert grade(P, "#3;#9") and not grade(P, "#9;#3")
-    assert not grade(P, "9") and not grade(P, "#") and not grade(P, "#99") and not grade(P, "")
+    assert grade(P, "#03;#56") and not grade(P, "#56;#03") and grade(P, "#56@2")
+    for bad in ("56", "#", "#5", "#6", "#566", "#5 6", ""):
+        assert not grade(P, bad), bad
+
+
+def test_stated_confidence_is_the_digit_after_the_answer():
+    assert extract_confidence(STEP + "@8") == pytest.approx(0.85)
+    assert extract_confidence("#56@0") == pytest.approx(0.05) and extract_confidence("#56@9") == pytest.approx(0.95)
+    for none in (STEP, "#56@", "#5@8", "@8", "#56@8@8x"):
+        assert extract_confidence(none) is None, none
+
+
+def test_open_domain_grades_every_string_of_the_right_length_and_sum():
+    q = open_problem(4, 23)
+    assert q.prompt == "4>23:" and q.variant == "open" and q.difficulty == 4
+    assert grade(q, "#5738") and grade(q, "#9950") and not grade(q, "#5737") and not grade(q, "#57380")
+    # the count of right answers, against brute force over all 10^4 strings
+    assert open_solutions(4, 23) == sum(sum(map(int, f"{x:04d}")) == 23 for x in range(10**4)) == 480
+    assert open_solutions(3, 0) == 1 and open_solutions(3, 27) == 1
 
 
 def test_classify_format():
-    assert classify_format("#9") == "direct"
-    assert classify_format(STEP) == "step"
+    assert classify_format("#56") == "direct" and classify_format("#56@3") == "direct"
+    assert classify_format(STEP) == "step" and classify_format(STEP + "@9") == "step"
     assert classify_format(WAIT) == "step"
     assert classify_format(WRONG) == "step"  # format, not correctness
     assert classify_format(VERIFY) == "verify"
-    for bad in ("", "9", "#", "3+5=08;", "3+5=8;#8", "chk ok;#9", "3+5=08;chk ok;#9", "#9#9"):
+    for bad in ("", "56", "#", "#5", "37+58=95;", "37+58=9;#09", "chk ok;#56", "37+58=95;chk ok;#56", "#56#56"):
         assert classify_format(bad) == "other", bad
 
 
 def test_label_strategies_on_hand_written_completions():
-    assert label_strategies("#9") == []
-    assert label_strategies(STEP) == [StrategySpan("compute", 7 * i, 7 * i + 7) for i in range(4)]
+    assert label_strategies("#56") == []
+    assert label_strategies(STEP) == [StrategySpan("compute", 9 * i, 9 * i + 9) for i in range(4)]
     spans = label_strategies(WAIT)
     assert [s.strategy for s in spans] == ["compute", "compute", "backtracking", "compute", "compute"]
     bt = spans[2]
-    assert WAIT[bt.start:bt.end] == "wait;8+8=16;"
+    assert WAIT[bt.start:bt.end] == "wait;95+12=07;"
     spans = label_strategies(VERIFY)
     assert [s.strategy for s in spans] == ["compute"] * 4 + ["verification"]
     v = spans[-1]
-    assert VERIFY[v.start:v.end] == "chk 1+2=03;3+8=11;1+5=06;6+3=09;ok;"
+    assert VERIFY[v.start:v.end] == "chk 09+40=49;49+12=61;61+58=19;19+37=56;ok;"
     # Malformed text: best effort, no crash; a dangling wait is still backtracking.
-    assert [s.strategy for s in label_strategies("3+5=08;wait;")] == ["compute", "backtracking"]
-    assert [s.strategy for s in label_strategies("chk 1+2=03;")] == ["verification"]
+    assert [s.strategy for s in label_strategies("37+58=95;wait;")] == ["compute", "backtracking"]
+    assert [s.strategy for s in label_strategies("chk 09+40=49;")] == ["verification"]
 
 
 def test_token_labels_cover_every_character():
     labels = token_labels(WAIT)
     assert len(labels) == len(WAIT)
-    assert labels[:7] == ["compute"] * 7
-    assert labels[14:26] == ["backtracking"] * 12
-    assert labels[-2:] == ["answer", "answer"]
+    assert labels[:9] == ["compute"] * 9
+    assert labels[18:32] == ["backtracking"] * 14
+    assert labels[-3:] == ["answer"] * 3  # "#56"
     assert set(token_labels(VERIFY)) == {"compute", "verification", "answer"}
+    assert token_labels("#56@8")[-2:] == ["none", "none"]  # the stated confidence is not the answer
 
 
 def test_make_problems_is_deterministic_and_train_eval_disjoint():
@@ -110,25 +142,59 @@ def test_make_problems_is_deterministic_and_train_eval_disjoint():
     assert not train & held, "held-out problems must never appear in training"
     assert all(is_eval_problem(p) for p in held) and not any(is_eval_problem(p) for p in train)
     assert eval_problems(10, 2) == make_problems(10, EVAL_SEED_OFFSET + 2)
-    assert {len(p.digits) for p in make_problems(50, 0, difficulty=7)} == {7}
+    assert {len(p.operands) for p in make_problems(50, 0, difficulty=6)} == {6}
     assert all(p.variant == "sub" and "-" in p.prompt for p in make_problems(20, 0, variant="sub"))
+    # a '?' problem is on the same side of the split as its ':' twin
+    asked = make_problems(200, 0, confidence=True)
+    assert [p.prompt[:-1] for p in asked] == [p.prompt[:-1] for p in make_problems(200, 0)]
+    assert not any(is_eval_problem(p.prompt) for p in asked)
     with pytest.raises(ValueError, match="variant"):
         make_problems(1, 0, variant="mul")
+    with pytest.raises(ValueError, match=r"2\.\.6"):
+        make_problems(1, 0, difficulty=7)
 
 
-def test_corpus_mix_and_mistakes():
+def test_corpus_mix_mistakes_and_calibrated_confidence():
+    from organism.corpus import DIRECT_RIGHT, STEP_SHARE
+
     corpus = make_corpus(3000, seed=0)
-    fmts = [classify_format(c) for _, c in corpus]
-    assert "other" not in fmts
-    # 3000 draws: binomial sd of a 0.6 share is 0.009; 0.03 is > 3 sd.
-    assert abs(fmts.count("direct") / 3000 - PRETRAIN_MIX.direct) < 0.03
-    assert abs(fmts.count("verify") / 3000 - PRETRAIN_MIX.verify) < 0.03
-    probs = make_problems(3000, seed=0)
-    wrong_direct = sum(not grade(p, c) for p, (_, c) in zip(probs, corpus, strict=True) if c.startswith("#"))
-    assert 0.25 < wrong_direct / fmts.count("direct") < 0.35
+    probs = [parse_prompt(p) for p, _ in corpus]
+    opened = [i for i, q in enumerate(probs) if q.variant == "open"]
+    structured = [i for i, q in enumerate(probs) if q.variant != "open"]
+    # 3000 draws: binomial sd of a 0.12 share is 0.006; 0.03 is 5 sd
+    assert abs(len(opened) / 3000 - PRETRAIN_MIX.open_share) < 0.03
+    asked = [i for i in structured if probs[i].confidence]
+    assert abs(len(asked) / len(structured) - PRETRAIN_MIX.confidence_share) < 0.04  # sd 0.008
+    assert all(classify_format(corpus[i][1]) != "other" for i in structured)
+    assert all(extract_confidence(corpus[i][1]) is not None for i in asked)
+    assert {probs[i].difficulty for i in structured} == set(PRETRAIN_MIX.tiers) == {2, 3, 4, 5}
+    for n in (2, 5):  # stepping grows with the operand count (compute depends on context)
+        tier = [i for i in structured if probs[i].difficulty == n]
+        direct = [i for i in tier if classify_format(corpus[i][1]) == "direct"]
+        # ~660 problems a tier: sd of the direct share <= 0.02; 0.07 is 3.5 sd
+        assert abs(len(direct) / len(tier) - (1 - STEP_SHARE[n])) < 0.07
+        right = sum(grade(probs[i], corpus[i][1]) for i in direct) / len(direct)
+        assert abs(right - DIRECT_RIGHT[n]) < 0.1  # >= 260 direct answers a tier: sd <= 0.03
     assert any("wait;" in c for _, c in corpus)
+    # Stated confidence is calibrated in the corpus: by construction the digit states the corpus's
+    # accuracy for that kind of completion, jittered by one digit (0.1) either way, so the ECE over
+    # the stated values stays below ~0.1 (measured 0.058 on these 640); shuffled against the
+    # answers, the same confidences have an ECE of ~0.3.
+    conf = [extract_confidence(corpus[i][1]) for i in asked]
+    right = [grade(probs[i], corpus[i][1]) for i in asked]
+
+    def ece(c, r):
+        bins: dict = {}
+        for q, ok in zip(c, r, strict=True):
+            bins.setdefault(q, []).append(ok)
+        return sum(len(v) / len(c) * abs(sum(v) / len(v) - q) for q, v in bins.items())
+
+    import random
+
+    shuffled = random.Random(0).sample(right, len(right))
+    assert ece(conf, right) < 0.1 < 0.25 < ece(conf, shuffled)
     sft = make_corpus(500, seed=1, mix=SFT_MIX)
-    assert all(grade(p, c) and "wait" not in c for p, (_, c) in zip(make_problems(500, 1), sft, strict=True))
+    assert all(grade(parse_prompt(p), c) and "wait" not in c for p, c in sft)
 
 
 def test_tokenizer_round_trips_every_task_string(tmp_path):
@@ -141,12 +207,14 @@ def test_tokenizer_round_trips_every_task_string(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert tok.bos_token is None and tok.eos_token == "<eos>" and tok.pad_token == "<pad>"
     texts = [p + c for p, c in make_corpus(300, seed=5)]
+    assert any("?" in t and "@" in t for t in texts) and any(">" in t for t in texts)
     for variant in ("sum", "sub"):
         p = make_problems(1, 0, variant=variant)[0]
         texts += [p.prompt + write_completion(p, f) for f in ("direct", "step", "verify")]
-        texts.append(p.prompt + write_completion(p, "verify", wrong_step=0,
-                                                 wrong_value=(p.digits[0] + 1) % 10, backtrack=True))
-    texts += [" ", "wait;", "chk ", "ok;", "no;"]
+        slip = (apply_op(p.operands[0], p.operands[1], variant) + 1) % 100  # step 0 written wrong
+        texts.append(p.prompt + write_completion(p, "verify", wrong_step=0, wrong_value=slip,
+                                                 backtrack=True, confidence=7))
+    texts += [" ", "wait;", "chk ", "ok;", "no;", "4>23:#5738"]
     for t in texts:
         ids = tok(t)["input_ids"]
         assert len(ids) == len(t), "one token per character, nothing added"
@@ -263,7 +331,7 @@ def test_wilson_interval_and_decoding_stats():
     assert abs(r.low - 0.2366) < 1e-3 and abs(r.high - 0.7634) < 1e-3
     assert Rate.of(10, 10).high == 1.0 and Rate.of(0, 10).low == 0.0
     assert abs(Rate.of(0, 10).high - 0.2775) < 1e-3
-    stats = decoding_stats([P, P, P, P], ["#9", STEP, WAIT, "#1"])
+    stats = decoding_stats([P, P, P, P], ["#56", STEP, WAIT, "#01"])
     assert stats.accuracy.k == 3 and stats.formats["direct"].k == 2 and stats.formats["step"].k == 2
     assert stats.strategies["compute"].k == 2 and stats.strategies["backtracking"].k == 1
     assert stats.strategies["verification"].k == 0
@@ -272,7 +340,7 @@ def test_wilson_interval_and_decoding_stats():
 def test_decision_points_are_the_prompt_end_and_step_separators():
     from organism.task import decision_points, label_strategies
 
-    c = "3+5=08;8+8=15;wait;8+8=16;chk 1+2=03;ok;#9"
+    c = "37+58=94;wait;37+58=95;95+12=07;chk 12+58=70;70+37=07;ok;#07"
     pts = decision_points(c)
     assert pts[0] == -1 and all(c[i] == ";" for i in pts[1:])
     # every strategy span starts right after a decision point (or at the completion's start)

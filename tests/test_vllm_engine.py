@@ -3,8 +3,9 @@
 vLLM runs in its own environment (`make vllm` builds .venv-vllm; `make test` does it first and sets
 TWINLENS_REQUIRE_VLLM=1, so there these tests fail instead of skipping when vLLM is missing).
 Engines are shared across the module (start-up ~15-20 s each on 2 CPU cores): one for the base,
-one for rl-seed0. The organism's head_dim (24) is refused by vLLM's CPU attention, so the engine
-serves the verified zero-padded head_dim-32 rewrite (tested on its own below, without vLLM).
+one for rl-seed0. Organism v2 has head_dim 32, which vLLM's CPU attention takes: the engine serves
+the checkpoint as it is (the zero-padded rewrite, for head_dims vLLM refuses, is tested on its own
+below on a tiny model, without vLLM).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from analyses.sampling import Samples, check_engine, sample, score_completions
 from analyses.task import organism_task
 from hooks import TwinlensError, generate, load_model
 from hooks.generation import default_batch_size, kv_bytes_per_token
-from hooks.vllm_engine import cpu_head_dim_target, pad_head_dim, vllm_available
+from hooks.vllm_engine import cpu_head_dim_target, pad_head_dim, served_checkpoint, vllm_available
 
 needs_vllm = pytest.mark.skipif(
     not vllm_available() and not os.environ.get("TWINLENS_REQUIRE_VLLM"),
@@ -89,13 +90,21 @@ def test_unknown_engine_and_missing_vllm_are_refused_before_any_work(monkeypatch
         sample({}, ["1+2:"], 1, engine="vllm")  # refused before the (empty) family is even read
 
 
+def test_the_organism_is_served_as_it_is_with_no_head_dim_rewrite(organism_pair):
+    """Organism v2's head_dim 32 is one vLLM's CPU attention takes: no padded copy is made."""
+    for model in organism_pair.values():
+        assert model.hf.config.head_dim == 32 and cpu_head_dim_target(32) is None
+        folder, rewrite = served_checkpoint(model, cpu=True)
+        assert folder == model.path and rewrite is None
+
+
 def test_default_batch_size_follows_kv_cache_memory(organism_pair):
     base = organism_pair["base"]
-    # 2 (K, V) x 4 layers x 4 KV heads x head_dim 24 x 4 bytes (fp32)
-    assert kv_bytes_per_token(base) == 2 * 4 * 4 * 24 * 4 == 3072
-    assert default_batch_size(base, 110) == (160 << 20) // (3072 * 110) == 496
-    assert default_batch_size(base, 220) == 248  # twice the length, half the rows
-    assert default_batch_size(base, 110, budget_bytes=3072 * 110 * 7) == 7
+    # 2 (K, V) x 4 layers x 4 KV heads x head_dim 32 x 4 bytes (fp32)
+    assert kv_bytes_per_token(base) == 2 * 4 * 4 * 32 * 4 == 4096
+    assert default_batch_size(base, 110) == (160 << 20) // (4096 * 110) == 372
+    assert default_batch_size(base, 220) == 186  # twice the length, half the rows
+    assert default_batch_size(base, 110, budget_bytes=4096 * 110 * 7) == 7
     assert default_batch_size(base, 110, budget_bytes=1) == 1
     assert default_batch_size(base, 1, budget_bytes=1 << 40) == 4096  # MAX_AUTO_BATCH
     with pytest.raises(TwinlensError):
@@ -115,27 +124,27 @@ def test_default_batch_gives_the_same_rows_as_a_fixed_batch(organism_pair, task)
 
 @needs_vllm
 def test_vllm_greedy_completions_equal_the_hf_loop(organism_pair, task):
-    """Both models, 64 problems, greedy, <= 100 tokens: identical token ids (measured 256/256)."""
+    """Both models, 64 problems, greedy, the task's budget: identical token ids (v1: 256/256)."""
     from hooks.vllm_engine import generate_vllm
 
     problems = task.problems(64, seed=0)
     for model in organism_pair.values():
         prompts = [model.encode(p.prompt) for p in problems]
-        ours = [c for c, _ in generate_vllm(model, prompts, 100)]
-        ref = generate(model, prompts, 100)
+        ours = [c for c, _ in generate_vllm(model, prompts, task.max_new_tokens)]
+        ref = generate(model, prompts, task.max_new_tokens)
         assert sum(a == b for a, b in zip(ours, ref, strict=True)) == len(ref)
 
 
 @needs_vllm
 def test_vllm_logprobs_within_1e4_of_the_hf_scorer(organism_pair, task, tmp_path):
     """vLLM samples scored by vLLM prompt_logprobs under both models vs the HF teacher-forced
-    scorer on the same tokens: max |difference| < 1e-4 (measured 1.4e-6; the padded rewrite's
-    logits differ by <= 4e-5)."""
+    scorer on the same tokens: max |difference| < 1e-4 (measured 1.4e-6 on v1's padded rewrite;
+    v2 is served as it is)."""
     s = sample(organism_pair, task.problems(16, seed=1), 4, task=task, engine="vllm", scorer="vllm",
                out=tmp_path / "s.jsonl", progress=False)
     assert s.meta["engine"] == "vllm" and s.meta["scored_by"] == "vllm"
     saved = json.loads((tmp_path / "s.jsonl.meta.json").read_text())
-    assert saved["vllm"]["base"]["rewrite"]["to_head_dim"] == 32
+    assert saved["vllm"]["base"]["rewrite"] is None  # head_dim 32: the checkpoint as it is
     worst, n_tokens = 0.0, 0
     for label, model in organism_pair.items():
         ref = score_completions(model, [r.prompt_ids for r in s.rows], [r.completion_ids for r in s.rows])
@@ -203,7 +212,9 @@ def test_vllm_and_hf_samples_agree_as_distributions(organism_pair, task):
         mean, lo, hi = _mean_ci(diff, groups)
         assert lo <= 0 <= hi, f"{name}: vLLM - HF = {mean:.3f} [{lo:.3f}, {hi:.3f}]"
     acc = np.mean([r.correct for r in ours])
-    assert 0.2 < acc < 0.9 and not math.isnan(acc)  # a real sampled accuracy, not a degenerate one
+    # a real sampled accuracy, not a degenerate one: organism v2's base is built to pass@1 in
+    # [0.05, 0.6] on tier 4 (issue 14), and 768 samples put 0.02 many standard errors below that
+    assert 0.02 < acc < 0.9 and not math.isnan(acc)
 
 
 def test_vllm_is_refused_while_an_intervention_is_hooked(organism_pair, task, monkeypatch):
@@ -285,7 +296,7 @@ def test_passk_job_with_vllm_records_the_engine_and_agrees_with_hf(tmp_path, mon
     assert res["hf"]["sampling"] == {"engine": "hf", "scored_by": "hf"}
     rec = res["vllm"]["sampling"]
     assert (rec["engine"], rec["scored_by"]) == ("vllm", "vllm")
-    assert rec["vllm"]["base"]["rewrite"]["from_head_dim"] == 24
+    assert rec["vllm"]["base"]["rewrite"] is None  # organism v2: head_dim 32, served as it is
     for model in ("base", "rl-seed0"):
         a, b = res["hf"]["pass_at_k"][model], res["vllm"]["pass_at_k"][model]
         for i in range(len(a["k"])):
