@@ -6,7 +6,7 @@ on samples from the base), and its learning gain: fine-tune a copy for a fixed s
 new variant of the organism task (default ``sub``: subtraction, never seen in training) with the
 organism's own trainer (``organism.training.train_supervised`` on ``plasticity_mix()``: correct
 step/verify traces of the new variant only, ``:`` prompts, no open-domain or stated-confidence
-examples, tiers 2..5), and measure
+examples, the pretrained tiers), and measure
 
     learning_gain = loss_before - loss_after
 

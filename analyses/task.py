@@ -24,15 +24,19 @@ CharSpan = tuple[str, int, int]  # (strategy, start, end) in characters of the c
 # tests/test_organism_task.py checks they agree). Every tier's longest trace must fit in it.
 ORGANISM_CONTEXT = 160
 ORGANISM_VARIANTS = ("sum", "sub", "open")
-# Room for one backtrack (``wait;`` + the corrected step) beyond the longest trace the corpus
-# writes (at most one), so a sampled trace with a second backtrack is not cut before its answer.
-_EXTRA_BACKTRACK = len("wait;") + len("00+00=00;")
+
+
+def organism_step_length(variant: str = "sum") -> int:
+    """Tokens of one step of the organism's grammar (``37+8=45;``: 8), from organism.task.format_step."""
+    from organism import task as ot
+
+    return len(ot.format_step(0, 0, 0, variant))
 
 
 def organism_difficulties(variant: str = "sum") -> tuple[int, int]:
-    """(lowest, highest) difficulty of the organism task, from organism.task: operands per problem
-    (``MIN_OPERANDS..MAX_OPERANDS`` = 2..6; the base is pretrained on ``PRETRAIN_TIERS`` 2..5) for
-    ``sum``/``sub``, digits asked for (``OPEN_LENGTHS`` = 3..5) for ``open``."""
+    """(lowest, highest) difficulty of the organism task, read from organism.task: operands per
+    problem, start included (``MIN_OPERANDS..MAX_OPERANDS``; the base is pretrained on
+    ``PRETRAIN_TIERS``) for ``sum``/``sub``, digits asked for (``OPEN_LENGTHS``) for ``open``."""
     from organism import task as ot
 
     variant = check_organism_variant(variant)
@@ -51,11 +55,15 @@ def check_organism_variant(variant: Any, name: str = "variant") -> str:
 
 
 def check_organism_difficulty(difficulty: Any, name: str = "difficulty", variant: str = "sum") -> int:
-    """The organism task's difficulty: operands per problem (2..6) for sum/sub, digits asked for
-    (3..5) for the open domain (``organism_difficulties``)."""
+    """The organism task's difficulty, in ``organism_difficulties(variant)``: operands per problem
+    for sum/sub, digits asked for in the open domain. The message names the range and the tiers
+    the base was pretrained on (organism.task.PRETRAIN_TIERS)."""
+    from organism import task as ot
+
     lo, hi = organism_difficulties(variant)
+    seen = ot.PRETRAIN_TIERS
     what = ("digits asked for, open domain" if variant == "open" else
-            "operands per problem; the base is pretrained on 2..5, 6 is the held-out hard tier")
+            f"operands per problem; the base is pretrained on {min(seen)}..{max(seen)}")
     return check_int(name, difficulty, minimum=lo, maximum=hi, allowed=f"an integer in {lo}..{hi} ({what})")
 
 
@@ -89,7 +97,9 @@ def organism_max_new_tokens(difficulty: int, variant: str = "sum", confidence: b
         raise TwinlensError(
             f"organism difficulty {difficulty} ({variant}): its longest completion ({longest} tokens + eos) "
             f"after a {len(prompt)}-token prompt does not fit the {ORGANISM_CONTEXT}-token context.")
-    margin = difficulty if variant == "open" else _EXTRA_BACKTRACK
+    # Room beyond the longest trace the corpus writes: one more backtrack (``wait;`` + the corrected
+    # step), so a sampled trace with a second one is not cut before its answer; open: the digits again.
+    margin = difficulty if variant == "open" else len("wait;") + organism_step_length(variant)
     return min(room, longest + 1 + margin)
 
 
@@ -196,8 +206,9 @@ def organism_task(difficulty: int = 4, variant: str = "sum", confidence: bool = 
     """The organism's task (organism.task, v2) as a Task. ``problems(n, seed)`` draws held-out
     problems: set ``seed`` of ``organism.task.eval_problems``; ids name the variant, tier, set and index.
 
-    difficulty: the tier, operands per problem (2..6; the base is pretrained on 2..5) for ``sum``
-    and ``sub``; digits asked for (3..5) for ``open``. Default 4: the middle pretrained tier.
+    difficulty: the tier: operands per problem, start included, for ``sum`` and ``sub``
+    (``organism_difficulties``: organism.task's MIN_OPERANDS..MAX_OPERANDS); digits asked for
+    (OPEN_LENGTHS) for ``open``. Default 4: a tier the base is pretrained on.
     variant: ``sum`` (the trained task: answers 00..99, ``answer_space`` 100, uniform), ``sub``
     (subtraction: never trained, the plasticity probe), ``open`` (any ``difficulty`` digits summing
     to the prompt's target, ``4>23:`` -> ``#5738``: many right answers, graded by
@@ -206,7 +217,7 @@ def organism_task(difficulty: int = 4, variant: str = "sum", confidence: bool = 
     (sum/sub only); ``Task.extract_confidence`` reads it (organism.task.extract_confidence,
     ``(d + 0.5) / 10``).
     max_new_tokens: the grammar's longest completion for the tier + eos + one more backtrack
-    (``organism_max_new_tokens``); refused when it would not fit the 160-token context.
+    (``organism_max_new_tokens``); refused when it would not fit the ORGANISM_CONTEXT (160) tokens.
     Errors: an unknown variant or a tier outside the variant's range (TwinlensError).
     """
     from organism import task as ot
@@ -266,7 +277,7 @@ def organism_task(difficulty: int = 4, variant: str = "sum", confidence: bool = 
         label_strategies=spans, answer_span=ot.answer_span, skips_steps=skips_steps,
         make_problems=make, formats=tuple(ot.FORMATS), strategies=tuple(ot.STRATEGIES),
         max_new_tokens=organism_max_new_tokens(difficulty, variant, confidence),
-        ngram=len("00+00=00;"),  # one step: a repeated 9-gram is a repeated step
+        ngram=organism_step_length(variant),  # a repeated n-gram of one step's length is a repeated step
         char_tokens=True,
         answer_space=ot.ANSWER_SPACE,  # two digits 00..99, uniform over problems
         extract_confidence=ot.extract_confidence if confidence else None,

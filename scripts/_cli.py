@@ -34,8 +34,9 @@ ANSWER_FORMAT_HELP = ("how to find the final answer in real text (with --problem
                       "its exact grader")
 ANSWER_PATTERN_HELP = "a regex whose group 1 is the answer (with --problems; replaces --answer-format)"
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (must exist on this machine)"
-DIFFICULTY_HELP = ("organism tier: operands per problem, 2..6 (the base is pretrained on 2..5; 6 is the held-out "
-                   "hard tier); with --variant open, digits asked for, 3..5 (default: %(default)s)")
+DIFFICULTY_HELP = ("organism tier: operands per problem, start included (organism.task MIN_OPERANDS..MAX_OPERANDS; "
+                   "the base is pretrained on PRETRAIN_TIERS); with --variant open, digits asked for "
+                   "(OPEN_LENGTHS); out of range is refused naming the range (default: %(default)s)")
 VARIANT_HELP = ("organism task variant: sum (the trained task, answers 00..99), sub (subtraction, never trained), "
                 "open (the open domain: any k digits with a given sum, many right answers) (default: %(default)s)")
 CONFIDENCE_HELP = ("organism prompts closed by '?': the model states a confidence '@d' after its answer "
@@ -97,7 +98,7 @@ def _top_p(value: float) -> float:
 def _difficulty(value: int) -> int:
     from analyses.task import check_organism_difficulty
 
-    # The widest range (sum/sub: 2..6); load_task checks the variant's own (open: 3..5) before
+    # The widest range (sum/sub); load_task checks the variant's own (open: OPEN_LENGTHS) before
     # any model loads.
     return check_organism_difficulty(value, "the value")
 

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="organism: open-domain problems for the entropy-by-domain contrast (0 = structured only; "
                     "ignored with --problems or --variant open)")
     ap.add_argument("--open-difficulty", type=cli.difficulty, default=4,
-                    help="organism open domain: digits asked for, 3..5 (default: %(default)s)")
+                    help="organism open domain: digits asked for, in organism.task.OPEN_LENGTHS (default: %(default)s)")
     cli.add_sampling_args(ap)
     cli.add_ray_arg(ap)
     cli.add_run_args(ap, n_boot=1000)

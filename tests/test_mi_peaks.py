@@ -277,9 +277,11 @@ def test_script_writes_the_results_contract(organism_like_model, tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "run"
+    # A random model's own greedy texts may all end within 4 tokens (on organism v2's tier-4 prompts
+    # this one's do): the teacher-forced reference texts come first, so the headline numbers exist.
     rc = script.main(["--base", str(organism_like_model), "--rl", str(organism_like_model), "--n-problems", "4",
-                      "--max-new-tokens", "8", "--n-boot", "100", "--checkpoints", "none",
-                      "--no-interventions", "--out", str(out)])
+                      "--max-new-tokens", "8", "--n-boot", "100", "--checkpoints", "none", "--texts", "reference",
+                      "own", "--no-interventions", "--out", str(out)])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     for lab in ("base", "rl"):
@@ -307,18 +309,18 @@ def test_banned_tokens_never_appear_and_scaling_keeps_the_last_answer(organism_l
     from hooks import generate
 
     model = load_model(organism_like_model)
-    prompt = model.encode("3+5+8:")
+    prompt = model.encode("37+8+5:")
     free = generate(model, [prompt], max_new_tokens=8)[0]
     banned = sorted(set(free))
     logits = ban_tokens(banned)(torch.zeros(1, len(model.tokenizer)), torch.zeros(1, 0, dtype=torch.long))
     assert torch.isinf(logits[0, banned]).all() and torch.isfinite(logits).sum() == len(model.tokenizer) - len(banned)
     held = generate(model, [prompt], max_new_tokens=8, logits_processor=ban_tokens(banned))[0]
     assert not set(held) & set(banned)
-    # A random model's continuation holds no "#d" answer: the first answer must stand.
+    # A random model's continuation holds no "#dd" answer: the first answer must stand.
     from organism.task import extract_answer
 
-    first = model.encode("3+5=08;8+8=16;#6")
-    r = thinking_token_scaling(model, [prompt], [first], lambda i, text: extract_answer(text) == 6,
+    first = model.encode("37+8=45;45+5=50;#50")
+    r = thinking_token_scaling(model, [prompt], [first], lambda i, text: extract_answer(text) == 50,
                                "wait;", max_new_tokens=4, extract_answer=lambda t: None)
     assert (r.accuracy_before.value, r.accuracy_after.value, r.n_no_new_answer) == (1.0, 1.0, 1)
 
@@ -383,6 +385,6 @@ def test_organism_reference_texts_are_v2_verify_traces_with_a_near_slip_and_its_
         assert ot.classify_format(ref) == "verify" and ot.grade(p.source, ref)
         assert ot.strategies_used(ref) == {"compute", "verification", "backtracking"}
         # the step before "wait;" is the slip: same operands as the corrected step, value off by 1 or 10
-        m = re.search(r"(\d\d\+\d\d)=(\d\d);wait;(\d\d\+\d\d)=(\d\d);", ref)
+        m = re.search(r"(\d\d\+\d)=(\d\d);wait;(\d\d\+\d)=(\d\d);", ref)
         assert m and m.group(1) == m.group(3)
         assert (int(m.group(2)) - int(m.group(4))) % 100 in (1, 10, 90, 99)

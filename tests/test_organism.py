@@ -37,14 +37,14 @@ from organism.task import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# Organism v2: two-digit operands, every step mod 100. By hand: 37+58 = 95; 95+12 = 107 -> 07;
-# 07+40 = 47; 47+09 = 56. Check pass (sum: the operands in reverse): 09+40 = 49; 49+12 = 61;
-# 61+58 = 119 -> 19; 19+37 = 56.
-P = problem_from_operands((37, 58, 12, 40, 9))  # answer 56
-STEP = "37+58=95;95+12=07;07+40=47;47+09=56;#56"
-VERIFY = "37+58=95;95+12=07;07+40=47;47+09=56;chk 09+40=49;49+12=61;61+58=19;19+37=56;ok;#56"
-WAIT = "37+58=95;95+12=08;wait;95+12=07;07+40=47;47+09=56;#56"
-WRONG = "37+58=95;95+12=08;08+40=48;48+09=57;#57"
+# Organism v2: a two-digit start, one-digit addends, every step mod 100. By hand: 37+8 = 45;
+# 45+5 = 50; 50+9 = 59; 59+4 = 63. Check pass (sum: the addends onto the start, last first):
+# 37+4 = 41; 41+9 = 50; 50+5 = 55; 55+8 = 63.
+P = problem_from_operands((37, 8, 5, 9, 4))  # answer 63
+STEP = "37+8=45;45+5=50;50+9=59;59+4=63;#63"
+VERIFY = "37+8=45;45+5=50;50+9=59;59+4=63;chk 37+4=41;41+9=50;50+5=55;55+8=63;ok;#63"
+WAIT = "37+8=45;45+5=51;wait;45+5=50;50+9=59;59+4=63;#63"
+WRONG = "37+8=45;45+5=51;51+9=60;60+4=64;#64"
 
 
 def test_api_constants_are_as_documented():
@@ -54,38 +54,38 @@ def test_api_constants_are_as_documented():
 
 
 def test_problem_prompt_and_answer():
-    assert P.prompt == "37+58+12+40+09:" and P.answer == 56 and P.variant == "sum" and P.difficulty == 5
-    sub = problem_from_operands((90, 35, 7, 20, 1), "sub")
-    assert sub.prompt == "90-35-07-20-01:" and sub.answer == (90 - 35 - 7 - 20 - 1) % 100 == 27
-    asked = problem_from_operands((37, 58), confidence=True)
-    assert asked.prompt == "37+58?" and asked.answer == 95 and parse_prompt("37+58?") == asked
+    assert P.prompt == "37+8+5+9+4:" and P.answer == 63 and P.variant == "sum" and P.difficulty == 5
+    sub = problem_from_operands((5, 3, 5, 2, 1), "sub")
+    assert sub.prompt == "05-3-5-2-1:" and sub.answer == (5 - 3 - 5 - 2 - 1) % 100 == 94
+    asked = problem_from_operands((37, 8), confidence=True)
+    assert asked.prompt == "37+8?" and asked.answer == 45 and parse_prompt("37+8?") == asked
     assert parse_prompt(P.prompt) == P and parse_prompt("4>23:") == open_problem(4, 23)
 
 
 def test_writer_produces_the_documented_grammar():
-    assert write_completion(P, "direct") == "#56"
+    assert write_completion(P, "direct") == "#63"
     assert write_completion(P, "step") == STEP
     assert write_completion(P, "verify") == VERIFY
-    assert write_completion(P, "step", wrong_step=1, wrong_value=8, backtrack=True) == WAIT
-    assert write_completion(P, "step", wrong_step=1, wrong_value=8) == WRONG
+    assert write_completion(P, "step", wrong_step=1, wrong_value=51, backtrack=True) == WAIT
+    assert write_completion(P, "step", wrong_step=1, wrong_value=51) == WRONG
     # A wrong forward step caught by the check: "no;" and the check's (right) answer.
-    caught = write_completion(P, "verify", wrong_step=1, wrong_value=8)
-    assert caught.endswith("19+37=56;no;#56") and grade(P, caught)
+    caught = write_completion(P, "verify", wrong_step=1, wrong_value=51)
+    assert caught.endswith("60+4=64;chk 37+4=41;41+9=50;50+5=55;55+8=63;no;#63") and grade(P, caught)
     assert write_completion(P, "step", confidence=8) == STEP + "@8"
 
 
 def test_grade_reads_the_two_digits_after_the_last_hash():
-    assert grade(P, "#56") and grade(P, STEP) and grade(P, VERIFY) and grade(P, WAIT)
+    assert grade(P, "#63") and grade(P, STEP) and grade(P, VERIFY) and grade(P, WAIT)
     assert not grade(P, WRONG)
-    assert grade(P, "#03;#56") and not grade(P, "#56;#03") and grade(P, "#56@2")
-    for bad in ("56", "#", "#5", "#6", "#566", "#5 6", ""):
+    assert grade(P, "#03;#63") and not grade(P, "#63;#03") and grade(P, "#63@2")
+    for bad in ("63", "#", "#6", "#3", "#633", "#6 3", ""):
         assert not grade(P, bad), bad
 
 
 def test_stated_confidence_is_the_digit_after_the_answer():
     assert extract_confidence(STEP + "@8") == pytest.approx(0.85)
-    assert extract_confidence("#56@0") == pytest.approx(0.05) and extract_confidence("#56@9") == pytest.approx(0.95)
-    for none in (STEP, "#56@", "#5@8", "@8", "#56@8@8x"):
+    assert extract_confidence("#63@0") == pytest.approx(0.05) and extract_confidence("#63@9") == pytest.approx(0.95)
+    for none in (STEP, "#63@", "#6@8", "@8", "#63@8@8x"):
         assert extract_confidence(none) is None, none
 
 
@@ -99,39 +99,40 @@ def test_open_domain_grades_every_string_of_the_right_length_and_sum():
 
 
 def test_classify_format():
-    assert classify_format("#56") == "direct" and classify_format("#56@3") == "direct"
+    assert classify_format("#63") == "direct" and classify_format("#63@3") == "direct"
     assert classify_format(STEP) == "step" and classify_format(STEP + "@9") == "step"
     assert classify_format(WAIT) == "step"
     assert classify_format(WRONG) == "step"  # format, not correctness
     assert classify_format(VERIFY) == "verify"
-    for bad in ("", "56", "#", "#5", "37+58=95;", "37+58=9;#09", "chk ok;#56", "37+58=95;chk ok;#56", "#56#56"):
+    for bad in ("", "63", "#", "#6", "37+8=45;", "37+8=4;#04", "37+58=95;#95", "chk ok;#63", "37+8=45;chk ok;#45",
+                "#63#63"):
         assert classify_format(bad) == "other", bad
 
 
 def test_label_strategies_on_hand_written_completions():
-    assert label_strategies("#56") == []
-    assert label_strategies(STEP) == [StrategySpan("compute", 9 * i, 9 * i + 9) for i in range(4)]
+    assert label_strategies("#63") == []
+    assert label_strategies(STEP) == [StrategySpan("compute", 8 * i, 8 * i + 8) for i in range(4)]
     spans = label_strategies(WAIT)
     assert [s.strategy for s in spans] == ["compute", "compute", "backtracking", "compute", "compute"]
     bt = spans[2]
-    assert WAIT[bt.start:bt.end] == "wait;95+12=07;"
+    assert WAIT[bt.start:bt.end] == "wait;45+5=50;"
     spans = label_strategies(VERIFY)
     assert [s.strategy for s in spans] == ["compute"] * 4 + ["verification"]
     v = spans[-1]
-    assert VERIFY[v.start:v.end] == "chk 09+40=49;49+12=61;61+58=19;19+37=56;ok;"
+    assert VERIFY[v.start:v.end] == "chk 37+4=41;41+9=50;50+5=55;55+8=63;ok;"
     # Malformed text: best effort, no crash; a dangling wait is still backtracking.
-    assert [s.strategy for s in label_strategies("37+58=95;wait;")] == ["compute", "backtracking"]
-    assert [s.strategy for s in label_strategies("chk 09+40=49;")] == ["verification"]
+    assert [s.strategy for s in label_strategies("37+8=45;wait;")] == ["compute", "backtracking"]
+    assert [s.strategy for s in label_strategies("chk 37+4=41;")] == ["verification"]
 
 
 def test_token_labels_cover_every_character():
     labels = token_labels(WAIT)
     assert len(labels) == len(WAIT)
-    assert labels[:9] == ["compute"] * 9
-    assert labels[18:32] == ["backtracking"] * 14
-    assert labels[-3:] == ["answer"] * 3  # "#56"
+    assert labels[:8] == ["compute"] * 8
+    assert labels[16:29] == ["backtracking"] * 13
+    assert labels[-3:] == ["answer"] * 3  # "#63"
     assert set(token_labels(VERIFY)) == {"compute", "verification", "answer"}
-    assert token_labels("#56@8")[-2:] == ["none", "none"]  # the stated confidence is not the answer
+    assert token_labels("#63@8")[-2:] == ["none", "none"]  # the stated confidence is not the answer
 
 
 def test_make_problems_is_deterministic_and_train_eval_disjoint():
@@ -142,7 +143,11 @@ def test_make_problems_is_deterministic_and_train_eval_disjoint():
     assert not train & held, "held-out problems must never appear in training"
     assert all(is_eval_problem(p) for p in held) and not any(is_eval_problem(p) for p in train)
     assert eval_problems(10, 2) == make_problems(10, EVAL_SEED_OFFSET + 2)
-    assert {len(p.operands) for p in make_problems(50, 0, difficulty=6)} == {6}
+    from organism.task import MAX_OPERANDS, MIN_OPERANDS
+
+    assert {len(p.operands) for p in make_problems(50, 0, difficulty=MAX_OPERANDS)} == {MAX_OPERANDS}
+    assert all(0 <= p.operands[0] <= 99 and all(0 <= d <= 9 for d in p.operands[1:])
+               for p in make_problems(200, 0))
     assert all(p.variant == "sub" and "-" in p.prompt for p in make_problems(20, 0, variant="sub"))
     # a '?' problem is on the same side of the split as its ':' twin
     asked = make_problems(200, 0, confidence=True)
@@ -150,12 +155,13 @@ def test_make_problems_is_deterministic_and_train_eval_disjoint():
     assert not any(is_eval_problem(p.prompt) for p in asked)
     with pytest.raises(ValueError, match="variant"):
         make_problems(1, 0, variant="mul")
-    with pytest.raises(ValueError, match=r"2\.\.6"):
-        make_problems(1, 0, difficulty=7)
+    with pytest.raises(ValueError, match=rf"{MIN_OPERANDS}\.\.{MAX_OPERANDS}"):
+        make_problems(1, 0, difficulty=MAX_OPERANDS + 1)
 
 
 def test_corpus_mix_mistakes_and_calibrated_confidence():
     from organism.corpus import DIRECT_RIGHT, STEP_SHARE
+    from organism.task import PRETRAIN_TIERS
 
     corpus = make_corpus(3000, seed=0)
     probs = [parse_prompt(p) for p, _ in corpus]
@@ -167,19 +173,19 @@ def test_corpus_mix_mistakes_and_calibrated_confidence():
     assert abs(len(asked) / len(structured) - PRETRAIN_MIX.confidence_share) < 0.04  # sd 0.008
     assert all(classify_format(corpus[i][1]) != "other" for i in structured)
     assert all(extract_confidence(corpus[i][1]) is not None for i in asked)
-    assert {probs[i].difficulty for i in structured} == set(PRETRAIN_MIX.tiers) == {2, 3, 4, 5}
-    for n in (2, 5):  # stepping grows with the operand count (compute depends on context)
+    assert {probs[i].difficulty for i in structured} == set(PRETRAIN_MIX.tiers) == set(PRETRAIN_TIERS)
+    for n in (min(PRETRAIN_TIERS), max(PRETRAIN_TIERS)):  # stepping grows with the operand count
         tier = [i for i in structured if probs[i].difficulty == n]
         direct = [i for i in tier if classify_format(corpus[i][1]) == "direct"]
         # ~660 problems a tier: sd of the direct share <= 0.02; 0.07 is 3.5 sd
         assert abs(len(direct) / len(tier) - (1 - STEP_SHARE[n])) < 0.07
         right = sum(grade(probs[i], corpus[i][1]) for i in direct) / len(direct)
-        assert abs(right - DIRECT_RIGHT[n]) < 0.1  # >= 260 direct answers a tier: sd <= 0.03
+        assert abs(right - DIRECT_RIGHT[n]) < 0.1  # >= 190 direct answers a tier: sd <= 0.036
     assert any("wait;" in c for _, c in corpus)
     # Stated confidence is calibrated in the corpus: by construction the digit states the corpus's
     # accuracy for that kind of completion, jittered by one digit (0.1) either way, so the ECE over
-    # the stated values stays below ~0.1 (measured 0.058 on these 640); shuffled against the
-    # answers, the same confidences have an ECE of ~0.3.
+    # the stated values stays below ~0.1 (measured 0.041 on these 671); shuffled against the
+    # answers, the same confidences have an ECE of 0.38.
     conf = [extract_confidence(corpus[i][1]) for i in asked]
     right = [grade(probs[i], corpus[i][1]) for i in asked]
 
@@ -331,7 +337,7 @@ def test_wilson_interval_and_decoding_stats():
     assert abs(r.low - 0.2366) < 1e-3 and abs(r.high - 0.7634) < 1e-3
     assert Rate.of(10, 10).high == 1.0 and Rate.of(0, 10).low == 0.0
     assert abs(Rate.of(0, 10).high - 0.2775) < 1e-3
-    stats = decoding_stats([P, P, P, P], ["#56", STEP, WAIT, "#01"])
+    stats = decoding_stats([P, P, P, P], ["#63", STEP, WAIT, "#01"])
     assert stats.accuracy.k == 3 and stats.formats["direct"].k == 2 and stats.formats["step"].k == 2
     assert stats.strategies["compute"].k == 2 and stats.strategies["backtracking"].k == 1
     assert stats.strategies["verification"].k == 0
@@ -340,7 +346,7 @@ def test_wilson_interval_and_decoding_stats():
 def test_decision_points_are_the_prompt_end_and_step_separators():
     from organism.task import decision_points, label_strategies
 
-    c = "37+58=94;wait;37+58=95;95+12=07;chk 12+58=70;70+37=07;ok;#07"
+    c = "37+8=46;wait;37+8=45;45+5=50;chk 37+5=42;42+8=50;ok;#50"
     pts = decision_points(c)
     assert pts[0] == -1 and all(c[i] == ";" for i in pts[1:])
     # every strategy span starts right after a decision point (or at the completion's start)

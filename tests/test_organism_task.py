@@ -17,12 +17,14 @@ from analyses.task import (
     load_task,
     organism_longest_completion,
     organism_max_new_tokens,
+    organism_step_length,
     organism_task,
 )
 from hooks import TwinlensError
 from organism import task as ot
 
 ROOT = Path(__file__).resolve().parents[1]
+LO, HI = ot.MIN_OPERANDS, ot.MAX_OPERANDS  # the structured tiers organism.task admits
 
 
 def _script(name: str):
@@ -34,16 +36,17 @@ def _script(name: str):
 
 
 def test_the_tiers_are_organism_v2s_operand_counts_and_the_open_domains_digit_counts():
-    for d in range(2, 7):
+    for d in range(LO, HI + 1):
         task = organism_task(d)
         assert {len(p.source.operands) for p in task.problems(20)} == {d}
-    for bad in (1, 7):
-        with pytest.raises(TwinlensError, match=r"2\.\.6 \(operands per problem"):
+    for bad in (LO - 1, HI + 1):
+        with pytest.raises(TwinlensError, match=rf"{LO}\.\.{HI} \(operands per problem.*pretrained on "
+                                                rf"{min(ot.PRETRAIN_TIERS)}\.\.{max(ot.PRETRAIN_TIERS)}"):
             organism_task(bad)
-    for d in (3, 4, 5):
+    for d in ot.OPEN_LENGTHS:
         assert {len(p.prompt) for p in organism_task(d, "open").problems(5)} == {5}  # '4>23:'
     with pytest.raises(TwinlensError, match=r"3\.\.5 \(digits asked for"):
-        organism_task(6, "open")
+        organism_task(max(ot.OPEN_LENGTHS) + 1, "open")
     with pytest.raises(TwinlensError, match="sum, sub, open"):
         organism_task(4, "mul")
 
@@ -52,12 +55,15 @@ def test_the_context_is_the_organisms_and_every_tiers_longest_trace_fits_it_with
     from organism.training import MAX_LEN
 
     assert ORGANISM_CONTEXT == MAX_LEN == 160
-    # tier 6, '?' prompt: 18 prompt tokens + 5 steps, a backtrack (wait; + step), 'chk ', 5 check
-    # steps, 'ok;', '#NN', '@d' = 116 tokens, as the organism's training comment says (134 in all)
-    assert organism_longest_completion(6, confidence=True) == 116
+    step = organism_step_length()
+    assert step == len("37+8=45;") == 8
+    # the top tier, '?' prompt, by hand: n - 1 steps, a backtrack ('wait;' + the step again),
+    # 'chk ', n - 1 check steps, 'ok;', '#NN', '@d'
+    n = HI
+    assert organism_longest_completion(n, confidence=True) == (n - 1) * step + 5 + step + 4 + (n - 1) * step + 3 + 3 + 2
     rng = random.Random(0)
     for variant in ("sum", "sub"):
-        for d in range(2, 7):
+        for d in range(LO, HI + 1):
             for conf in (False, True):
                 task = organism_task(d, variant, conf)
                 p = task.problems(1)[0].source
@@ -70,7 +76,7 @@ def test_the_context_is_the_organisms_and_every_tiers_longest_trace_fits_it_with
                                         backtrack=True, confidence=3 if conf else None)
                 assert len(c) == organism_longest_completion(d, variant, conf)
                 two = c.replace(";wait;", ";wait;" + c[: c.index(";") + 1] + "wait;", 1)
-                assert len(two) == len(c) + 14 and len(two) + 1 <= budget
+                assert len(two) == len(c) + 5 + step and len(two) + 1 <= budget
                 assert task.grade(task.problems(1)[0], c)
     assert organism_max_new_tokens(4, "open") == 1 + 4 + 1 + 4
 
@@ -91,11 +97,11 @@ def test_the_answer_space_is_100_uniform_and_the_guesser_stays_far_below_the_mod
 
 def test_the_answer_span_is_both_digits_of_the_answer_with_or_without_a_stated_confidence():
     task = organism_task(3, confidence=True)
-    for completion, answer in (("37+58=95;95+12=07;#07", 7), ("#07@8", 7), ("37+58=95;95+12=07;#93@2", 93)):
+    for completion, answer in (("97+8=05;05+2=07;#07", 7), ("#07@8", 7), ("97+8=05;05+2=07;#93@2", 93)):
         start, end = task.answer_span(completion)
         assert completion[start:end] == f"{answer:02d}"
         assert task.extract_answer(completion) == answer
-    assert task.answer_span("37+58=95;#") is None and task.answer_span("#7") is None
+    assert task.answer_span("37+8=45;#") is None and task.answer_span("#7") is None
 
 
 def test_the_confidence_variant_asks_with_question_marks_and_reads_the_stated_digit():
@@ -104,7 +110,7 @@ def test_the_confidence_variant_asks_with_question_marks_and_reads_the_stated_di
     assert all(p.prompt.endswith(":") for p in pp) and all(p.prompt.endswith("?") for p in pa)
     assert [p.prompt[:-1] for p in pp] == [p.prompt[:-1] for p in pa]  # the same problems
     assert plain.extract_confidence is None
-    assert asked.extract_confidence("12+30=42;#42@8") == pytest.approx(0.85)
+    assert asked.extract_confidence("12+3=15;#15@8") == pytest.approx(0.85)
     assert asked.extract_confidence("#42") is None and asked.extract_confidence("#42@") is None
     assert asked.grade(pa[0], f"#{pa[0].answer:02d}@9") and not asked.grade(pa[0], f"#{(pa[0].answer + 1) % 100:02d}@9")
     assert plain.name != asked.name and pp[0].id != pa[0].id  # samples of the two never mix on disk

@@ -18,18 +18,18 @@ def test_repeated_ngram_rate():
 
 def test_stats_on_organism_completions():
     task = organism_task(difficulty=3)
-    texts = ["#44", "10+20=30;30+14=44;#44", "10+20=30;10+20=30;10+20=30;#30"]
+    texts = ["#16", "10+2=12;12+4=16;#16", "10+2=12;10+2=12;10+2=12;#12"]
     rows = [SampleRow("m", f"p{i}", 0, [1], list(range(len(t))), t, {}, finished=i != 2)
             for i, t in enumerate(texts)]
     # completion ids stand in for characters: use the text itself for the n-gram detector
     for r in rows:
         r.completion_ids = [ord(ch) for ch in r.text]
     st = shortcut_stats(rows, task, n_boot=20)
-    assert st.ngram == 9  # one step "10+20=30;": a repeated 9-gram is a repeated step
-    assert st.mean_length == pytest.approx((3 + 21 + 30) / 3)
-    assert st.skipped_steps_rate == pytest.approx(1 / 3)  # only "#44" skips the steps
+    assert st.ngram == 8  # one step "10+2=12;": a repeated 8-gram is a repeated step
+    assert st.mean_length == pytest.approx((3 + 19 + 27) / 3)
+    assert st.skipped_steps_rate == pytest.approx(1 / 3)  # only "#16" skips the steps
     assert st.unfinished_rate == pytest.approx(1 / 3)
-    rep = repeated_ngram_rate([ord(c) for c in texts[2]], 9)
+    rep = repeated_ngram_rate([ord(c) for c in texts[2]], 8)
     assert st.repeated_ngram_rate == pytest.approx(rep / 3)
     assert rep > 0.4
 

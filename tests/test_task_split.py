@@ -30,7 +30,7 @@ def test_a_problems_file_honours_the_seed_and_excludes_the_fitted_problems():
 
 
 def test_organism_held_out_sets_exclude_the_fitted_problems_by_content():
-    task = load_task(None, difficulty=2)  # tier 2: ~1000 held-out problems, so two sets of 400 overlap
+    task = load_task(None, difficulty=3)  # tier 3: ~1000 held-out problems, so two sets of 400 overlap
     fit = task.problems(400, seed=0)
     plain = task.problems(400, seed=1)
     shared = {p.prompt for p in plain} & {p.prompt for p in fit}

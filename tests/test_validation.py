@@ -29,6 +29,7 @@ from hooks.validation import (
     check_temperature,
     check_top_p,
 )
+from organism.task import MAX_OPERANDS, MIN_OPERANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +150,8 @@ def test_calibration_with_zero_bins_or_resamples_is_a_clear_error():
 def test_organism_difficulty_outside_the_tasks_tiers_is_refused():
     from analyses.task import organism_task
 
-    with pytest.raises(TwinlensError, match=r"difficulty must be an integer in 2..6 \(operands per problem"):
-        organism_task(difficulty=7)
+    with pytest.raises(TwinlensError, match=rf"difficulty must be an integer in {TIERS} \(operands per problem"):
+        organism_task(difficulty=MAX_OPERANDS + 1)
     with pytest.raises(TwinlensError, match=r"difficulty must be an integer in 3..5 \(digits asked for"):
         organism_task(difficulty=2, variant="open")
     with pytest.raises(TwinlensError, match=r"n \(problems\) must be an integer >= 1"):
@@ -257,6 +258,8 @@ def _load_script(name: str):
     return module
 
 
+# The organism's structured tiers, as its task module states them.
+TIERS = f"{MIN_OPERANDS}..{MAX_OPERANDS}"
 # (script, option, bad value, words the error must hold). Every numeric/typed option of every
 # script is here at least once.
 _BAD = "must be"
@@ -266,7 +269,7 @@ SCRIPT_CASES = [
     ("passk", "--n-boot", "0", ">= 1"), ("passk", "--k", "0", ">= 1"), ("passk", "--seed", "-1", ">= 0"),
     ("passk", "--n-samples", "0", ">= 1"), ("passk", "--n-samples", "2.5", "not an integer"),
     ("passk", "--n-problems", "-3", ">= 1"), ("passk", "--problem-set", "-1", ">= 0"),
-    ("passk", "--difficulty", "1", "2..6"), ("passk", "--difficulty", "7", "2..6"),
+    ("passk", "--difficulty", "1", TIERS), ("passk", "--difficulty", str(MAX_OPERANDS + 1), TIERS),
     ("passk", "--variant", "mul", "invalid choice"), ("mechanism", "--variant", "open", "invalid choice"),
     ("calibrate", "--confidence", "verbal", "invalid choice"),
     ("passk", "--max-new-tokens", "0", ">= 1"), ("passk", "--batch-size", "0", ">= 1"),
@@ -278,7 +281,7 @@ SCRIPT_CASES = [
     ("diff", "--spectral-k", "0", ">= 1"),
     ("drift", "--n-boot", "0", ">= 1"), ("drift", "--temperature", "inf", "not a finite"),
     ("evaluate", "--n", "0", ">= 1"), ("evaluate", "--samples", "0", ">= 1"),
-    ("evaluate", "--eval-set", "-1", ">= 0"), ("evaluate", "--difficulty", "0", "2..6"),
+    ("evaluate", "--eval-set", "-1", ">= 0"), ("evaluate", "--difficulty", "0", TIERS),
     ("evaluate", "--max-new-tokens", "0", ">= 1"), ("evaluate", "--seed", "x", "not an integer"),
     ("formats", "--threshold", "1.5", "[0, 1]"), ("formats", "--k", "0", ">= 1"),
     ("formats", "--k", "99", "exceed --n-samples 8"), ("passk", "--k", "17", "exceed --n-samples 16"),
@@ -300,7 +303,7 @@ SCRIPT_CASES = [
     ("route", "--entropy-thresholds", "-1", ">= 0"), ("route", "--probe-thresholds", "inf", "not a finite"),
     ("route", "--alpha", "nan", "not a finite"), ("route", "--temperature", "-1", ">= 0"),
     ("route", "--fit-set", "-1", ">= 0"), ("route", "--layer", "-1", ">= 0"),
-    ("route", "--n-boot", "0", ">= 1"), ("route", "--difficulty", "20", "2..6"),
+    ("route", "--n-boot", "0", ">= 1"), ("route", "--difficulty", "20", TIERS),
     ("scaling", "--bootstrap", "-1", ">= 0"), ("scaling", "--extrapolate", "0", "> 0"),
     ("scaling", "--r0", "nan", "not a finite"), ("scaling", "--exclude-below", "inf", "not a finite"),
     ("steer", "--fractions", "0,0.1", "in (0, 10]"), ("steer", "--fractions", "a", "must be numbers"),
@@ -313,7 +316,7 @@ SCRIPT_CASES = [
     ("steer", "--n-bootstrap", "0", ">= 1"), ("steer", "--vector-problems", "0", ">= 1"),
     ("train_organism", "--rl-lr", "0", "> 0"), ("train_organism", "--kl-betas", "0.1,0", "> 0"),
     ("train_organism", "--sparse-lr", "0", "> 0"), ("train_organism", "--workers", "0", ">= 1"),
-    ("train_organism", "--hard-difficulty", "9", "2..6"), ("train_organism", "--hard-pool", "0", ">= 1"),
+    ("train_organism", "--hard-difficulty", "9", TIERS), ("train_organism", "--hard-pool", "0", ">= 1"),
     ("train_organism", "--max-completion", "0", ">= 1"), ("train_organism", "--pretrain-steps", "-1", ">= 0"),
 ]
 
