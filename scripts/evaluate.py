@@ -3,8 +3,16 @@ organism checkpoints on held-out problems (the eval partition, disjoint from tra
 
     python scripts/evaluate.py --checkpoints base sft rl-seed0 rl-seed1 --n 500 --out runs/eval
     python scripts/evaluate.py --checkpoints path/to/hf-folder --n 100 --json
+    python scripts/evaluate.py --card --out runs/card          # every number of the model card
+    python scripts/model_card.py --card runs/card/results.json # ... written into the card's README
 
 Writes DIR/results.json, DIR/summary.md and DIR/accuracy.png, DIR/formats.png.
+With --card (analyses.organism_card): the base's pass@k per tier against the uniform guesser, every
+checkpoint's accuracy / formats / strategies / length / bf16 unchanged fraction / KL and entropy per
+domain, the sparse seeds' overlap, the stated confidence's ECE/Brier/AUROC, and the claim rows;
+DIR/results.json is the card JSON, DIR/summary.md its tables, DIR/passk.png the base's curves.
+The base's pass@k samples go through vLLM when it is installed (--engine auto, the card's default),
+else the HF loop; results.json records which engine made which numbers.
 """
 
 from __future__ import annotations
@@ -104,6 +112,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=cli.positive_int,
                     help="default: the tier's longest trace + room for a backtrack (analyses.task.organism_max_new_tokens)")
     cli.add_engine_args(ap, scorer=False)
+    ap.set_defaults(engine=None)  # hf, or for --card auto (vLLM for the bulk sampling when installed)
+    card = ap.add_argument_group("model card (--card)")
+    card.add_argument("--card", action="store_true",
+                      help="measure every number of the model card (analyses.organism_card); --n is the "
+                      "held-out problems per measurement; --checkpoints default: every shipped name but the "
+                      "intermediate -step* checkpoints")
+    card.add_argument("--passk-samples", type=cli.positive_int, default=256,
+                      help="samples per problem for the base's pass@k (the largest k)")
+    card.add_argument("--passk-problems", type=cli.positive_int, default=None,
+                      help="problems per tier for pass@k (default: --n)")
+    card.add_argument("--tiers", type=cli.difficulty, nargs="+", default=None,
+                      help="operand counts of the pass@k rows (default 2 3 4 5 6)")
+    card.add_argument("--twin-tier", type=cli.difficulty, default=4,
+                      help="operands of the per-checkpoint problems (and of the twins' pass@k)")
+    card.add_argument("--passk-twins", nargs="*", default=None,
+                      help="twins that also get a pass@k curve at --twin-tier (default: rl-seed0 rl-nsr rl-psr "
+                      "where shipped; none: give the flag alone)")
+    card.add_argument("--n-boot", type=cli.positive_int, default=1000, help="bootstrap resamples")
+    card.add_argument("--card-engine", choices=("auto", "vllm", "hf"), default=None,
+                      help="engine of the card's sampling (default: --engine if given, else auto)")
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
     ap.add_argument("--overwrite", action="store_true", help=cli.OVERWRITE_HELP)
     ap.add_argument("--json", action="store_true", help="print results.json to stdout")
@@ -114,10 +142,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         from analyses.task import organism_max_new_tokens
 
         args.max_new_tokens = organism_max_new_tokens(args.difficulty)
+    if args.card:
+        args.card_engine = args.card_engine or args.engine or "auto"
+        args.engine = "vllm" if args.card_engine == "vllm" else "hf"
+    args.engine = args.engine or "hf"
     try:
         cli.check_engine_args(args)
     except TwinlensError as e:
         ap.error(str(e))
+    if args.card:
+        shipped = organism.list_checkpoints()
+        if args.checkpoints is None:
+            args.checkpoints = [n for n in shipped if "-step" not in n]
+            if "base" not in args.checkpoints:
+                ap.error("--card needs a checkpoint named 'base' (run scripts/train_organism.py, or set "
+                         "TWINLENS_ORGANISM_CHECKPOINTS to a folder of checkpoints)")
+        elif "base" not in args.checkpoints:
+            ap.error("--card compares every checkpoint with the base: include 'base' in --checkpoints")
+        if args.passk_twins is None:
+            args.passk_twins = [n for n in ("rl-seed0", "rl-nsr", "rl-psr") if n in args.checkpoints]
+        unknown = [n for n in args.passk_twins if n not in args.checkpoints]
+        if unknown:
+            ap.error(f"--passk-twins {unknown} are not among --checkpoints {args.checkpoints}")
+        try:
+            from analyses.organism_card import CARD_TIERS, CardSettings
+
+            args._card = CardSettings(
+                n_problems=args.n, passk_problems=args.passk_problems, passk_samples=args.passk_samples,
+                passk_tiers=tuple(args.tiers or CARD_TIERS), passk_twins=tuple(args.passk_twins),
+                twin_tier=args.twin_tier, eval_set=args.eval_set, seed=args.seed, n_boot=args.n_boot,
+                engine=args.card_engine)
+        except TwinlensError as e:
+            ap.error(str(e))
     args.checkpoints = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]
     try:
         args._paths = {n: resolve(n) for n in args.checkpoints}  # fail before any work on a wrong name
@@ -130,7 +186,39 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(run, parse_args(argv))
 
 
+def write_card_plot(card: dict, out: Path) -> None:
+    plt = cli.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (tier, b) in enumerate(sorted(card["tiers"].items(), key=lambda kv: int(kv[0]))):
+        pk = b["pass_at_k"]
+        ax.plot(pk["k"], pk["mean"], "o-", color=f"C{i}", label=f"base, {tier} operands")
+        ax.fill_between(pk["k"], pk["ci_low"], pk["ci_high"], color=f"C{i}", alpha=0.2)
+    if card["tiers"]:
+        pk = next(iter(card["tiers"].values()))["pass_at_k"]
+        ax.plot(pk["k"], pk["guesser"], "k--", label="uniform guesser (100 answers)")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (95% bootstrap CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "passk.png")
+
+
+def run_card(args: argparse.Namespace) -> dict:
+    from analyses.organism_card import card_markdown, measure_card
+
+    card = measure_card(args._paths, args._card)
+    write_results(args.out, card, "# Organism model card numbers\n\n" + card_markdown(card))
+    write_card_plot(card, args.out)
+    if not args.json:
+        print(card_markdown(card))
+    return card
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.card:
+        return run_card(args)
     paths = args._paths
     problems = eval_problems(args.n, args.eval_set, args.difficulty)
     results: list[CheckpointEval] = []
