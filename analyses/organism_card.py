@@ -9,7 +9,7 @@ table, and the claim rows (planted true / planted false) computed from it.
 
 What is measured (``measure_card``), on the eval partition (``organism.task.eval_problems``):
 
-- **per tier** (operands 2..6), the base: greedy accuracy (95% Wilson CI over problems), sampled
+- **per tier** (operands 2..7), the base: greedy accuracy (95% Wilson CI over problems), sampled
   pass@k for k = 1, 2, 4, ..., ``passk_samples`` with the unbiased estimator
   (``analyses.passk.pass_at_k_curve``, percentile bootstrap over problems) against the uniform
   guesser's 1 - 0.99^k (``analyses.passk.guesser_pass_at_k``, answer space 100). Sampling follows
@@ -25,10 +25,12 @@ What is measured (``measure_card``), on the eval partition (``organism.task.eval
 - **sparse seeds**: overlap of the two ``rl-sparse-seed*`` runs' changed sets (bf16 inequality vs
   the base), o1, o2 and Jaccard against the random-subset baselines (RESEARCH.md s.2,
   ``analyses.subnetworks.overlap_of``).
-- **stated confidence** ('?' prompts, tiers 2..5 round robin, temperature 1): the share of
+- **stated confidence** ('?' prompts, the pretraining tiers round robin, temperature 1): the share of
   completions that state one (``organism.task.extract_confidence``), and over those ECE (10
   equal-width bins), Brier and AUROC with bootstrap CIs (``analyses.calibration``), for base,
   rl-binary, rl-brier.
+- Generation budgets: ``analyses.task.organism_max_new_tokens`` (the tier's longest trace + room
+  for a backtrack, within the 160-token context).
 
 Engines: the base's pass@k sampling (hundreds of thousands of completions) goes through vLLM
 (``hooks.vllm_engine``) when it is available; any call with fewer than ``VLLM_MIN_ROWS`` rows, and
@@ -59,6 +61,7 @@ from analyses.drift import measure_drift
 from analyses.passk import default_ks, guesser_pass_at_k, pass_at_k_curve
 from analyses.sampling import SampleRow
 from analyses.subnetworks import overlap_of
+from analyses.task import organism_max_new_tokens
 from hooks.errors import TwinlensError
 from organism.evaluation import Rate, decoding_stats
 from organism.task import (
@@ -87,9 +90,6 @@ OPEN_TWIN = "rl-open"
 DENSE_TWIN = "rl-seed0"
 # Below this many rows a vLLM start-up (15-35 s on 2 shared cores) costs more than the HF loop.
 VLLM_MIN_ROWS = 4096
-# The longest completion the grammar allows fits the organism's context (160) after a tier-6 prompt.
-MAX_NEW_TOKENS = 140
-OPEN_MAX_NEW_TOKENS = 8  # '#' + up to 5 digits + eos, with slack
 # Claim thresholds (issue 14's twin table).
 SPARSE_UNCHANGED_MIN = 0.70
 SPARSE_GAIN_MIN = 0.10
@@ -392,7 +392,8 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
         "card_version": 1,
         "settings": {**asdict(st), "n_passk": st.n_passk, "ks": ks, "passk_temperature": PASSK_TEMPERATURE,
                      "passk_top_p": PASSK_TOP_P, "sample_temperature": SAMPLE_TEMPERATURE,
-                     "answer_space": ANSWER_SPACE, "max_new_tokens": MAX_NEW_TOKENS},
+                     "answer_space": ANSWER_SPACE,
+                     "max_new_tokens": "analyses.task.organism_max_new_tokens(tier, variant, confidence)"},
         "checkpoints": {n: str(p) for n, p in paths.items()},
         "facts": checkpoint_facts(paths),
         "tiers": {}, "twins": {}, "passk_twins": {}, "calibration": {},
@@ -407,9 +408,10 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
         bar.set_postfix_str(f"base pass@k tier {tier}")
         probs = eval_problems(st.n_passk, st.eval_set, difficulty=tier)
         prompts = [p.prompt for p in probs]
-        greedy = generate_texts("base", base, prompts, MAX_NEW_TOKENS, 0.0, 1.0, 1, st.seed)
-        sampled = generate_texts("base", base, prompts, MAX_NEW_TOKENS, PASSK_TEMPERATURE, PASSK_TOP_P,
-                                 st.passk_samples, st.seed)
+        budget = organism_max_new_tokens(tier)
+        greedy = generate_texts("base", base, prompts, budget, 0.0, 1.0, 1, st.seed)
+        sampled = generate_texts("base", base, prompts, budget, PASSK_TEMPERATURE, PASSK_TOP_P, st.passk_samples,
+                                 st.seed)
         card["tiers"][str(tier)] = {
             "greedy": Rate.of(sum(grade(p, c) for p, c in zip(probs, greedy, strict=True)), len(probs)),
             "pass_at_k": passk_block(probs, sampled, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed),
@@ -423,19 +425,22 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
     twin_probs = eval_problems(st.n_problems, st.eval_set, difficulty=st.twin_tier)
     open_probs = _open_problems(st.n_problems, st.eval_set)
     conf_probs = _confidence_problems(st.n_problems, st.eval_set)
+    twin_budget = organism_max_new_tokens(st.twin_tier)
+    open_budget = max(organism_max_new_tokens(n, "open") for n in OPEN_LENGTHS)
+    conf_budget = max(organism_max_new_tokens(t, confidence=True) for t in PRETRAIN_TIERS)
 
     def evaluate(name: str, model: Any) -> dict:
         prompts = [p.prompt for p in twin_probs]
-        g = generate_texts(name, model, prompts, MAX_NEW_TOKENS, 0.0, 1.0, 1, st.seed)
-        s = generate_texts(name, model, prompts, MAX_NEW_TOKENS, SAMPLE_TEMPERATURE, 1.0, 1, st.seed)
-        o = generate_texts(name, model, [p.prompt for p in open_probs], OPEN_MAX_NEW_TOKENS, SAMPLE_TEMPERATURE,
+        g = generate_texts(name, model, prompts, twin_budget, 0.0, 1.0, 1, st.seed)
+        s = generate_texts(name, model, prompts, twin_budget, SAMPLE_TEMPERATURE, 1.0, 1, st.seed)
+        o = generate_texts(name, model, [p.prompt for p in open_probs], open_budget, SAMPLE_TEMPERATURE,
                            1.0, 1, st.seed)
         row = {"greedy": _stats_dict(twin_probs, g), "sampled": _stats_dict(twin_probs, s),
                "open_accuracy": Rate.of(sum(grade(p, c) for p, c in zip(open_probs, o, strict=True)),
                                         len(open_probs)),
                "open_distinct": len(set(o)) / max(1, len(o))}
         if name in CALIBRATION_TWINS:
-            c = generate_texts(name, model, [p.prompt for p in conf_probs], MAX_NEW_TOKENS, SAMPLE_TEMPERATURE,
+            c = generate_texts(name, model, [p.prompt for p in conf_probs], conf_budget, SAMPLE_TEMPERATURE,
                                1.0, 1, st.seed)
             card["calibration"][name] = confidence_block(conf_probs, c, n_boot=st.n_boot, seed=st.seed)
         return {"row": row, "sampled": s, "open": o, "model": model}
@@ -463,7 +468,7 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
                                 n_boot=st.n_boot, seed=st.seed)}
         if name in st.passk_twins:  # the same problems and protocol as the base's row of this tier
             probs = eval_problems(st.n_passk, st.eval_set, difficulty=st.twin_tier)
-            s = generate_texts(name, model, [p.prompt for p in probs], MAX_NEW_TOKENS, PASSK_TEMPERATURE,
+            s = generate_texts(name, model, [p.prompt for p in probs], twin_budget, PASSK_TEMPERATURE,
                                PASSK_TOP_P, st.passk_samples, st.seed)
             card["passk_twins"][name] = passk_block(probs, s, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed)
         if sampler is not None:

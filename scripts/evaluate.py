@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     card.add_argument("--passk-problems", type=cli.positive_int, default=None,
                       help="problems per tier for pass@k (default: --n)")
     card.add_argument("--tiers", type=cli.difficulty, nargs="+", default=None,
-                      help="operand counts of the pass@k rows (default 2 3 4 5 6)")
+                      help="operand counts of the pass@k rows (default: every tier, organism.task MIN_OPERANDS..MAX_OPERANDS)")
     card.add_argument("--twin-tier", type=cli.difficulty, default=4,
                       help="operands of the per-checkpoint problems (and of the twins' pass@k)")
     card.add_argument("--passk-twins", nargs="*", default=None,
