@@ -232,8 +232,8 @@ def test_task_labeler_takes_the_config_else_the_default_regexes_else_the_task_la
     from organism.tokenizer import build_tokenizer
 
     task, tok = organism_task(), build_tokenizer()
-    prompt = tok("3+5:", add_special_tokens=False)["input_ids"]
-    completion = tok("3+5=08;#8", add_special_tokens=False)["input_ids"]
+    prompt = tok("37+5:", add_special_tokens=False)["input_ids"]
+    completion = tok("37+5=42;#42", add_special_tokens=False)["input_ids"]  # one organism v2 step
     lab = task_labeler(task)(prompt, completion, tok)
     assert lab.source == task.name and lab.reasoning_start == len(prompt)
     assert lab.spans == organism_labels(prompt, completion, tok).spans and lab.spans
