@@ -98,9 +98,10 @@ def run(args: argparse.Namespace) -> dict:
     if not specs:
         series = checkpoint_series(Path(str(args.rl)).name)
         specs = [str(d["path"]) for d in series]
-        if not specs:
+        if len(specs) < 2:  # the final checkpoint alone (e.g. a twin shipped without steps) is no series
             notes.append(f"no intermediate checkpoints of {args.rl!r} found; phases and plasticity skipped "
                          "(pass --checkpoint).")
+            specs = []
     checkpoints = order_checkpoints(specs) if specs else []
     phase_points, kl = [], {}
     phase_probs = problems[: args.phase_problems] if args.phase_problems <= len(problems) else \

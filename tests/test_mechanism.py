@@ -312,3 +312,26 @@ def test_script_writes_the_results_contract_on_the_organism(tmp_path):
         main(zero)
     assert exc.value.code == 2
     assert not (tmp_path / "zero" / "results.json").exists()
+
+
+def test_script_on_a_twin_shipped_without_intermediate_steps_skips_phases_and_says_so(tmp_path):
+    """An RL model whose run has only its final checkpoint (organism v2's rl-nsr / rl-psr, or a
+    user's RL model) gets the suppression analysis, with phases and plasticity skipped and a note,
+    not an error about needing two checkpoints."""
+    import organism
+    from scripts.mechanism import main
+
+    lone = [n for n in organism.list_checkpoints() if n.startswith("rl-") and "-step" not in n
+            and not any(m.startswith(n + "-step") for m in organism.list_checkpoints())]
+    if "base" not in organism.list_checkpoints() or not lone:
+        pytest.skip("no organism RL checkpoint without intermediate steps")
+    out = tmp_path / "mech"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--out", str(out), "--rl", lone[0], "--no-plasticity", "--n-problems", "4", "--n-samples", "2",
+                     "--n-boot", "50"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["suppression_share"] <= 1.0 and res["phase_switch_step"] is None
+    assert any("no intermediate checkpoints" in n for n in res.get("notes", [])), res.get("notes")
