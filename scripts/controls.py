@@ -15,7 +15,8 @@ does not take, a failed run). A planted-true case that is the job's own default 
 organism (probe, steer) reuses the demo's folder (--demo) when that run has the same models and
 settings. A finished run with the same models and settings is skipped (--force reruns it); a
 folder made otherwise is rerun from scratch. A failing run is recorded and does not stop the
-others. The report's positive-control column then reads "passed" / "FAILED" / "untested: <why>".
+others. The runs share --workers processes (default 2), each running job scripts in-process (their
+imports paid once per worker). The report's positive-control column then reads "passed" / "FAILED" / "untested: <why>".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import io
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
 from pathlib import Path
@@ -89,10 +90,56 @@ def reusable(job, cmd: list[str], demo_dir: Path | None) -> Path | None:
     return folder if action == "skip" else None
 
 
+def _worker_init(root: str, parent: int) -> None:
+    """A control worker: the repo on sys.path, plots headless, and it dies with the runner."""
+    for p in (root, os.path.join(root, "scripts")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    os.environ["MPLBACKEND"] = "Agg"
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _run_job_here(job_name: str, argv: list[str], log_path: str) -> tuple[int, float]:
+    """Run one job script's main(argv) in this worker (its imports paid once per worker, not once
+    per run: ~5-9 s each on a loaded 2-core box), output to log_path; (exit code, seconds)."""
+    import traceback
+
+    import torch
+
+    t0 = time.time()
+    threads = torch.get_num_threads()
+    with open(log_path, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            code = job_spec_module(job_name).main(argv)
+        except SystemExit as exc:  # argparse errors, scripts that exit
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # one failed control must not end the worker (the others still run)
+            traceback.print_exc()
+            code = 1
+        finally:
+            torch.set_num_threads(threads)
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+    return int(code or 0), round(time.time() - t0, 1)
+
+
+def job_spec_module(job_name: str) -> Any:
+    return _demo().script_module(job_spec(job_name))
+
+
 def run_controls(out: str | Path, rows: list[str] | None = None, demo_dir: str | Path | None = None,
-                 force: bool = False, dry_run: bool = False, engine: str = "hf",
+                 force: bool = False, dry_run: bool = False, engine: str = "hf", workers: int = 2,
                  log: Any = print) -> dict[str, Any]:
-    """Run every (or ``rows``') planted case into ``out``; return (and write) controls.json's rows."""
+    """Run every (or ``rows``') planted case into ``out``; return (and write) controls.json's rows.
+
+    The runs go to ``workers`` worker processes (default 2: one per core of the reference 2-core
+    machine; every job uses one torch thread), each running job scripts in-process."""
     demo = _demo()
     out = Path(out)
     demo_dir = Path(demo_dir) if demo_dir else None
@@ -107,9 +154,8 @@ def run_controls(out: str | Path, rows: list[str] | None = None, demo_dir: str |
             record = json.loads(path.read_text()).get("rows") or {}
         except (OSError, json.JSONDecodeError, AttributeError):
             record = {}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "MPLBACKEND": "Agg"}
     t_all = time.time()
+    todo: list[tuple[str, str, Any, list[str], dict[str, Any], Path]] = []
     for row in rows:
         control = CONTROLS[row]
         job = job_spec(control.job)
@@ -149,29 +195,45 @@ def run_controls(out: str | Path, rows: list[str] | None = None, demo_dir: str |
                 continue
             if action == "rerun":
                 cmd.append("--overwrite")
-            log_path = out / "logs" / f"{SIDE_FOLDER[side]}-{row}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log(f"[controls] {tag}: {job.name} ...{' (' + why + ')' if why else ''}")
-            t0 = time.time()
-            with open(log_path, "w") as fh:
-                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                      preexec_fn=demo._die_with_parent(os.getpid()))
-            took = round(time.time() - t0, 1)
-            entry["seconds"] = took
-            if proc.returncode != 0 or not (folder / "results.json").is_file():
-                tail = [ln for ln in log_path.read_text().strip().splitlines() if ln.strip()][-1:]
-                entry.update(status="failed", why=f"exit {proc.returncode}: {' '.join(tail)[:300]}; "
-                                                  f"log {log_path}")
-                log(f"[controls] {tag}: FAILED after {took:.0f}s (see {log_path})")
-            else:
-                entry["status"] = "ran"
-                log(f"[controls] {tag}: ok in {took:.0f}s")
-            record.setdefault(row, {})[side] = entry
-            write_text_atomic(path, json.dumps({"rows": record}, indent=1))
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps({"rows": record}, indent=1))
-        log(f"[controls] finished in {time.time() - t_all:.0f}s")
+            log(f"[controls] {tag}: {job.name} queued{' (' + why + ')' if why else ''}")
+            todo.append((row, side, job, cmd, entry, folder))
+    if dry_run:
+        return record
+    out.mkdir(parents=True, exist_ok=True)
+    if todo:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))), mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(str(ROOT), os.getpid())) as pool:
+            futures = {}
+            for row, side, job, cmd, entry, folder in todo:
+                log_path = out / "logs" / f"{SIDE_FOLDER[side]}-{row}.log"
+                fut = pool.submit(_run_job_here, job.name, cmd[2:], str(log_path))
+                futures[fut] = (row, side, entry, folder, log_path)
+            for fut in as_completed(futures):
+                row, side, entry, folder, log_path = futures[fut]
+                tag = f"{row} planted {side}"
+                try:
+                    code, took = fut.result()
+                except Exception as exc:  # the worker itself died
+                    code, took = 1, None
+                    with open(log_path, "a") as fh:
+                        fh.write(f"\ncontrol worker died: {exc!r}\n")
+                entry["seconds"] = took
+                if code != 0 or not (folder / "results.json").is_file():
+                    lines = [ln for ln in log_path.read_text().strip().splitlines() if ln.strip()] \
+                        if log_path.is_file() else []
+                    entry.update(status="failed", why=f"exit {code}: {' '.join(lines[-1:])[:300]}; log {log_path}")
+                    log(f"[controls] {tag}: FAILED after {took}s (see {log_path})")
+                else:
+                    entry["status"] = "ran"
+                    log(f"[controls] {tag}: ok in {took}s")
+                record.setdefault(row, {})[side] = entry
+                write_text_atomic(path, json.dumps({"rows": record}, indent=1))
+    write_text_atomic(path, json.dumps({"rows": record}, indent=1))
+    log(f"[controls] finished in {time.time() - t_all:.0f}s")
     return record
 
 
@@ -185,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun finished control runs")
     ap.add_argument("--dry-run", action="store_true", help="print each row's commands (or why it is untested)")
     ap.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="sampling engine of the jobs that sample")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="control runs at a time (default 2: one per core of a 2-core machine; each uses one thread)")
     args = ap.parse_args(argv)
     demo_dir = Path(args.demo) if args.demo else Path(args.out).resolve().parent
     try:
         record = run_controls(args.out, args.rows, demo_dir, force=args.force, dry_run=args.dry_run,
-                              engine=args.engine)
+                              engine=args.engine, workers=args.workers)
     except TwinlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
