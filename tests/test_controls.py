@@ -206,3 +206,28 @@ def test_every_planted_command_is_taken_by_its_jobs_own_parser():
                 assert check_options(job, ["python", job.script, "--out", "x", *args]) == "", (row, side)
     job = job_spec("drift")
     assert "refuses the control's options" in check_options(job, ["python", "drift.py", "--out", "x", "--nope"])
+
+
+def test_a_planted_true_case_that_is_the_demos_own_default_run_is_reused_not_rerun(tmp_path):
+    """probe/steer's planted-true case is the job's default run on the organism base: a demo folder
+    whose job.json records that run (same models by weight hash, same settings) is reused; one made
+    with other settings is not."""
+    from controls import job_spec, reusable
+
+    import organism
+    from analyses.jobdir import claim_folder
+    from scripts.demo import script_identity
+
+    if "base" not in organism.list_checkpoints():
+        pytest.skip("organism checkpoints not built")
+    job = job_spec("steer")
+    demo = tmp_path / "demo"
+    cmd = ["python", job.script, "--out", str(demo / "steer")]
+    with claim_folder(demo / "steer", script_identity(job, cmd)) as folder:
+        (demo / "steer" / "results.json").write_text("{}")
+        folder.finish()
+    control_cmd = ["python", job.script, "--out", str(tmp_path / "controls" / "positive" / "steer"),
+                   *C.planted_args(C.CONTROLS["steer"], "true")]
+    assert reusable(job, control_cmd, demo) == demo / "steer"
+    assert reusable(job, [*control_cmd, "--n-problems", "3"], demo) is None  # other settings: run it
+    assert reusable(job, control_cmd, tmp_path / "elsewhere") is None
