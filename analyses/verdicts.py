@@ -157,9 +157,15 @@ def value_ci(x: Any) -> tuple[float | None, tuple[float, float] | None]:
     return (x if _num(x) else None), None
 
 
+def is_interval(x: Any) -> bool:
+    """Two finite numbers (jobs write [None, None] where a statistic is undefined, e.g. an AUROC
+    when every sample is wrong)."""
+    return isinstance(x, (list, tuple)) and len(x) == 2 and all(_num(c) for c in x)
+
+
 def apart_above(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
-    """Interval a lies entirely above interval b."""
-    return a is not None and b is not None and a[0] > b[1]
+    """Interval a lies entirely above interval b (False when either is not an interval)."""
+    return is_interval(a) and is_interval(b) and a[0] > b[1]
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -739,7 +745,7 @@ def verdict_calibration(r: Mapping | None) -> Verdict:
     v.trivial = "ECE is capped near 1 - accuracy when accuracy is high; answer-token probability measures copying"
     worse, better, have = 0, 0, 0
     for m, (_, _, cb, cq) in metrics.items():
-        if not (cb and cq):
+        if not (is_interval(cb) and is_interval(cq)):  # e.g. AUROC undefined: one class only
             continue
         have += 1
         up, down = apart_above(tuple(cq), tuple(cb)), apart_above(tuple(cb), tuple(cq))
@@ -957,10 +963,18 @@ def collect(results: Mapping[str, Any], positives: Mapping[str, Any] | None = No
     rows = []
     for row, job in ROW_JOBS.items():
         rule = _RULES[row]
-        v = _formats_with_greedy(results) if row == "formats" else rule(results.get(job))
+        try:  # one unreadable results.json costs its row, not the table
+            v = _formats_with_greedy(results) if row == "formats" else rule(results.get(job))
+        except Exception as exc:
+            v = Verdict(0, f"{row}: its results could not be read", job,
+                        why=f"{job}/results.json: {type(exc).__name__}: {exc}")
         v.row = row
         if positives.get(row) is not None:
-            _apply_control(v, *_positive_control(rule, positives[row], negatives.get(row)))
+            try:
+                text, ok = _positive_control(rule, positives[row], negatives.get(row))
+            except Exception as exc:
+                text, ok = untested(f"the planted results could not be read ({type(exc).__name__}: {exc})"), None
+            _apply_control(v, text, ok)
         elif v.positive_control == UNTESTED and untested_why.get(row):
             v.positive_control = untested(untested_why[row])
         rows.append(v)

@@ -231,3 +231,26 @@ def test_a_planted_true_case_that_is_the_demos_own_default_run_is_reused_not_rer
     assert reusable(job, control_cmd, demo) == demo / "steer"
     assert reusable(job, [*control_cmd, "--n-problems", "3"], demo) is None  # other settings: run it
     assert reusable(job, control_cmd, tmp_path / "elsewhere") is None
+
+
+def test_an_undefined_statistic_in_planted_results_costs_nothing_but_its_own_cell(tmp_path):
+    """calibrate writes AUROC [None, None] when one class is missing (every sample wrong): the
+    rule reads the other metrics, and a results file a rule cannot read costs its row, not the table
+    (it used to end the whole table in one TypeError)."""
+    cal = {"confidence": "stated", "accuracy": {"base": 0.0, "rl-binary": 0.0},
+           "ece": {"base": 0.1, "rl-binary": 0.4}, "brier": {"base": 0.1, "rl-binary": 0.4},
+           "auroc": {"base": None, "rl-binary": None},
+           "ci": {"base": {"ece": [0.08, 0.12], "brier": [0.08, 0.12], "auroc": [None, None]},
+                  "rl-binary": {"ece": [0.35, 0.45], "brier": [0.35, 0.45], "auroc": [None, None]}}}
+    assert V.verdict_calibration(cal).outcome == V.SUPPORTED  # ECE and Brier worsen, AUROC undefined
+    demo = tmp_path / "demo"
+    _write(demo / "diff", _diff(0.97, 0.975, 0.97))
+    _write(demo / "passk", {"pass_at_k": {"base": {"mean": "x"}, "rl": {}}, "k": [1]})  # not what passk writes
+    _write(demo / "controls" / "positive" / "calibrate", cal)
+    _write(demo / "controls" / "positive" / "mechanism", {"suppression_share": 0.7, "suppression_share_ci": "?",
+                                                         "ess_fraction": 0.9, "n_samples": 500})
+    rows = {v.row: v for v in collect_verdicts(demo)}
+    assert len(rows) == 13 and rows["diff"].outcome == V.NOT_SUPPORTED
+    assert rows["calibrate"].positive_control.startswith("passed")
+    assert rows["passk"].outcome == V.NOT_MEASURED and "passk/results.json" in rows["passk"].why
+    assert rows["mechanism"].positive_control.startswith("untested: the planted results could not be read")
