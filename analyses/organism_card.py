@@ -94,6 +94,9 @@ VLLM_MIN_ROWS = 4096
 SPARSE_UNCHANGED_MIN = 0.70
 SPARSE_GAIN_MIN = 0.10
 TIER_PASS1_BAND = (0.05, 0.60)
+# The largest k the demo's pass@k job reports (scripts/passk.py: 16 samples per problem); issue 14
+# asks the base to stay clear of the guesser at every k the demo reports. The card shows every k.
+DEMO_PASSK_MAX_K = 16
 HARD_TIER_PASSK_MAX = 0.90
 ENTROPY_COLLAPSE = 0.5  # "collapsed": own-sample entropy below this share of the base's
 ENGINES = ("auto", "vllm", "hf")
@@ -106,10 +109,13 @@ class CardSettings:
     """Sizes and seeds of a card run. ``n_problems``: held-out problems per sampled measurement;
     ``passk_problems``: per tier for pass@k (default ``n_problems``); ``passk_samples``: samples per
     problem (the largest k); ``twin_tier``: operands of the per-twin problems; ``passk_twins``: twins
-    that also get a pass@k curve at ``twin_tier``."""
+    that also get a pass@k curve at ``twin_tier``. Sizes: see the comments; the card states the ones used."""
 
     n_problems: int = 500
-    passk_problems: int | None = None
+    # 100 x 256 samples per tier keeps the whole card near 10 minutes on 2 free cores (vLLM draws
+    # ~600 organism completions/s there); 500 x 256, the papers' n on the card's problem count, is
+    # --passk-problems 500 (about 4x the sampling time).
+    passk_problems: int | None = 100
     passk_samples: int = 256
     passk_tiers: tuple[int, ...] = CARD_TIERS
     passk_twins: tuple[str, ...] = ("rl-seed0", "rl-nsr", "rl-psr")
@@ -207,14 +213,17 @@ def passk_block(problems: Sequence[Problem], completions: Sequence[str], n: int,
                 n_boot: int = 1000, seed: int = 0) -> dict:
     """pass@k of ``n`` samples per problem (prompt-major ``completions``) with the bootstrap CI
     over problems, beside the uniform guesser's curve; ``above_guesser``: the lowest k-wise margin
-    ci_low - guesser (> 0: the model is clear of the guesser at every k)."""
+    ci_low - guesser over every k (> 0: clear of the guesser at every k), ``above_guesser_demo``:
+    the same over k <= DEMO_PASSK_MAX_K."""
     if len(completions) != n * len(problems):
         raise TwinlensError(f"{len(completions)} completions for {len(problems)} problems x {n} samples.")
     c = np.array([sum(grade(p, completions[i * n + j]) for j in range(n)) for i, p in enumerate(problems)])
     curve = pass_at_k_curve(np.full(len(problems), n), c, list(ks), n_boot=n_boot, seed=seed)
     guess = guesser_pass_at_k(curve.k, ANSWER_SPACE)
-    margin = min(lo - g for lo, g in zip(curve.ci_low, guess, strict=True))
-    return {**curve.to_dict(), "guesser": guess, "above_guesser": float(margin),
+    margins = [lo - g for lo, g in zip(curve.ci_low, guess, strict=True)]
+    demo = [m for k, m in zip(curve.k, margins, strict=True) if k <= DEMO_PASSK_MAX_K]
+    return {**curve.to_dict(), "guesser": guess, "above_guesser": float(min(margins)),
+            "above_guesser_demo": float(min(demo)) if demo else float("nan"),
             "n_problems": len(problems), "n_samples": n,
             "unsolved_share": float(np.mean(c == 0))}
 
@@ -290,10 +299,11 @@ def drift_block(base_model: Any, twin_model: Any, base_rows: Sequence[SampleRow]
     the entropy change as the kit's drift job defines it (RESEARCH.md s.8): the twin's entropy on
     its own samples minus the base's on the base's samples, paired by problem, bootstrap CI over
     problems. Nats per token."""
+    # batch 256: forwards of this tiny model cost their per-batch overhead, not their FLOPs
     r = measure_drift({"base": base_model, twin: twin_model}, base_rows, base="base", other=twin, n_boot=n_boot,
-                      seed=seed)
+                      seed=seed, batch_size=256)
     own = measure_drift({"base": base_model, twin: twin_model}, twin_rows, base="base", other=twin,
-                        n_boot=n_boot, seed=seed)
+                        n_boot=n_boot, seed=seed, batch_size=256)
     hb = _per_problem(base_rows, r.per_problem["entropy_base"])
     ho = _per_problem(twin_rows, own.per_problem[f"entropy_{twin}"])
     common = sorted(set(hb) & set(ho))
@@ -546,12 +556,15 @@ def card_claims(card: Mapping) -> list[dict]:
         p1 = _at_k(pk, 1)
         kmax = pk["k"][-1]
         pmax = _at_k(pk, kmax)
-        add(f"tier {t}: base clear of the uniform guesser at every k <= {kmax}", ["base"], "property",
-            f"min over k of (CI low - guesser) = {pk['above_guesser']:+.3f}; pass@{kmax} "
-            f"{pmax[0]:.3f} vs guesser {pmax[3]:.3f}", pk["above_guesser"] > 0)
+        kd = max(k for k in pk["k"] if k <= DEMO_PASSK_MAX_K)
+        add(f"tier {t}: base clear of the uniform guesser at every k the demo reports (<= {kd})", ["base"],
+            "property", f"min over k <= {kd} of (CI low - guesser) = {pk['above_guesser_demo']:+.3f}; over every k "
+            f"{pk['above_guesser']:+.3f}; pass@{kmax} {pmax[0]:.3f} vs guesser {pmax[3]:.3f}",
+            pk["above_guesser_demo"] > 0)
         lo, hi = TIER_PASS1_BAND
-        add(f"tier {t}: base pass@1 in [{lo}, {hi}]", ["base"], "property",
-            f"pass@1 {p1[0]:.3f} [{p1[1]:.3f}, {p1[2]:.3f}]", lo <= p1[0] <= hi)
+        if int(t) in PRETRAIN_TIERS:  # the tiers the base, the RL twins and the demo use
+            add(f"tier {t}: base pass@1 in [{lo}, {hi}]", ["base"], "property",
+                f"pass@1 {p1[0]:.3f} [{p1[1]:.3f}, {p1[2]:.3f}]", lo <= p1[0] <= hi)
     if tiers:
         kmax = max(b["pass_at_k"]["k"][-1] for b in tiers.values())
         worst = min(((t, _at_k(b["pass_at_k"], kmax)) for t, b in tiers.items() if _at_k(b["pass_at_k"], kmax)),

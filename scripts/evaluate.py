@@ -120,8 +120,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "intermediate -step* checkpoints")
     card.add_argument("--passk-samples", type=cli.positive_int, default=256,
                       help="samples per problem for the base's pass@k (the largest k)")
-    card.add_argument("--passk-problems", type=cli.positive_int, default=None,
-                      help="problems per tier for pass@k (default: --n)")
+    card.add_argument("--passk-problems", type=cli.positive_int, default=100,
+                      help="problems per tier for pass@k (default 100: the card in ~10 min on 2 free cores; "
+                      "500 for the full protocol, ~4x the sampling time)")
     card.add_argument("--tiers", type=cli.difficulty, nargs="+", default=None,
                       help="operand counts of the pass@k rows (default: every tier, organism.task MIN_OPERANDS..MAX_OPERANDS)")
     card.add_argument("--twin-tier", type=cli.difficulty, default=4,

@@ -62,6 +62,7 @@ def test_passk_block_equals_the_unbiased_estimator_and_the_guesser_curve():
     assert b["guesser"] == pytest.approx([0.01, 1 - 0.99**2, 1 - 0.99**4])
     assert b["unsolved_share"] == pytest.approx(1 / 3)
     assert b["above_guesser"] == pytest.approx(min(lo - g for lo, g in zip(b["ci_low"], b["guesser"], strict=True)))
+    assert b["above_guesser_demo"] == b["above_guesser"]  # every k here is <= 16
     with pytest.raises(TwinlensError, match="12 completions for 3 problems x 3"):
         passk_block(probs, comps, 3, [1])
 
@@ -123,7 +124,7 @@ def _planted_generate(accuracy: dict[str, float]):
 def test_measure_card_end_to_end_on_planted_twins(tmp_path):
     paths = {name: _tiny_organism(tmp_path / name, seed)
              for seed, name in enumerate(["base", "rl-sparse-seed0", "rl-sparse-seed1", "rl-binary"])}
-    st = CardSettings(n_problems=10, passk_samples=4, passk_tiers=(3, 4), twin_tier=4, n_boot=50,
+    st = CardSettings(n_problems=10, passk_problems=None, passk_samples=4, passk_tiers=(3, 4), twin_tier=4, n_boot=50,
                       passk_twins=("rl-binary",), engine="hf")
     acc = {"base": 0.3, "rl-sparse-seed0": 0.8, "rl-sparse-seed1": 0.6, "rl-binary": 1.0}
     card = measure_card(paths, st, generate_texts=_planted_generate(acc), progress=False)
