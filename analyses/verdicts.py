@@ -203,6 +203,8 @@ def _positive_control(rule: Callable[..., Verdict], positive: Any, negative: Any
     if positive is None:
         return UNTESTED, None
     pv = rule(positive)
+    if pv.outcome == NOT_MEASURED:  # the planted run wrote none of the numbers the rule reads
+        return untested("the planted-true run has none of the numbers this rule reads"), None
     nv = rule(negative) if negative is not None else None
     seen = f"planted true: {pv.outcome}" + (f"; planted false: {nv.outcome}" if nv is not None else
                                             "; no planted-false run")

@@ -126,6 +126,9 @@ def test_planted_false_undetermined_does_not_fail_a_detector_that_fired_where_pl
     v = V.with_positive_control(V.verdict_sparsity, _diff(0.97, 0.975, 0.97), pos, neg)
     assert v.outcome == V.NOT_SUPPORTED and v.positive_control.startswith("passed")
     assert "planted false: undetermined" in v.positive_control
+    # a planted run without the numbers the rule reads tested nothing: untested, not FAILED
+    v = V.with_positive_control(V.verdict_sparsity, _diff(0.97, 0.975, 0.97), {"unrelated": 1}, neg)
+    assert v.outcome == V.NOT_SUPPORTED and v.positive_control.startswith("untested: the planted-true run has none")
 
 
 # ------------------------------------------------------------------ the runner, end to end
