@@ -2,7 +2,7 @@
 the checkpoints on held-out problems (issue 14, "Done means"), as one JSON-able dict, a markdown
 table, and the claim rows (planted true / planted false) computed from it.
 
-    card = measure_card({"base": path, "rl-seed0": path, ...}, CardSettings())   # dict
+    card = measure_card({"base": path, "rl-seed0": path, ...}, CardSettings(), cache="runs/card/stages")
     card_markdown(card)                          # the tables (markdown)
     card_claims(card)                            # [{claim, checkpoints, measured, holds}, ...]
     fill_model_card(readme_text, card)           # README with its generated block replaced
@@ -325,7 +325,8 @@ def drift_block(base_model: Any, twin_model: Any, base_rows: Sequence[SampleRow]
 def checkpoint_facts(paths: Mapping[str, str | Path]) -> dict:
     """Per checkpoint: folder, bytes on disk, and from its ``training_info.json`` the stage, the
     hyper-parameters (lr, steps, beta, seed, ...) and the compute spent (samples, tokens, seconds);
-    for the folder holding them: total bytes of every checkpoint there (the 40 MB budget) and the
+    for the folder holding them: total bytes of every checkpoint there (folders with a config.json;
+    the 40 MB budget) and the
     rebuild's wall time from ``build_report.json`` when present."""
     import json
 
@@ -348,7 +349,7 @@ def checkpoint_facts(paths: Mapping[str, str | Path]) -> dict:
     if len(parents) == 1:
         folder = parents.pop()
         out["folder"] = str(folder)
-        out["folder_bytes"] = sum(f.stat().st_size for d in folder.iterdir() if d.is_dir()
+        out["folder_bytes"] = sum(f.stat().st_size for d in folder.iterdir() if (d / "config.json").is_file()
                                   for f in d.rglob("*") if f.is_file())
         report = folder / "build_report.json"
         if report.is_file():
@@ -375,14 +376,65 @@ def _stats_dict(problems: Sequence[Problem], completions: Sequence[str]) -> dict
 
 
 # ---------------------------------------------------------------- the whole card
+def weights_digest(folder: str | Path) -> str:
+    """sha256 (first 16 hex digits) of a checkpoint's model.safetensors: what a cached stage is keyed on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(folder) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class StageCache:
+    """Finished stages of a card run as JSON files in ``folder`` (``stages/<key hash>.json``), keyed by
+    the stage, the weights it read and the settings it used: a rerun (more checkpoints, an interrupted
+    run, a base measured before its twins were trained) reuses every stage whose inputs are unchanged.
+    None: nothing cached."""
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = None if folder is None else Path(folder)
+        self.reused: list[str] = []
+
+    def _path(self, key: Mapping) -> Path:
+        import hashlib
+        import json
+
+        text = json.dumps(key, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+
+    def get(self, key: Mapping) -> dict | None:
+        import json
+
+        if self.folder is None or not self._path(key).is_file():
+            return None
+        stored = json.loads(self._path(key).read_text())
+        if stored.get("key") != json.loads(json.dumps(key)):
+            return None
+        self.reused.append(key["stage"])
+        return stored["value"]
+
+    def put(self, key: Mapping, value: Any) -> Any:
+        import json
+
+        from analyses.reporting import to_jsonable, write_text_atomic
+
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self._path(key), json.dumps({"key": key, "value": to_jsonable(value)}))
+        return value
+
+
 def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None = None, *,
                  load: Callable[[str | Path], Any] | None = None, generate_texts: GenerateTexts | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, cache: str | Path | None = None) -> dict:
     """Every number of the model card (see the module docstring) for the checkpoints ``paths``
     (name -> HF folder; must hold ``base``). ``load`` (folder -> kit Model; default
     ``hooks.load_model`` in float32) and ``generate_texts`` (default: a ``CardSampler``) are
-    replaceable for tests. Returns a JSON-able dict (numbers in [0, 1] are shares/rates, KL and
-    entropy in nats per token, lengths in tokens)."""
+    replaceable for tests. ``cache``: a folder of finished stages (``StageCache``; a rerun reuses
+    those whose weights and settings are unchanged). Returns a JSON-able dict (numbers in [0, 1]
+    are shares/rates, KL and entropy in nats per token, lengths in tokens)."""
     st = settings or CardSettings()
     if "base" not in paths:
         raise TwinlensError(f"The card compares twins with the base: give a checkpoint named 'base' (got {list(paths)}).")
@@ -394,6 +446,12 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
     sampler = None
     if generate_texts is None:
         sampler = generate_texts = CardSampler(st.engine, st.batch_size)
+    stages = StageCache(cache)
+    digests = {n: weights_digest(p) for n, p in paths.items()}
+    common = {"card_version": 1, "eval_set": st.eval_set, "seed": st.seed, "n_boot": st.n_boot,
+              "base": digests["base"], "sampler": "caller" if sampler is None else "card"}
+    passk_key = {"n_passk": st.n_passk, "passk_samples": st.passk_samples}
+    twin_key = {"n_problems": st.n_problems, "twin_tier": st.twin_tier}
     times: dict[str, float] = {}
     t_all = time.time()
     twins = [n for n in paths if n != "base"]
@@ -405,6 +463,7 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
                      "answer_space": ANSWER_SPACE,
                      "max_new_tokens": "analyses.task.organism_max_new_tokens(tier, variant, confidence)"},
         "checkpoints": {n: str(p) for n, p in paths.items()},
+        "weights_sha256_16": digests,
         "facts": checkpoint_facts(paths),
         "tiers": {}, "twins": {}, "passk_twins": {}, "calibration": {},
     }
@@ -416,17 +475,20 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
     t0 = time.time()
     for tier in st.passk_tiers:
         bar.set_postfix_str(f"base pass@k tier {tier}")
-        probs = eval_problems(st.n_passk, st.eval_set, difficulty=tier)
-        prompts = [p.prompt for p in probs]
-        budget = organism_max_new_tokens(tier)
-        greedy = generate_texts("base", base, prompts, budget, 0.0, 1.0, 1, st.seed)
-        sampled = generate_texts("base", base, prompts, budget, PASSK_TEMPERATURE, PASSK_TOP_P, st.passk_samples,
-                                 st.seed)
-        card["tiers"][str(tier)] = {
-            "greedy": Rate.of(sum(grade(p, c) for p, c in zip(probs, greedy, strict=True)), len(probs)),
-            "pass_at_k": passk_block(probs, sampled, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed),
-            "mean_length": float(np.mean([len(c) for c in sampled])),
-        }
+        key = {"stage": f"tier {tier}", **common, **passk_key}
+        block = stages.get(key)
+        if block is None:
+            probs = eval_problems(st.n_passk, st.eval_set, difficulty=tier)
+            prompts = [p.prompt for p in probs]
+            budget = organism_max_new_tokens(tier)
+            greedy = generate_texts("base", base, prompts, budget, 0.0, 1.0, 1, st.seed)
+            sampled = generate_texts("base", base, prompts, budget, PASSK_TEMPERATURE, PASSK_TOP_P,
+                                     st.passk_samples, st.seed)
+            block = stages.put(key, {
+                "greedy": Rate.of(sum(grade(p, c) for p, c in zip(probs, greedy, strict=True)), len(probs)),
+                "pass_at_k": passk_block(probs, sampled, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed),
+                "mean_length": float(np.mean([len(c) for c in sampled]))})
+        card["tiers"][str(tier)] = block
         bar.update()
     times["base_passk"] = time.time() - t0
 
@@ -449,15 +511,19 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
                "open_accuracy": Rate.of(sum(grade(p, c) for p, c in zip(open_probs, o, strict=True)),
                                         len(open_probs)),
                "open_distinct": len(set(o)) / max(1, len(o))}
+        out = {"row": row, "sampled": s, "open": o}
         if name in CALIBRATION_TWINS:
             c = generate_texts(name, model, [p.prompt for p in conf_probs], conf_budget, SAMPLE_TEMPERATURE,
                                1.0, 1, st.seed)
-            card["calibration"][name] = confidence_block(conf_probs, c, n_boot=st.n_boot, seed=st.seed)
-        return {"row": row, "sampled": s, "open": o, "model": model}
+            out["calibration"] = confidence_block(conf_probs, c, n_boot=st.n_boot, seed=st.seed)
+        return out
 
     bar.set_postfix_str("base")
-    ev = evaluate("base", base)
+    key = {"stage": "base", **common, **twin_key}
+    ev = stages.get(key) or stages.put(key, evaluate("base", base))
     card["twins"]["base"] = ev["row"]
+    if "calibration" in ev:
+        card["calibration"]["base"] = ev["calibration"]
     rows_struct = sample_rows(twin_probs, ev["sampled"], base, "base")
     rows_open = sample_rows(open_probs, ev["open"], base, "base")
     bar.update()
@@ -467,24 +533,34 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
     for name in twins:
         t0 = time.time()
         bar.set_postfix_str(name)
-        model = load(paths[name])
-        ev = evaluate(name, model)
-        row = ev["row"]
-        row["unchanged_fraction"] = bf16_unchanged_fraction(paths["base"], paths[name])["unchanged_fraction"]
-        row["drift"] = {
-            "structured": drift_block(base, model, rows_struct, sample_rows(twin_probs, ev["sampled"], model, name),
-                                      name, n_boot=st.n_boot, seed=st.seed),
-            "open": drift_block(base, model, rows_open, sample_rows(open_probs, ev["open"], model, name), name,
-                                n_boot=st.n_boot, seed=st.seed)}
-        if name in st.passk_twins:  # the same problems and protocol as the base's row of this tier
-            probs = eval_problems(st.n_passk, st.eval_set, difficulty=st.twin_tier)
-            s = generate_texts(name, model, [p.prompt for p in probs], twin_budget, PASSK_TEMPERATURE,
-                               PASSK_TOP_P, st.passk_samples, st.seed)
-            card["passk_twins"][name] = passk_block(probs, s, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed)
-        if sampler is not None:
-            sampler.release(name, model)
-        card["twins"][name] = row
-        del model
+        key = {"stage": f"twin {name}", "twin": digests[name], **common, **twin_key,
+               **(passk_key if name in st.passk_twins else {})}
+        done = stages.get(key)
+        if done is None:
+            model = load(paths[name])
+            ev = evaluate(name, model)
+            row = ev["row"]
+            row["unchanged_fraction"] = bf16_unchanged_fraction(paths["base"], paths[name])["unchanged_fraction"]
+            row["drift"] = {
+                "structured": drift_block(base, model, rows_struct, sample_rows(twin_probs, ev["sampled"], model, name),
+                                          name, n_boot=st.n_boot, seed=st.seed),
+                "open": drift_block(base, model, rows_open, sample_rows(open_probs, ev["open"], model, name), name,
+                                    n_boot=st.n_boot, seed=st.seed)}
+            done = {"row": row, "calibration": ev.get("calibration")}
+            if name in st.passk_twins:  # the same problems and protocol as the base's row of this tier
+                probs = eval_problems(st.n_passk, st.eval_set, difficulty=st.twin_tier)
+                s = generate_texts(name, model, [p.prompt for p in probs], twin_budget, PASSK_TEMPERATURE,
+                                   PASSK_TOP_P, st.passk_samples, st.seed)
+                done["passk"] = passk_block(probs, s, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed)
+            if sampler is not None:
+                sampler.release(name, model)
+            del model
+            stages.put(key, done)
+        card["twins"][name] = done["row"]
+        if done.get("calibration"):
+            card["calibration"][name] = done["calibration"]
+        if done.get("passk"):
+            card["passk_twins"][name] = done["passk"]
         times[name] = time.time() - t0
         bar.update()
     bar.close()
@@ -498,6 +574,7 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
         card["engine"] = sampler.describe()
     else:
         card["engine"] = {"requested": "caller's generate_texts", "used": ["caller"], "fallback": None}
+    card["engine"]["reused_stages"] = stages.reused
     times["total"] = time.time() - t_all
     card["seconds"] = {k: round(v, 1) for k, v in times.items()}
     card["claims"] = card_claims(card)
@@ -670,8 +747,10 @@ def card_markdown(card: Mapping) -> str:
     st = card["settings"]
     L: list[str] = []
     L += [f"Measured by `python scripts/evaluate.py --card` (held-out eval set {st['eval_set']}, seed {st['seed']}; "
-          f"engine: {', '.join(card['engine']['used'])}"
+          f"engine: {', '.join(card['engine']['used']) or 'none (all reused)'}"
           + (f"; fallback: {card['engine']['fallback']}" if card["engine"].get("fallback") else "")
+          + (f"; {len(card['engine']['reused_stages'])} stage(s) reused from the stage cache"
+             if card["engine"].get("reused_stages") else "")
           + f"; {card['seconds']['total']:.0f} s). Rates: 95% Wilson intervals; pass@k, KL, entropy, ECE/Brier/AUROC: "
           f"95% percentile bootstrap over problems ({st['n_boot']} resamples).", ""]
     facts = card.get("facts")
@@ -815,5 +894,5 @@ def fill_model_card(readme: str, card: Mapping) -> str:
 
 
 __all__ = ["CardSettings", "CardSampler", "measure_card", "card_markdown", "card_claims", "fill_model_card",
-           "passk_block", "confidence_block", "weight_overlap", "drift_block", "sample_rows", "checkpoint_facts",
+           "passk_block", "confidence_block", "weight_overlap", "drift_block", "sample_rows", "checkpoint_facts", "StageCache", "weights_digest",
            "CARD_TIERS", "MARK_BEGIN", "MARK_END"]

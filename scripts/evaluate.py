@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="twins that also get a pass@k curve at --twin-tier (default: rl-seed0 rl-nsr rl-psr "
                       "where shipped; none: give the flag alone)")
     card.add_argument("--n-boot", type=cli.positive_int, default=1000, help="bootstrap resamples")
+    card.add_argument("--stage-cache", type=Path, default=None,
+                      help="folder of finished card stages, reused when their weights and settings are unchanged "
+                      "(default: OUT/stages; give one outside OUT to keep it across --overwrite)")
     card.add_argument("--card-engine", choices=("auto", "vllm", "hf"), default=None,
                       help="engine of the card's sampling (default: --engine if given, else auto)")
     ap.add_argument("--out", type=Path, default=Path("runs/evaluate"))
@@ -209,7 +212,7 @@ def write_card_plot(card: dict, out: Path) -> None:
 def run_card(args: argparse.Namespace) -> dict:
     from analyses.organism_card import card_markdown, measure_card
 
-    card = measure_card(args._paths, args._card)
+    card = measure_card(args._paths, args._card, cache=args.stage_cache or args.out / "stages")
     write_results(args.out, card, "# Organism model card numbers\n\n" + card_markdown(card))
     write_card_plot(card, args.out)
     if not args.json:

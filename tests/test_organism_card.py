@@ -158,6 +158,33 @@ def test_measure_card_end_to_end_on_planted_twins(tmp_path):
     assert sparse["holds"] is False and "unchanged 0.0" in sparse["measured"]
 
 
+def test_a_rerun_reuses_every_unchanged_stage_and_redoes_a_changed_twin(tmp_path):
+    paths = {name: _tiny_organism(tmp_path / name, seed) for seed, name in enumerate(["base", "rl-seed0", "rl-psr"])}
+    st = CardSettings(n_problems=10, passk_problems=None, passk_samples=2, passk_tiers=(4,), n_boot=20,
+                      passk_twins=("rl-psr",), engine="hf")
+    acc = {"base": 0.3, "rl-seed0": 0.7, "rl-psr": 0.9}
+    calls: list[str] = []
+    gen = _planted_generate(acc)
+
+    def counting(name, *a):
+        calls.append(name)
+        return gen(name, *a)
+
+    first = measure_card(paths, st, generate_texts=counting, progress=False, cache=tmp_path / "stages")
+    assert first["engine"]["reused_stages"] == [] and calls
+    calls.clear()
+    again = measure_card(paths, st, generate_texts=counting, progress=False, cache=tmp_path / "stages")
+    assert calls == [] and len(again["engine"]["reused_stages"]) == 4  # tier 4, base, two twins
+    strip = ("seconds", "engine", "claims")
+    assert json.dumps(to_jsonable({k: v for k, v in again.items() if k not in strip})) == json.dumps(
+        to_jsonable({k: v for k, v in first.items() if k not in strip}))
+    _tiny_organism(tmp_path / "rl-seed0", 7)  # new weights under the same name: that twin only is redone
+    calls.clear()
+    third = measure_card(paths, st, generate_texts=counting, progress=False, cache=tmp_path / "stages")
+    assert set(calls) == {"rl-seed0"} and "twin rl-seed0" not in third["engine"]["reused_stages"]
+    assert third["twins"]["rl-seed0"]["unchanged_fraction"] != first["twins"]["rl-seed0"]["unchanged_fraction"]
+
+
 def _card_with(unchanged: float, gain: float) -> dict:
     def stats(acc):
         rate = {"k": 0, "n": 500, "value": acc, "low": acc - 0.04, "high": acc + 0.04}
