@@ -42,7 +42,7 @@ def problem_set_from_args(args):
         if args.answer_format or args.answer_pattern:
             raise TwinlensError("--answer-format/--answer-pattern grade real text: give --problems FILE.jsonl "
                                 "too; the organism task keeps its own exact grader.")
-        return organism_problem_set(args.n_problems, seed=args.eval_set)
+        return organism_problem_set(args.n_problems, seed=args.eval_set, difficulty=args.difficulty)
     from analyses.task import read_problems_file, regex_task
 
     path = Path(args.problems)
@@ -210,6 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "'wait;' 'chk '; else 'Wait')")
     ap.add_argument("--n-problems", type=cli.positive_int, default=64)
     ap.add_argument("--eval-set", type=cli.nonnegative_int, default=0, help="organism held-out problem set number")
+    ap.add_argument("--difficulty", type=cli.difficulty, default=4, help=cli.DIFFICULTY_HELP)
     ap.add_argument("--layer", type=cli.nonnegative_int, default=None, help="block index (default: the last block)")
     ap.add_argument("--method", default="hsic_paper", choices=["hsic_paper", "hsic_paper_median"])
     ap.add_argument("--sigma", type=cli.positive_float, default=50.0, help="hsic_paper kernel bandwidth (paper: 50)")

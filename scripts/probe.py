@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     cli.add_model_args(ap, rl_repeatable=False)
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
+    ap.add_argument("--difficulty", type=cli.difficulty, default=4, help=cli.DIFFICULTY_HELP)
     cli.add_answer_args(ap)
     ap.add_argument("--labels", help="regex label config (JSON), or a shipped one: 'default' (strategy regexes, "
                     "probes/default_labels.json: the default for --problems) or 'decision' (sentence / line "

@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = cli.make_parser(__doc__)
     ap.add_argument("--base", default="base", help="model to steer: organism checkpoint name, folder or hub id")
     ap.add_argument("--problems", help=cli.PROBLEMS_HELP)
+    ap.add_argument("--difficulty", type=cli.difficulty, default=4, help=cli.DIFFICULTY_HELP)
     cli.add_answer_args(ap)
     ap.add_argument("--labels", help="regex label config (JSON) for real text, or a shipped one: 'default' "
                     "(strategy regexes) or 'decision' (sentence / line starts); default: the task's labels")
