@@ -780,7 +780,8 @@ def verdict_entropy(r: Mapping | None) -> Verdict:
 
     With the drift job's per-domain entropy changes (``entropy_change_by_domain[model][domain]``:
     change from the base on each model's own samples, paired bootstrap CI over problems): the
-    structured change is the last model's on the structured task; the open change is
+    structured change is the last model's (other than ``OPEN_DOMAIN_TWIN``, whatever the order
+    the models were given in) on the structured task; the open change is
     ``OPEN_DOMAIN_TWIN``'s on the open domain where that twin was measured (RL trained on the open
     domain), else the same model's. supported when the structured change's CI lies below 0 and the
     open change's CI lies above it (the open domain loses less entropy, CIs apart); not supported
@@ -793,7 +794,8 @@ def verdict_entropy(r: Mapping | None) -> Verdict:
     ent, ci = get(r, "entropy"), get(r, "entropy_ci") or {}
     if not isinstance(ent, Mapping) or "base" not in ent:
         return v
-    last = list(ent)[-1]
+    structured_models = [m for m in ent if m not in ("base", OPEN_DOMAIN_TWIN)]
+    last = structured_models[-1] if structured_models else list(ent)[-1]
     v.trivial = "sampling noise (CIs)"
     changes = get(r, "entropy_change_by_domain") or {}
     s_ch = get(changes, last, "structured")

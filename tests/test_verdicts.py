@@ -246,6 +246,10 @@ def test_entropy_rule_contrasts_the_structured_drop_with_the_open_domains(struct
     v = V.verdict_entropy(r)
     assert v.outcome == outcome, v.why
     assert "structured" in v.number and "open" in v.number
+    # the open twin listed last (after the structured one) changes nothing: the rule picks by name
+    if open_model == "rl-open":
+        swapped = {**r, "entropy": {"base": 0.5, "rl-seed0": 0.2, "rl-open": 0.9}}
+        assert V.verdict_entropy(swapped).outcome == outcome
     # the old, one-domain reading of the same numbers would say supported in every case but the last
     del r["entropy_change_by_domain"]
     one = V.verdict_entropy(r)
