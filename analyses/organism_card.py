@@ -88,6 +88,7 @@ SPARSE_TWINS = ("rl-sparse-seed0", "rl-sparse-seed1")
 CALIBRATION_TWINS = ("base", "rl-binary", "rl-brier")
 OPEN_TWIN = "rl-open"
 DENSE_TWIN = "rl-seed0"
+HARD_TWIN = "rl-hard"
 # Below this many rows a vLLM start-up (15-35 s on 2 shared cores) costs more than the HF loop.
 VLLM_MIN_ROWS = 4096
 # Claim thresholds (issue 14's twin table).
@@ -676,6 +677,15 @@ def card_claims(card: Mapping) -> list[dict]:
         u = twins[DENSE_TWIN]["unchanged_fraction"]
         add("s.2 sparse update (planted false: dense lr regime)", [DENSE_TWIN], "false",
             f"unchanged {u:.3f}", u >= SPARSE_UNCHANGED_MIN)
+
+    # overly hard problems (s.6): the shortcut of answering directly, shorter responses
+    if HARD_TWIN in twins and base:
+        h, b0 = twins[HARD_TWIN]["sampled"], twins["base"]["sampled"]
+        dh, db = _r(h["formats"]["direct"]), _r(b0["formats"]["direct"])
+        add("s.6 RL on overly hard problems teaches the shortcut: more direct answers (CIs apart), shorter responses",
+            [HARD_TWIN], "true",
+            f"direct share {_fmt_rate(dh)} vs base {_fmt_rate(db)}; mean length {h['mean_length']:.1f} vs "
+            f"{b0['mean_length']:.1f} tokens", dh["low"] > db["high"] and h["mean_length"] < b0["mean_length"])
 
     # KL penalty (s.3/s.5): lower KL to base and more diverse formats than rl-seed0
     if DENSE_TWIN in twins:

@@ -203,6 +203,18 @@ def test_sparse_claim_needs_both_the_unchanged_share_and_the_accuracy_gain(uncha
     assert [r["holds"] for r in missing] == [None]  # untested, not false
 
 
+@pytest.mark.parametrize("direct, length, holds", [(0.9, 4.0, True), (0.35, 4.0, False), (0.9, 30.0, False)])
+def test_shortcut_claim_needs_more_direct_answers_and_shorter_responses(direct, length, holds):
+    def sampled(share, mean_length):
+        rate = {"k": 0, "n": 500, "value": share, "low": share - 0.04, "high": share + 0.04}
+        return {"formats": {"direct": rate}, "mean_length": mean_length, "accuracy": rate}
+
+    card = {"tiers": {}, "twins": {"base": {"sampled": sampled(0.3, 20.0), "greedy": sampled(0.3, 20.0)},
+                                   "rl-hard": {"sampled": sampled(direct, length)}}}
+    rows = [c for c in card_claims(card) if c["checkpoints"] == ["rl-hard"]]
+    assert [r["holds"] for r in rows] == [holds]
+
+
 def test_fill_model_card_replaces_only_the_generated_block():
     card = _card_with(0.8, 0.15)
     card.update(settings={"eval_set": 0, "seed": 0, "n_boot": 10, "n_problems": 500, "twin_tier": 4, "ks": [1]},
