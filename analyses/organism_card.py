@@ -766,15 +766,18 @@ def card_markdown(card: Mapping) -> str:
     facts = card.get("facts")
     if facts:
         L += ["### Checkpoints as built (from each `training_info.json`)", "",
-              "| checkpoint | stage | from | steps | lr | beta | seed | samples / sequences | tokens | seconds | MB |",
-              "|---" * 11 + "|"]
+              "| checkpoint | stage | from | recipe | steps | lr | beta | seed | samples / sequences | tokens | seconds "
+              "| MB |", "|---" * 12 + "|"]
         for name, f in facts["checkpoints"].items():
             h = f.get("hyperparameters") or {}
 
             def cell(v):
                 return "" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{v:g}"
                                              if isinstance(v, float) else str(v))
-            L.append("| " + " | ".join([f"`{name}`", cell(f.get("stage")), cell(f.get("init")), cell(h.get("steps")),
+            recipe = ", ".join(f"{k} {h[k]}" for k in ("problems", "reward", "advantage_sign", "master_dtype")
+                               if h.get(k) is not None)
+            L.append("| " + " | ".join([f"`{name}`", cell(f.get("stage")), cell(f.get("init")), recipe,
+                                        cell(h.get("steps")),
                                         cell(h.get("lr")), cell(h.get("beta")), cell(h.get("seed")),
                                         cell(f.get("samples_seen")), cell(f.get("tokens_generated")),
                                         cell(f.get("seconds")), f"{f['bytes'] / 1e6:.2f}"]) + " |")
