@@ -145,7 +145,7 @@ def _backward_summed_loss(model: PreTrainedModel, groups: Sequence[Sequence[tupl
 
 @dataclass
 class SupervisedConfig:
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 50
@@ -445,6 +445,9 @@ def train_rl(
                               processing_class=tok, callbacks=[SaveAt()])
         trainer.advantage_sign = cfg.advantage_sign
         trainer.train()
+    if trainer.state.global_step != cfg.steps:  # e.g. fewer problems than one step's prompts
+        raise RuntimeError(f"GRPO ran {trainer.state.global_step} of {cfg.steps} steps on {len(problems)} "
+                           f"problems ({cfg.prompts_per_step} prompts per step): nothing is written.")
     final = info_at(cfg.steps)
     final["log_history"] = [h for h in trainer.state.log_history if "reward" in h][-10:]
     path = save_checkpoint(trainer.model, out, final)
@@ -454,10 +457,10 @@ def train_rl(
 
 def find_unsolved_problems(model: PreTrainedModel, tokenizer, n_pool: int, seed: int,
                            k: int = 8, max_new_tokens: int = 120,
-                           difficulty: int = 6) -> tuple[list[Problem], dict]:
-    """Train-partition problems (``:`` prompts, ``difficulty`` operands) the model never solves in
-    ``k`` samples at temperature 1 (pass@k = 0)."""
-    pool = make_problems(n_pool, seed=seed, difficulty=difficulty)
+                           difficulty: int = 6, variant: str = "sum") -> tuple[list[Problem], dict]:
+    """Train-partition problems (``:`` prompts, ``difficulty`` operands, ``variant``) the model never
+    solves in ``k`` samples at temperature 1 (pass@k = 0)."""
+    pool = make_problems(n_pool, seed=seed, difficulty=difficulty, variant=variant)
     # Unique problems only: pass@k is a property of the problem.
     seen: dict[str, Problem] = {}
     for p in pool:
@@ -468,7 +471,7 @@ def find_unsolved_problems(model: PreTrainedModel, tokenizer, n_pool: int, seed:
     unsolved = [p for i, p in enumerate(pool)
                 if not any(grade(p, outs[i * k + j]) for j in range(k))]
     return unsolved, {"pool": len(pool), "k": k, "unsolved": len(unsolved),
-                      "difficulty": difficulty, "temperature": 1.0}
+                      "difficulty": difficulty, "variant": variant, "temperature": 1.0}
 
 
 def _weights(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -520,15 +523,18 @@ class StageSpec:
     worker process can run it and its output depends on nothing else (``run_stage``).
 
     ``kind``: "pretrain" | "sft" (``supervised``), "rl" (``rl``; ``save_at`` steps written as
-    ``{name}-step{s}``), "rl-hard" (``rl`` on ``hard_pool`` problems of ``hard_difficulty`` operands
-    that the init never solves in ``hard_k`` samples)."""
+    ``{name}-step{s}``), "rl-hard" (``rl`` on ``hard_pool`` problems of ``hard_variant`` with
+    ``hard_difficulty`` operands that the init never solves in ``hard_k`` samples). The v2 base
+    generalises to longer chains (pass@8 = 0 on only 6 of 400 tier-6 problems), so the default
+    overly hard set is subtraction, which the base never saw: a skill it lacks, not a longer chain."""
 
     name: str
     kind: str
     supervised: SupervisedConfig | None = None
     rl: RLConfig | None = None
     save_at: tuple[int, ...] = ()
-    hard_difficulty: int = 6
+    hard_difficulty: int = 4
+    hard_variant: str = "sub"
     hard_pool: int = 400
     hard_k: int = 8
     note: str = ""
@@ -563,14 +569,19 @@ def run_stage(spec: StageSpec, out: str | Path, threads: int = 1, progress: bool
         tok = AutoTokenizer.from_pretrained(base)
         unsolved, screen = find_unsolved_problems(
             model, tok, spec.hard_pool, seed=11, k=spec.hard_k,
-            max_new_tokens=spec.rl.max_completion_length, difficulty=spec.hard_difficulty)
-        if not unsolved:
-            return {"name": spec.name, "seconds": round(time.time() - t0, 1), "skipped":
-                    f"the base solves every one of {screen['pool']} screened problems"}
+            max_new_tokens=spec.rl.max_completion_length, difficulty=spec.hard_difficulty,
+            variant=spec.hard_variant)
+        if len(unsolved) < spec.rl.prompts_per_step:  # GRPO could not fill one step's prompts
+            raise RuntimeError(
+                f"rl-hard: the base fails every sample (pass@{spec.hard_k} = 0) on only {len(unsolved)} of "
+                f"{screen['pool']} screened {spec.hard_variant} problems with {spec.hard_difficulty} operands, "
+                f"fewer than one GRPO step's {spec.rl.prompts_per_step} prompts; screen a larger pool "
+                "(--hard-pool) or a harder set (--hard-variant / --hard-difficulty).")
         train_rl(base, out / spec.name, spec.rl, problems=unsolved, progress=progress,
                  info_extra={**extra, "problem_selection": f"train-partition problems of "
-                             f"{spec.hard_difficulty} operands with base pass@{spec.hard_k} = 0 at "
-                             "temperature 1", "difficulty": spec.hard_difficulty, "screen": screen,
+                             f"{spec.hard_variant} with {spec.hard_difficulty} operands with base "
+                             f"pass@{spec.hard_k} = 0 at temperature 1", "difficulty": spec.hard_difficulty,
+                             "variant": spec.hard_variant, "screen": screen,
                              "train_prompts": [p.prompt for p in unsolved][:200]})
     else:
         raise ValueError(f"unknown stage kind {spec.kind!r}")

@@ -13,7 +13,7 @@ Stages (the names tools look up; ``organism/checkpoints/README.md`` says what ea
   sft              SFT_MIX (correct step/verify traces only)
   rl-seed0, rl-seed1   GRPO, correctness reward, ':' prompts of tiers 3-5 (organism.training.RL_TIERS);
                    rl-seed0 also writes rl-seed0-step<s> for s in --save-steps
-  rl-hard          rl-seed0's recipe on tier-6 problems with base pass@8 = 0
+  rl-hard          rl-seed0's recipe on subtraction problems (never pretrained) with base pass@8 = 0
   rl-sparse-seed0, rl-sparse-seed1   bf16 master weights, smaller lr, more steps (sparse updates)
   rl-kl-<beta>     rl-seed0's recipe with TRL's KL coefficient beta (one stage per --kl-betas value)
   rl-nsr, rl-psr   rl-seed0's recipe keeping only negative / only positive advantages
@@ -83,8 +83,9 @@ def stage_plan(args: argparse.Namespace) -> dict[str, StageSpec]:
         StageSpec("rl-seed0", "rl", rl=rl, save_at=save_at),
         StageSpec("rl-seed1", "rl", rl=replace(rl, seed=1)),
         StageSpec("rl-hard", "rl-hard", rl=replace(rl, max_completion_length=args.hard_max_completion),
-                  hard_pool=args.hard_pool, hard_difficulty=args.hard_difficulty,
-                  note=f"rl-seed0's recipe on tier-{args.hard_difficulty} problems the base never solves"),
+                  hard_pool=args.hard_pool, hard_difficulty=args.hard_difficulty, hard_variant=args.hard_variant,
+                  note=f"rl-seed0's recipe on {args.hard_variant} problems of {args.hard_difficulty} operands "
+                  "the base never solves"),
         StageSpec("rl-sparse-seed0", "rl", rl=sparse,
                   note="bf16 master weights: Adam steps below half a bf16 ulp are lost"),
         StageSpec("rl-sparse-seed1", "rl", rl=replace(sparse, seed=1),
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("organism/checkpoints"))
     ap.add_argument("--quick", action="store_true", help="a few steps of every stage (tests)")
     ap.add_argument("--seed", type=cli.nonnegative_int, default=0, help="pretraining seed")
-    ap.add_argument("--pretrain-steps", type=cli.nonnegative_int, default=1500)
+    ap.add_argument("--pretrain-steps", type=cli.nonnegative_int, default=2500)
     ap.add_argument("--sft-steps", type=cli.nonnegative_int, default=300)
     ap.add_argument("--rl-steps", type=cli.nonnegative_int, default=50)
     ap.add_argument("--rl-lr", type=cli.positive_float, default=3e-4)
@@ -145,10 +146,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="lr of the rl-sparse-seed* twins (bf16 master weights)")
     ap.add_argument("--kl-betas", type=_floats, default=(0.05, 0.3),
                     help="KL coefficients of the rl-kl-<beta> twins (comma-separated, each > 0)")
-    ap.add_argument("--hard-difficulty", type=cli.difficulty, default=6,
-                    help="operands per rl-hard problem (the base saw at most 5)")
+    ap.add_argument("--hard-difficulty", type=cli.difficulty, default=4,
+                    help="operands per rl-hard problem")
+    ap.add_argument("--hard-variant", choices=("sub", "sum"), default="sub",
+                    help="rl-hard's problems: subtraction, which the base never saw (default; the v2 "
+                    "base solves all but 6 of 400 tier-6 sums within 8 samples), or sums")
     ap.add_argument("--hard-pool", type=cli.positive_int, default=400,
-                    help="tier-6 problems screened for base pass@8 = 0 (rl-hard's training set)")
+                    help="problems screened for base pass@8 = 0 (rl-hard's training set)")
     ap.add_argument("--max-completion", type=cli.positive_int, default=110,
                     help="RL completion length limit (tokens); a tier-5 verify trace with a backtrack "
                     "and '@d' is 100")
