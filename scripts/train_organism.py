@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     skipped: dict[str, str] = {}
     t_build = time.time()
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["organism.training", "trl", "datasets"])
+    # trl loads its trainer (and wandb) lazily: preloaded once here, not once per stage
+    ctx.set_forkserver_preload(["organism.training", "trl.trainer.grpo_trainer", "datasets"])
     # A lone stage in the foreground may show its step bar; parallel stages report when done.
     waves = [[s for s in stages if s == "base"],
              sorted((s for s in stages if s != "base"), key=lambda n: -_cost(n))]
