@@ -424,25 +424,39 @@ def train_rl(
                 save_checkpoint(kw["model"], out.parent / save_name(state.global_step),
                                 info_at(state.global_step))
 
-    args = GRPOConfig(
-        output_dir=str(out.parent / f".trl-{out.name}"),
-        use_cpu=True, bf16=False, fp16=False,
-        learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0,
-        per_device_train_batch_size=batch, num_generations=cfg.generations,
-        steps_per_generation=1, num_iterations=1,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, top_p=1.0, top_k=0,
-        beta=cfg.beta, max_steps=cfg.steps, seed=cfg.seed, data_seed=cfg.data_seed,
-        logging_steps=max(1, min(10, cfg.steps)), save_strategy="no", report_to="none",
-        disable_tqdm=not progress, dataloader_num_workers=0,
-        log_completions=False,
-    )
+    class ProgressLine(TrainerCallback):
+        """One line per logging step (what a build with parallel stages shows as progress)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                print(f"   {out.name} step {state.global_step}/{cfg.steps}: mean reward "
+                      f"{float(logs['reward']):.3f}, entropy {float(logs.get('entropy', float('nan'))):.3f}, "
+                      f"{time.time() - t0:.0f} s", flush=True)
+
     trainer_cls = _signed_trainer_class()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # TRL/transformers deprecation notices about their own defaults
+        args = GRPOConfig(
+            output_dir=str(out.parent / f".trl-{out.name}"),
+            use_cpu=True, bf16=False, fp16=False,
+            learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0,
+            weight_decay=0.0, max_grad_norm=1.0,
+            per_device_train_batch_size=batch, num_generations=cfg.generations,
+            steps_per_generation=1, num_iterations=1,
+            max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature, top_p=1.0, top_k=0,
+            beta=cfg.beta, max_steps=cfg.steps, seed=cfg.seed, data_seed=cfg.data_seed,
+            logging_steps=max(1, min(10, cfg.steps)), save_strategy="no", report_to="none",
+            disable_tqdm=not progress, dataloader_num_workers=0,
+            log_completions=False,
+        )
         trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=ds,
                               processing_class=tok, callbacks=[SaveAt()])
+        if not progress:  # the dict of every log (PrinterCallback) gives way to one short line
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.add_callback(ProgressLine())
         trainer.advantage_sign = cfg.advantage_sign
         trainer.train()
     if trainer.state.global_step != cfg.steps:  # e.g. fewer problems than one step's prompts
