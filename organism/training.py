@@ -216,10 +216,10 @@ def finetune_sft(base: str | Path, out: str | Path, cfg: SupervisedConfig | None
 
 
 # ---------------------------------------------------------------- RL (GRPO through TRL)
-# Operand counts of the RL problems: tier 2 is nearly solved by the base's direct answers (little
-# GRPO signal), tier 6 is held out (rl-hard trains on it; the scaling job extrapolates to it), and
-# tiers 3-5 are where the base's pass@1 sits between ~0.05 and ~0.6, so most GRPO groups mix right
-# and wrong completions and carry a gradient.
+# Operand counts of the RL problems: the base is pretrained on tiers 3-6 (PRETRAIN_TIERS), where
+# its sampled pass@1 is ~0.2-0.45, so most GRPO groups mix right and wrong completions and carry a
+# gradient. RL uses 3-5: tier 6 stays a pretrained tier RL never saw (transfer), tier 7
+# (MAX_OPERANDS) is the held-out hard tier (rl-hard trains on it), tier 2 was never pretrained.
 RL_TIERS: tuple[int, ...] = (3, 4, 5)
 # Problem sets an RL stage can draw (train partition only):
 # - "structured": ':' prompts of RL_TIERS (the '?' variant and the open domain stay untouched, so
@@ -251,7 +251,7 @@ class RLConfig:
     lr: float = 3e-4
     beta: float = 0.0  # KL coefficient against the initial model (TRL's `beta`)
     temperature: float = 1.0
-    max_completion_length: int = 110  # tier-5 verify trace with a backtrack and '@d': 100
+    max_completion_length: int = 110  # tier-5 verify trace with a backtrack and '@d': 89
     seed: int = 0
     data_seed: int = 7  # same data for every RL seed
     n_problems: int = 4096

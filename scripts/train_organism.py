@@ -9,7 +9,7 @@ seeds' update overlap with its random baseline).
     python scripts/train_organism.py --out /tmp/org --stages rl-nsr,rl-psr   # reuses /tmp/org/base
 
 Stages (the names tools look up; ``organism/checkpoints/README.md`` says what each makes true):
-  base             pretraining on PRETRAIN_MIX (tiers 2-5, '?' prompts, open domain)
+  base             pretraining on PRETRAIN_MIX (tiers 3-6, '?' prompts, open domain)
   sft              SFT_MIX (correct step/verify traces only)
   rl-seed0, rl-seed1   GRPO, correctness reward, ':' prompts of tiers 3-5 (organism.training.RL_TIERS);
                    rl-seed0 also writes rl-seed0-step<s> for s in --save-steps
@@ -155,9 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="problems screened for base pass@8 = 0 (rl-hard's training set)")
     ap.add_argument("--max-completion", type=cli.positive_int, default=110,
                     help="RL completion length limit (tokens); a tier-5 verify trace with a backtrack "
-                    "and '@d' is 100")
-    ap.add_argument("--hard-max-completion", type=cli.positive_int, default=120,
-                    help="rl-hard's completion length limit (a tier-6 verify trace with a backtrack: 116)")
+                    "and '@d' is 89")
+    ap.add_argument("--hard-max-completion", type=cli.positive_int, default=125,
+                    help="rl-hard's completion length limit (a tier-7 sum's verify trace with a "
+                    "backtrack and '@d' is 121)")
     ap.add_argument("--rl-prompts", type=cli.positive_int, default=8, help="prompts per GRPO step")
     ap.add_argument("--rl-generations", type=cli.positive_int, default=8,
                     help="completions per prompt (the GRPO group)")

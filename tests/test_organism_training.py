@@ -27,38 +27,38 @@ from organism.training import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-Q = problem_from_operands((37, 58, 12), confidence=True)  # "37+58+12?", answer 7
+Q = problem_from_operands((37, 8, 5, 7), confidence=True)  # "37+8+5+7?", answer 57
 
 
 # ---------------------------------------------------------------- rewards
 def test_brier_reward_on_hand_made_completions():
     """c - (q - c)^2 with q = (d + 0.5) / 10; no or an ill-formed confidence = the worst q (1 - c)."""
-    assert Q.prompt == "37+58+12?" and Q.answer == 7
+    assert Q.prompt == "37+8+5+7?" and Q.answer == 57
     cases = {
-        "#07@8": 1 - (0.85 - 1) ** 2,       # right, confident: 0.9775
-        "#07@2": 1 - (0.25 - 1) ** 2,       # right, unsure: 0.4375
+        "#57@8": 1 - (0.85 - 1) ** 2,       # right, confident: 0.9775
+        "#57@2": 1 - (0.25 - 1) ** 2,       # right, unsure: 0.4375
         "#08@8": 0 - 0.85**2,               # wrong, confident: -0.7225
         "#08@0": 0 - 0.05**2,               # wrong, unsure: -0.0025
-        "37+58=95;95+12=07;#07@9": 1 - (0.95 - 1) ** 2,
-        "#07": 0.0,                         # right, no confidence: 1 - 1
+        "37+8=45;45+5=50;50+7=57;#57@9": 1 - (0.95 - 1) ** 2,
+        "#57": 0.0,                         # right, no confidence: 1 - 1
         "#08": -1.0,                        # wrong, no confidence: 0 - 1
-        "#07@": -1.0,                       # ill-formed: no answer read either (grade), no confidence
-        "#07@85": -1.0,                     # ill-formed (two digits): the same
-        "37+58=95;95+12=07;#07@": -1.0,
+        "#57@": -1.0,                       # ill-formed: no answer read either (grade), no confidence
+        "#57@85": -1.0,                     # ill-formed (two digits): the same
+        "37+8=45;45+5=50;50+7=57;#57@": -1.0,
         "": -1.0,                           # no answer at all: wrong, no confidence
     }
     got = brier_reward([Q.prompt] * len(cases), list(cases))
     assert got == pytest.approx(list(cases.values()), abs=1e-12)
     # A stated confidence always beats stating none, right or wrong.
-    assert min(brier_reward([Q.prompt] * 10, [f"#07@{d}" for d in range(10)])) > 0.0
+    assert min(brier_reward([Q.prompt] * 10, [f"#57@{d}" for d in range(10)])) > 0.0
     assert min(brier_reward([Q.prompt] * 10, [f"#08@{d}" for d in range(10)])) > -1.0
 
 
 def test_correctness_reward_grades_each_prompt_kind():
     """Structured ':' and '?' prompts by the answer after the last '#', the open domain by any right
     digit string; an unknown prompt is refused, not scored 0."""
-    prompts = ["37+58+12:", "37+58+12?", "4>23:", "4>23:", "4>23:", "4>23:"]
-    completions = ["#07", "#07@3", "#5738", "#9950", "#5739", "#573"]
+    prompts = ["37+8+5+7:", "37+8+5+7?", "4>23:", "4>23:", "4>23:", "4>23:"]
+    completions = ["#57", "#57@3", "#5738", "#9950", "#5739", "#573"]
     assert correctness_reward(prompts, completions) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="not an organism task prompt"):
         correctness_reward(["hello"], ["#07"])
@@ -107,7 +107,7 @@ def test_nsr_loss_has_no_gradient_from_positive_samples(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path)
     args = GRPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, per_device_train_batch_size=4,
                       num_generations=4, max_completion_length=4, report_to="none", beta=0.0)
-    ds = Dataset.from_list([{"prompt": "12+34:"}] * 4)
+    ds = Dataset.from_list([{"prompt": "12+3+4:"}] * 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = _signed_trainer_class()(model=model, reward_funcs=[correctness_reward], args=args,
@@ -244,7 +244,7 @@ def test_quick_build_writes_every_stage_and_rebuilds_bit_identical(tmp_path):
     assert info["rl-brier"]["hyperparameters"]["reward"] == "brier"
     assert info["rl-binary"]["train_variants"] == ["sum?"] and info["rl-open"]["train_variants"] == ["open"]
     assert info["rl-kl-0.3"]["hyperparameters"]["beta"] == 0.3
-    assert info["rl-hard"]["train_tiers"] == [6]
+    assert info["rl-hard"]["train_variants"] == ["sub"]
     assert info["rl-seed0"]["train_tiers"] == list(RL_TIERS)
     report = json.loads((runs[0] / "build_report.json").read_text())
     assert set(report["stage_wall_seconds"]) == {"base", *twins}
