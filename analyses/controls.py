@@ -120,12 +120,12 @@ CONTROLS: dict[str, RowControl] = {c.row: c for c in [
         args=("--n-problems", "32", "--n-samples", "4", "--n-boot", "200")),
     RowControl(
         "passk", "passk",
-        true=Planted(("--base", "base", "--rl", "rl-nsr"),
-                     "rl-nsr (negative samples only) keeps the base's support and entropy: pass@k at or "
-                     "above the base's at every k (Zhu et al.)"),
+        true=None,
         false=Planted(("--base", "base", "--rl", "rl-psr"),
                       "rl-psr (positive samples only) collapses entropy onto what it already solves: the "
                       "base overtakes it at large k (Yue et al.'s crossover)"),
+        untested=("no twin plants RL above the base at the largest k: rl-nsr keeps the base's pass@k at large "
+                  "k (Zhu et al.; the card checks CIs touch or above), it does not beat it"),
         args=("--n-problems", "32", "--n-samples", "16", "--n-boot", "200")),
     RowControl(
         "drift", "drift",
@@ -138,8 +138,9 @@ CONTROLS: dict[str, RowControl] = {c.row: c for c in [
         args=("--n-problems", "16", "--n-samples", "2", "--open-problems", "0", "--n-boot", "200")),
     RowControl(
         "shortcuts", "evaluate", true=None, false=None,
-        untested=("rl-hard is the only twin trained on too-hard problems and nothing plants a collapse (or "
-                  "its absence) by construction: whether its length collapses is the row's own finding")),
+        untested=("the row's own evaluate run already holds its planted pair, by name: rl-hard (RL on "
+                  "problems the base never solves) beside rl-seed0 (RL on solvable ones); no second pair "
+                  "plants the claim")),
     RowControl(
         "calibrate", "calibrate",
         true=Planted(("--base", "base", "--rl", "rl-binary"),

@@ -192,16 +192,25 @@ def untested(why: str) -> str:
     return f"untested: {why}"
 
 
-def _positive_control(rule: Callable[..., Verdict], positive: Any, negative: Any) -> tuple[str, bool | None]:
+def _positive_control(rule: Callable[..., Verdict], positive: Any, negative: Any,
+                      why_untested: str = "") -> tuple[str, bool | None]:
     """Run ``rule`` on the planted-true (and planted-false) results: (cell text, detector ok?).
 
     The detector passes when it says "supported" where the claim is planted true and does not say
     "supported" where it is planted false. "undetermined" on the planted-false run is not a
     failure: the detector did not fire on a false claim, it only could not rule it out at the
-    control's size; the cell says so. ``ok`` is None when there is no planted-true run.
+    control's size; the cell says so. ``ok`` is None when there is no planted-true run; a
+    planted-false run alone can still fail the detector (it fires on a false claim).
     """
     if positive is None:
-        return UNTESTED, None
+        if negative is None:
+            return UNTESTED, None
+        nv = rule(negative)
+        why = why_untested or "no planted-true run"
+        if nv.outcome == SUPPORTED:
+            return (f"{FAILED}: the detector fires where the claim is planted false (planted false: supported; "
+                    f"no planted-true case: {why})"), False
+        return untested(f"{why} (planted false: {nv.outcome})"), None
     pv = rule(positive)
     if pv.outcome == NOT_MEASURED:  # the planted run wrote none of the numbers the rule reads
         return untested("the planted-true run has none of the numbers this rule reads"), None
@@ -973,9 +982,9 @@ def collect(results: Mapping[str, Any], positives: Mapping[str, Any] | None = No
             v = Verdict(0, f"{row}: its results could not be read", job,
                         why=f"{job}/results.json: {type(exc).__name__}: {exc}")
         v.row = row
-        if positives.get(row) is not None:
+        if positives.get(row) is not None or negatives.get(row) is not None:
             try:
-                text, ok = _positive_control(rule, positives[row], negatives.get(row))
+                text, ok = _positive_control(rule, positives.get(row), negatives.get(row), untested_why.get(row, ""))
             except Exception as exc:
                 text, ok = untested(f"the planted results could not be read ({type(exc).__name__}: {exc})"), None
             _apply_control(v, text, ok)

@@ -38,7 +38,8 @@ def test_every_verdict_row_has_its_planted_cases_or_says_why_not():
                 assert len(planted.why) > 30, (row, side)
     # the claims issue 14's twins plant: these rows run on both sides
     both = {r for r, c in C.CONTROLS.items() if c.true and c.false}
-    assert both == {"diff", "mechanism", "formats", "passk", "calibrate", "entropy"}
+    assert both == {"diff", "mechanism", "formats", "calibrate", "entropy"}
+    assert C.CONTROLS["passk"].false is not None  # rl-psr: the crossover planted, a win at large k is not
 
 
 def test_every_planted_command_names_only_shipped_twins_and_resolves_placeholders():
@@ -119,6 +120,17 @@ def test_report_marks_each_rows_positive_control_passed_failed_or_untested(tmp_p
     _write(ctl / "negative" / "diff", _diff(0.2, 0.6, 0.2))
     rows = {v.row: v for v in collect_verdicts(demo)}
     assert rows["diff"].outcome == V.DETECTOR_FAILED and "planted false" in rows["diff"].positive_control
+
+
+def test_a_planted_false_run_alone_fails_a_detector_that_fires_on_it_and_is_otherwise_untested():
+    here, fires = _diff(0.97, 0.975, 0.97), _diff(0.2, 0.6, 0.2)
+    v = V.with_positive_control(V.verdict_sparsity, here, None, fires)
+    assert v.outcome == V.NOT_SUPPORTED  # with_positive_control needs a planted-true run ...
+    rows = {r.row: r for r in V.collect({"diff": here}, negatives={"diff": fires}, untested_why={"diff": "no twin"})}
+    assert rows["diff"].outcome == V.DETECTOR_FAILED and "no planted-true case: no twin" in rows["diff"].positive_control
+    rows = {r.row: r for r in V.collect({"diff": here}, negatives={"diff": here}, untested_why={"diff": "no twin"})}
+    assert rows["diff"].outcome == V.NOT_SUPPORTED
+    assert rows["diff"].positive_control == "untested: no twin (planted false: not supported)"
 
 
 def test_planted_false_undetermined_does_not_fail_a_detector_that_fired_where_planted_true():
