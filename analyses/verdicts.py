@@ -946,6 +946,12 @@ def _formats_with_greedy(results: Mapping[str, Any]) -> Verdict:
     return verdict_formats(fr, greedy)
 
 
+def verdict_formats_run(r: Mapping | None) -> Verdict:
+    """:func:`verdict_formats` on one formats run with its own greedy shares (the rule a planted
+    formats run is judged by: the same evidence as the row's, greedy included)."""
+    return _formats_with_greedy({"formats": r})
+
+
 #: Every row of the table, in order: its key -> the job whose results.json it reads. Planted
 #: results (``positives`` / ``negatives`` of :func:`collect`) are keyed by the row, not the job: the
 #: drift job feeds two rows (KL, entropy) whose claims are planted on different checkpoints.
@@ -956,7 +962,7 @@ ROW_JOBS: dict[str, str] = {
 }
 _RULES: dict[str, Callable[[Any], Verdict]] = {
     "probe": verdict_probes, "steer": verdict_steering, "route": verdict_routing, "diff": verdict_sparsity,
-    "mechanism": verdict_mechanism, "formats": verdict_formats, "passk": verdict_passk, "drift": verdict_drift,
+    "mechanism": verdict_mechanism, "formats": verdict_formats_run, "passk": verdict_passk, "drift": verdict_drift,
     "shortcuts": verdict_shortcuts, "calibrate": verdict_calibration, "entropy": verdict_entropy,
     "scaling": verdict_scaling, "mi_peaks": verdict_mi,
 }
