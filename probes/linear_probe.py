@@ -8,9 +8,10 @@ and minimises exactly the objective of `sklearn.linear_model.LogisticRegression(
 
 with s_i the class weight of sample i. Several classes are handled one-vs-rest (as
 `sklearn.multiclass.OneVsRestClassifier(LogisticRegression(...))` does), every binary problem
-and every layer stacked into one batch, solved together by `torch.optim.LBFGS` (strong-Wolfe
-line search) in float64. The problems are independent, so the joint objective is their sum and
-its minimiser is every problem's own minimiser.
+and every layer stacked into one batch, solved together in float64 by a damped Newton method
+(`LinearProbe._solve_newton`; an L-BFGS above 2048 features), each problem with its own Hessian,
+step and convergence test. The problems are independent, so each result is that problem's own
+minimiser.
 
 Standardization (`standardize=True`, the default): every feature of every layer is first
 scaled to zero mean and unit variance over the training rows, exactly as scikit-learn's
@@ -75,7 +76,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     ----------
     C : inverse L2 strength, as in scikit-learn (larger = weaker penalty).
     class_weight : None or "balanced" (weights n / (2 * count) per binary problem).
-    max_iter : L-BFGS iterations (one iteration = one direction, several function evaluations).
+    max_iter : solver iterations (Newton steps, ~10 are typical; L-BFGS steps above 2048
+        features); one iteration = one direction, one or more function evaluations.
     tol : stop when the largest gradient entry of the objective divided by the total sample
         weight (scikit-learn's scaling) falls below `tol`.
     standardize : scale features to zero mean / unit variance over the training rows before
@@ -216,9 +218,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 scale = Xc.var(1, correction=0).sqrt()
                 scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # StandardScaler's rule
                 Xc.sub_(mean[:, None, :]).div_(scale[:, None, :])
-                parts.append((*self._solve(Xc, T, S), mean, scale))
             else:
-                parts.append((*self._solve(Xc, T, S), torch.zeros_like(mean), torch.ones_like(mean)))
+                mean, scale = torch.zeros_like(mean), torch.ones_like(mean)
+            parts.append((*self._solve(Xc, T, S), mean, scale))
             del Xc
         return (
             torch.cat([p[0] for p in parts]),
@@ -229,7 +231,124 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             max(p[3] for p in parts),
         )
 
+    _NEWTON_MAX_D = 2048  # widest activations solved by Newton's method; L-BFGS above
+    _HESSIAN_BYTES = 256 << 20  # Newton: Hessians formed and factored at once (float64)
+
     def _solve(self, X: torch.Tensor, T: torch.Tensor, S: torch.Tensor):
+        """X [L, n, d] (this call's own copy), T/S [K, n] -> coef [L, K, d], intercept [L, K],
+        n_iter, max |grad|.
+
+        Newton's method up to `_NEWTON_MAX_D` features (`_solve_newton`), L-BFGS above it
+        (`_solve_lbfgs`: a d x d Hessian per problem would cost more than the fit)."""
+        if X.shape[-1] <= self._NEWTON_MAX_D:
+            return self._solve_newton(X, T, S)
+        return self._solve_lbfgs(X, T, S)
+
+    def _solve_newton(self, X: torch.Tensor, T: torch.Tensor, S: torch.Tensor):
+        """Damped Newton's method, every binary problem of every layer with its own exact Hessian,
+        step and convergence test (X [L, n, d] is this call's own copy: scaled in place).
+
+        Why Newton: probe problems are ill-conditioned (near-separable strategies, ridge 0.5 / C
+        against n rows): L-BFGS, scipy's as scikit-learn uses or a preconditioned one, needs
+        400-600 iterations (~1200 passes over X) at SmolLM2's width, while Newton needs ~10, and a
+        Hessian X^T D X costs ~10 passes' time (one float32 matrix product, compute-bound, where an
+        objective evaluation is memory-bound). Internally the features are centred and divided by
+        their spread (v = scale * w: the data part of every Hessian is O(1), whatever the
+        activations' magnitudes; the penalty becomes lam * sum_j v_j^2 / scale_j^2, the same
+        objective). The Hessian only chooses the direction, so it is formed in float32 (half the
+        cost); objective, gradient, convergence test and line search (backtracking Armijo) are
+        float64, so the minimiser is exact to `tol`. Start: w = 0, intercept at the weighted
+        log-odds of each problem."""
+        L, n, d = X.shape
+        K = T.shape[0]
+        lam = 0.5 / self.C
+        norm = S.sum(1)  # [K]; the objective is divided by it: same minimiser, O(1) gradients
+        mean = X.mean(1)  # [L, d]
+        spread = X.var(1, correction=0).sqrt()
+        spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+        X.sub_(mean[:, None, :]).div_(spread[:, None, :])
+        pen = lam / spread**2  # [L, d]: the penalty on v
+        X32 = X.float()  # for the Hessians only
+        St, Tt = S.T.contiguous(), T.T.contiguous()  # [n, K]
+
+        def value_and_grad(theta: torch.Tensor):
+            """f [L, K] (normalised objective of each problem), its gradient [L, K, d+1], and the
+            logits [L, n, K]."""
+            v, b = theta[..., :d], theta[..., d]
+            z = torch.bmm(X, v.transpose(1, 2)) + b[:, None, :]
+            f = (St * (torch.nn.functional.softplus(z) - Tt * z)).sum(1) + (pen[:, None, :] * v * v).sum(-1)
+            r = St * (torch.sigmoid(z) - Tt)  # [L, n, K]
+            gv = torch.bmm(r.transpose(1, 2), X) + 2 * pen[:, None, :] * v
+            return f / norm, torch.cat([gv, r.sum(1)[..., None]], -1) / norm[:, None], z
+
+        def gmax(grad: torch.Tensor) -> torch.Tensor:
+            """Largest gradient entry in the coordinates of the problem posed (w, not v)."""
+            return torch.cat([grad[..., :d] * spread[:, None, :], grad[..., d:]], -1).abs().amax(-1)
+
+        pos = (S * T).sum(1)
+        theta = torch.zeros(L, K, d + 1, dtype=torch.float64)
+        theta[..., d] = torch.log(pos.clamp_min(1e-12) / (norm - pos).clamp_min(1e-12))
+        f, grad, z = value_and_grad(theta)
+        active = gmax(grad) > self.tol  # [L, K]
+        eye = torch.eye(d + 1, dtype=torch.float64)
+        n_iter = 0
+        for it in range(self.max_iter):
+            if not bool(active.any()):
+                break
+            # Newton direction of every active problem: H [d+1, d+1] (data part in float32).
+            p = torch.sigmoid(z)
+            D = (St * p * (1 - p)).float()  # [L, n, K]
+            direction = torch.zeros_like(theta)
+            todo = active.nonzero().tolist()
+            group = max(1, self._HESSIAN_BYTES // (8 * (d + 1) ** 2))  # Hessians held at once
+            for g0 in range(0, len(todo), group):
+                idx = todo[g0 : g0 + group]
+                H = torch.empty(len(idx), d + 1, d + 1, dtype=torch.float64)
+                for j, (layer, k) in enumerate(idx):
+                    XD = X32[layer] * D[layer, :, k : k + 1]
+                    H[j, :d, :d] = X32[layer].T @ XD
+                    H[j, d, :d] = H[j, :d, d] = XD.sum(0)
+                    H[j, d, d] = D[layer, :, k].sum()
+                    H[j, :d, :d].diagonal().add_(2 * pen[layer])
+                rows, cols = torch.tensor(idx).T
+                H /= norm[cols][:, None, None]
+                # Positive definite in exact arithmetic (ridge); float32 rounding of a nearly
+                # singular data part can break it: add a growing multiple of the identity.
+                chol, info = torch.linalg.cholesky_ex(H)
+                jitter = 1e-10 * H.diagonal(dim1=-2, dim2=-1).mean(-1)
+                while bool((info > 0).any()):
+                    bad = info > 0
+                    H[bad] += jitter[bad, None, None] * eye
+                    jitter = jitter * 100
+                    chol, info = torch.linalg.cholesky_ex(H)
+                direction[rows, cols] = -torch.cholesky_solve(grad[rows, cols, :, None], chol)[..., 0]
+                del H, chol
+            slope = (grad * direction).sum(-1)
+            # Backtracking Armijo line search, a step size per problem (Newton: 1 once close).
+            step = torch.ones(L, K, dtype=torch.float64)
+            pending = active.clone()
+            new_theta, new_f, new_grad, new_z = theta.clone(), f.clone(), grad.clone(), z.clone()
+            for _ in range(self._MAX_HALVINGS):
+                trial = theta + step[..., None] * direction
+                f_t, g_t, z_t = value_and_grad(trial)
+                ok = pending & (f_t <= f + 1e-4 * step * slope)
+                new_theta = torch.where(ok[..., None], trial, new_theta)
+                new_f, new_grad = torch.where(ok, f_t, new_f), torch.where(ok[..., None], g_t, new_grad)
+                new_z = torch.where(ok[:, None, :], z_t, new_z)
+                pending &= ~ok
+                if not bool(pending.any()):
+                    break
+                step = torch.where(pending, step * 0.5, step)
+            stalled = pending  # no decrease found: the problem sits at its numerical optimum
+            theta, f, grad, z = new_theta, new_f, new_grad, new_z
+            n_iter = it + 1
+            active = active & ~stalled & (gmax(grad) > self.tol)
+        v, b = theta[..., :d], theta[..., d]
+        w = v / spread[:, None, :]
+        intercept = b - (mean[:, None, :] * w).sum(-1)  # undo the centring
+        return w, intercept, n_iter, float(gmax(grad).max())
+
+    def _solve_lbfgs(self, X: torch.Tensor, T: torch.Tensor, S: torch.Tensor):
         """X [L, n, d], T/S [K, n] -> coef [L, K, d], intercept [L, K], n_iter, max |grad|.
 
         A batched L-BFGS: the L * K binary problems advance in lockstep (one pass over X per
@@ -238,12 +357,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         for, or is slowed by, another. (One joint `torch.optim.LBFGS` over the summed objective
         has the same minimiser but shares one history and one step size, so every problem
         iterates until the hardest one converges.) The initial inverse Hessian of
-        each problem is its estimated inverse Hessian (curvature-weighted covariance on a row
-        subsample, plus the ridge), recomputed at iterations 2, 4, 8, 16, ... as long as the work
+        each problem is its estimated diagonal inverse Hessian (`_inverse_hessian`, on a row
+        subsample), recomputed at iterations 2, 4, 8, 16, ... as long as the work
         spent on it stays within the work spent evaluating the objective (plus the first
         estimate), both counted in multiply-adds from the shapes (not timed: the result must
-        not depend on how busy the machine is): on ill-conditioned activations each refresh
-        saves many iterations; on well-conditioned wide ones it is skipped. Features are centred inside
+        not depend on how busy the machine is). Used only above `_NEWTON_MAX_D` features, where a
+        d x d Hessian per problem costs more than the fit. Features are centred inside
         the objective (the free intercept absorbs the shift), which decouples w from b."""
         L, n, d = X.shape
         K = T.shape[0]
@@ -348,64 +467,26 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return w, intercept, n_iter, float(grad.abs().max())
 
     def _inverse_hessian(self, Xs, z, Ss, norm, lam: float, n: int):
-        """The estimated inverse Hessian of every problem at logits `z` `[L, m, K]`, as a
-        function applying it to `[L, K, d+1]` (w block from `_preconditioner`, squared; the
-        intercept block is decoupled by the centring)."""
-        P = self._preconditioner(Xs, z, Ss, norm, lam, n)  # inverse square root [L, K|1, d, d]
-        Hw = P @ P
+        """The estimated diagonal inverse Hessian of every problem at logits `z` `[L, m, K]`
+        (curvature-weighted squared features of the centred subsample `Xs` `[L, m, d]`, plus the
+        ridge; the intercept block is decoupled by the centring), as a function applying it to
+        `[L, K, d+1]`. Diagonal: at the widths that reach L-BFGS (d > `_NEWTON_MAX_D`) a d x d
+        matrix per problem would cost more than the fit."""
         p = torch.sigmoid(z)
-        hb = ((Ss * p * (1 - p)).sum(1) * (n / Xs.shape[1]) / norm).clamp_min(1e-12)  # [L, K]
-        d = Xs.shape[-1]
+        curv = (Ss * p * (1 - p) / norm) * (n / Xs.shape[1])  # [L, m, K]
+        ridge = (2 * lam / norm)[None, :, None]  # [1, K, 1]
+        hw = torch.einsum("lmd,lmk->lkd", Xs * Xs, curv) + ridge  # [L, K, d]
+        hb = curv.sum(1).clamp_min(1e-12)  # [L, K]
 
         def apply(q: torch.Tensor) -> torch.Tensor:
-            return torch.cat([_apply(Hw, q[..., :d]), (q[..., d] / hb)[..., None]], -1)
+            return torch.cat([q[..., :-1] / hw, (q[..., -1] / hb)[..., None]], -1)
 
         return apply
 
-    _PER_PROBLEM_BYTES = 256 << 20  # per-problem preconditioners up to this size, else shared
-
-    @classmethod
-    def _shared_curvature(cls, L: int, m: int, d: int, K: int, n: int) -> bool:
-        """One preconditioner for all K problems (see `_preconditioner`)?"""
-        return m * d > 40 * n or L * K * d * d * 8 > cls._PER_PROBLEM_BYTES
-
-    @classmethod
-    def _curvature_cost(cls, L: int, m: int, d: int, K: int, n: int) -> int:
-        """Multiply-adds of one `_preconditioner` call (eigh counted as 10 d^3)."""
-        if d > 2048:
-            return L * m * d * K
-        k = 1 if cls._shared_curvature(L, m, d, K, n) else K
-        return L * k * (m * d * d + 10 * d**3)
-
-    @classmethod
-    def _preconditioner(cls, Xs, z, Ss, norm, lam: float, n: int) -> torch.Tensor:
-        """Inverse square root of the Hessian of the (normalised) objective at the logits `z`
-        `[L, m, K]`, estimated on the centred subsample `Xs` `[L, m, d]`: `[L, K, d, d]`, one per
-        binary problem (problems differ in curvature: a near-separable strategy vs its shuffled
-        control), or `[L, 1, d, d]` shared (curvature averaged over problems) when K of them
-        would cost more than ~20 objective evaluations (K m d^2 > 40 n d K multiply-adds) or
-        exceed `_PER_PROBLEM_BYTES`. Very wide activations (d > 2048, where the
-        eigendecomposition would cost more than the fit) get the diagonal only."""
-        L, m, d = Xs.shape
-        K = z.shape[-1]
-        p = torch.sigmoid(z)
-        curv = (Ss * p * (1 - p) / norm) * (n / m)  # [L, m, K]
-        ridge = (2 * lam / norm).reshape(1, -1, 1)  # [1, K, 1]
-        if d > 2048:
-            diag = torch.einsum("lmd,lmk->lkd", Xs * Xs, curv)  # [L, K, d]
-            return torch.diag_embed((diag + ridge).rsqrt())
-        if cls._shared_curvature(L, m, d, K, n):
-            curv, ridge = curv.mean(-1, keepdim=True), ridge.mean(1, keepdim=True)
-        # H[l, k] = Xs[l]^T diag(curv[l, :, k]) Xs[l] (+ ridge_k I below). In float32: it only
-        # preconditions (any symmetric positive definite matrix leaves the minimiser unchanged),
-        # and float32 halves its cost.
-        Xs32, curv32 = Xs.float(), curv.float()
-        Xt = Xs32.transpose(1, 2)
-        H = torch.stack([torch.bmm(Xt * curv32[:, None, :, k], Xs32) for k in range(curv.shape[-1])], 1)
-        evals, evecs = torch.linalg.eigh(H.double())
-        scale = (evals.clamp_min(0) + ridge).rsqrt()
-        return (evecs * scale[..., None, :]) @ evecs.transpose(-1, -2)
-
+    @staticmethod
+    def _curvature_cost(L: int, m: int, d: int, K: int, n: int) -> int:
+        """Multiply-adds of one `_inverse_hessian` call."""
+        return L * m * d * K
 
     # --------------------------------------------------------------- prediction
     def _check_X(self, X, fitting: bool = False) -> tuple[torch.Tensor, bool]:
@@ -510,7 +591,3 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         acc = (correct * w).sum(-1) / w.sum()
         return acc if correct.ndim > 1 else float(acc)
 
-
-def _apply(P: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """P `[L, K or 1, d, d]` (symmetric) times each v `[L, K, d]` -> `[L, K, d]`."""
-    return torch.matmul(P, v.unsqueeze(-1)).squeeze(-1)
