@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 __all__ = ["LinearProbe"]
 
@@ -158,7 +159,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             # scikit-learn's compute_class_weight("balanced") on each binary problem.
             n_pos = T.sum(1, keepdim=True)
             S = S * torch.where(T > 0, n / (2 * n_pos), n / (2 * (n - n_pos)))
-        coef, intercept, mean, scale, n_iter, grad_max = self._solve_in_chunks(Xt, T, S)
+        # SciPy's BLAS (the Newton Hessians) on as many threads as torch.
+        with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+            coef, intercept, mean, scale, n_iter, grad_max = self._solve_in_chunks(Xt, T, S)
         self.converged_ = grad_max <= self.tol * 100
         if not self.converged_:
             warnings.warn(
@@ -263,12 +266,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         K = T.shape[0]
         lam = 0.5 / self.C
         norm = S.sum(1)  # [K]; the objective is divided by it: same minimiser, O(1) gradients
-        mean = X.mean(1)  # [L, d]
-        spread = X.var(1, correction=0).sqrt()
-        spread = torch.where(spread > 0, spread, torch.ones_like(spread))
-        X.sub_(mean[:, None, :]).div_(spread[:, None, :])
+        if self.standardize:  # _solve_in_chunks did it
+            mean, spread = torch.zeros(L, d, dtype=X.dtype), torch.ones(L, d, dtype=X.dtype)
+        else:
+            mean = X.mean(1)  # [L, d]
+            spread = X.var(1, correction=0).sqrt()
+            spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+            X.sub_(mean[:, None, :]).div_(spread[:, None, :])
         pen = lam / spread**2  # [L, d]: the penalty on v
-        X32 = X.float()  # for the Hessians only
+        X1 = torch.cat([X.float(), torch.ones(L, n, 1)], -1)  # for the Hessians only
         St, Tt = S.T.contiguous(), T.T.contiguous()  # [n, K]
 
         def value_and_grad(theta: torch.Tensor):
@@ -289,6 +295,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         theta = torch.zeros(L, K, d + 1, dtype=torch.float64)
         theta[..., d] = torch.log(pos.clamp_min(1e-12) / (norm - pos).clamp_min(1e-12))
         f, grad, z = value_and_grad(theta)
+        theta, f, grad, n_iter = self._newton_steps(X1, pen, St, norm, theta, f, grad, z, value_and_grad, gmax)
+        v, b = theta[..., :d], theta[..., d]
+        w = v / spread[:, None, :]
+        intercept = b - (mean[:, None, :] * w).sum(-1)  # undo the centring
+        return w, intercept, n_iter, float(gmax(grad).max())
+
+    def _newton_steps(self, X1, pen, St, norm, theta, f, grad, z, value_and_grad, gmax):
+        """The Newton iterations of `_solve_newton` (from its start; X1 [L, n, d+1]: the scaled
+        features and a column of ones, float32): -> theta, f, grad, n_iter."""
+        L, K, d = theta.shape[0], theta.shape[1], theta.shape[2] - 1
         active = gmax(grad) > self.tol  # [L, K]
         eye = torch.eye(d + 1, dtype=torch.float64)
         n_iter = 0
@@ -303,14 +319,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             group = max(1, self._HESSIAN_BYTES // (8 * (d + 1) ** 2))  # Hessians held at once
             for g0 in range(0, len(todo), group):
                 idx = todo[g0 : g0 + group]
+                rows, cols = torch.tensor(idx).T
                 H = torch.empty(len(idx), d + 1, d + 1, dtype=torch.float64)
                 for j, (layer, k) in enumerate(idx):
-                    XD = X32[layer] * D[layer, :, k : k + 1]
-                    H[j, :d, :d] = X32[layer].T @ XD
-                    H[j, d, :d] = H[j, :d, d] = XD.sum(0)
-                    H[j, d, d] = D[layer, :, k].sum()
+                    H[j] = _gram(X1[layer], D[layer, :, k])  # [X 1]^T D [X 1]: w and b blocks
                     H[j, :d, :d].diagonal().add_(2 * pen[layer])
-                rows, cols = torch.tensor(idx).T
                 H /= norm[cols][:, None, None]
                 # Positive definite in exact arithmetic (ridge); float32 rounding of a nearly
                 # singular data part can break it: add a growing multiple of the identity.
@@ -343,10 +356,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             theta, f, grad, z = new_theta, new_f, new_grad, new_z
             n_iter = it + 1
             active = active & ~stalled & (gmax(grad) > self.tol)
-        v, b = theta[..., :d], theta[..., d]
-        w = v / spread[:, None, :]
-        intercept = b - (mean[:, None, :] * w).sum(-1)  # undo the centring
-        return w, intercept, n_iter, float(gmax(grad).max())
+        return theta, f, grad, n_iter
 
     def _solve_lbfgs(self, X: torch.Tensor, T: torch.Tensor, S: torch.Tensor):
         """X [L, n, d], T/S [K, n] -> coef [L, K, d], intercept [L, K], n_iter, max |grad|.
@@ -590,4 +600,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         w = _as_labels(sample_weight).astype(np.float64)
         acc = (correct * w).sum(-1) / w.sum()
         return acc if correct.ndim > 1 else float(acc)
+
+
+def _gram(X: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """X^T diag(weights) X for X `[n, d]` float32, weights `[n]` >= 0: `[d, d]` float32.
+
+    BLAS's symmetric rank-k update (`ssyrk`, through SciPy) on X scaled by sqrt(weights): half
+    the multiply-adds of a general matrix product (measured at 8064 x 576, one thread: 33 ms
+    against torch's 60 ms). SciPy's BLAS threads: the caller's `threadpool_limits`."""
+    from scipy.linalg import blas
+
+    A = (X * weights.sqrt()[:, None]).numpy()  # [n, d] row-major = [d, n] column-major
+    upper = torch.from_numpy(blas.ssyrk(1.0, A.T, trans=0)).triu()  # A^T A, upper triangle
+    return upper + upper.triu(1).T
 
