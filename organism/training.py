@@ -539,17 +539,18 @@ class StageSpec:
     ``kind``: "pretrain" | "sft" (``supervised``), "rl" (``rl``; ``save_at`` steps written as
     ``{name}-step{s}``), "rl-hard" (``rl`` on ``hard_pool`` problems of ``hard_variant`` with
     ``hard_difficulty`` operands that the init never solves in ``hard_k`` samples). The v2 base
-    generalises to longer chains (pass@8 = 0 on only 6 of 400 tier-6 problems), so the default
-    overly hard set is subtraction, which the base never saw: a skill it lacks, not a longer chain."""
+    solves all but 6 of 400 tier-6 problems (its longest pretraining tier) within 8 samples but fails
+    1694 of 2000 at tier 7; subtraction, never pretrained, fails everywhere, which leaves GRPO
+    without a single reward (the weights do not move)."""
 
     name: str
     kind: str
     supervised: SupervisedConfig | None = None
     rl: RLConfig | None = None
     save_at: tuple[int, ...] = ()
-    hard_difficulty: int = 4
-    hard_variant: str = "sub"
-    hard_pool: int = 400
+    hard_difficulty: int = 7
+    hard_variant: str = "sum"
+    hard_pool: int = 2000
     hard_k: int = 8
     note: str = ""
 

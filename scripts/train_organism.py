@@ -13,7 +13,7 @@ Stages (the names tools look up; ``organism/checkpoints/README.md`` says what ea
   sft              SFT_MIX (correct step/verify traces only)
   rl-seed0, rl-seed1   GRPO, correctness reward, ':' prompts of tiers 3-5 (organism.training.RL_TIERS);
                    rl-seed0 also writes rl-seed0-step<s> for s in --save-steps
-  rl-hard          rl-seed0's recipe on subtraction problems (never pretrained) with base pass@8 = 0
+  rl-hard          rl-seed0's recipe on tier-7 problems (pretraining stopped at 6) with base pass@8 = 0
   rl-sparse-seed0, rl-sparse-seed1   bf16 master weights, smaller lr, more steps (sparse updates)
   rl-kl-<beta>     rl-seed0's recipe with TRL's KL coefficient beta (one stage per --kl-betas value)
   rl-nsr, rl-psr   rl-seed0's recipe keeping only negative / only positive advantages
@@ -144,19 +144,20 @@ def main(argv: list[str] | None = None) -> dict:
                     help="steps of the rl-sparse-seed* twins")
     ap.add_argument("--sparse-lr", type=cli.positive_float, default=3e-5,
                     help="lr of the rl-sparse-seed* twins (bf16 master weights)")
-    ap.add_argument("--kl-betas", type=_floats, default=(0.05, 0.3),
+    ap.add_argument("--kl-betas", type=_floats, default=(1.0, 3.0),
                     help="KL coefficients of the rl-kl-<beta> twins (comma-separated, each > 0)")
-    ap.add_argument("--hard-difficulty", type=cli.difficulty, default=4,
-                    help="operands per rl-hard problem")
-    ap.add_argument("--hard-variant", choices=("sub", "sum"), default="sub",
-                    help="rl-hard's problems: subtraction, which the base never saw (default; the v2 "
-                    "base solves all but 6 of 400 tier-6 sums within 8 samples), or sums")
-    ap.add_argument("--hard-pool", type=cli.positive_int, default=400,
+    ap.add_argument("--hard-difficulty", type=cli.difficulty, default=7,
+                    help="operands per rl-hard problem (the base was pretrained on 3..6: it fails every "
+                    "one of 8 samples on 1694 of 2000 tier-7 problems, on 6 of 400 at tier 6)")
+    ap.add_argument("--hard-variant", choices=("sum", "sub"), default="sum",
+                    help="rl-hard's problems: sums (default) or subtraction, which the base never saw "
+                    "(pass@8 = 0 on all of them, so GRPO gets no reward and changes nothing)")
+    ap.add_argument("--hard-pool", type=cli.positive_int, default=2000,
                     help="problems screened for base pass@8 = 0 (rl-hard's training set)")
     ap.add_argument("--max-completion", type=cli.positive_int, default=110,
                     help="RL completion length limit (tokens); a tier-5 verify trace with a backtrack "
                     "and '@d' is 89")
-    ap.add_argument("--hard-max-completion", type=cli.positive_int, default=125,
+    ap.add_argument("--hard-max-completion", type=cli.positive_int, default=140,
                     help="rl-hard's completion length limit (a tier-7 sum's verify trace with a "
                     "backtrack and '@d' is 121)")
     ap.add_argument("--rl-prompts", type=cli.positive_int, default=8, help="prompts per GRPO step")
