@@ -307,6 +307,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         L, K, d = theta.shape[0], theta.shape[1], theta.shape[2] - 1
         active = gmax(grad) > self.tol  # [L, K]
         eye = torch.eye(d + 1, dtype=torch.float64)
+        # At the cold start (w = 0) every row of a problem has the same probability, so its
+        # curvature weights are its sample weights times one number. Where those take two
+        # values (class weights, no sample weights), its Hessian is a * G + (b - a) * G_minority
+        # with G = [X 1]^T [X 1] shared by all problems of a layer: one full Gram per layer, not
+        # one per problem. two_valued[k] = (majority weight a, minority weight b, minority rows).
+        two_valued = [_two_values(col) for col in St.T]
+        gram_all: dict[int, torch.Tensor] = {}
         n_iter = 0
         for it in range(self.max_iter):
             if not bool(active.any()):
@@ -322,7 +329,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 rows, cols = torch.tensor(idx).T
                 H = torch.empty(len(idx), d + 1, d + 1, dtype=torch.float64)
                 for j, (layer, k) in enumerate(idx):
-                    H[j] = _gram(X1[layer], D[layer, :, k])  # [X 1]^T D [X 1]: w and b blocks
+                    if it == 0 and two_valued[k] is not None:  # the cold start (see below)
+                        if layer not in gram_all:
+                            gram_all[layer] = _gram(X1[layer], torch.ones(X1.shape[1])).double()
+                        c = float(p[layer, 0, k] * (1 - p[layer, 0, k]))
+                        H[j] = _two_valued_gram(X1[layer], two_valued[k], c, gram_all[layer])
+                    else:
+                        H[j] = _gram(X1[layer], D[layer, :, k])  # [X 1]^T D [X 1]: w and b blocks
                     H[j, :d, :d].diagonal().add_(2 * pen[layer])
                 H /= norm[cols][:, None, None]
                 # Positive definite in exact arithmetic (ridge); float32 rounding of a nearly
@@ -354,6 +367,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 step = torch.where(pending, step * 0.5, step)
             stalled = pending  # no decrease found: the problem sits at its numerical optimum
             theta, f, grad, z = new_theta, new_f, new_grad, new_z
+            gram_all.clear()
             n_iter = it + 1
             active = active & ~stalled & (gmax(grad) > self.tol)
         return theta, f, grad, n_iter
@@ -509,7 +523,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 f"got shape {tuple(Xt.shape)}."
             )
         batched = Xt.ndim == 3
-        if not torch.isfinite(Xt).all():
+        if not all(bool(torch.isfinite(x).all()) for x in (Xt if batched else Xt[None])):  # a layer's mask at a time
             raise ValueError("LinearProbe: X contains NaN or inf; check the activations.")
         if not fitting:
             if not hasattr(self, "coef_"):
@@ -600,6 +614,27 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         w = _as_labels(sample_weight).astype(np.float64)
         acc = (correct * w).sum(-1) / w.sum()
         return acc if correct.ndim > 1 else float(acc)
+
+
+def _two_values(weights: torch.Tensor):
+    """(majority value a, minority value b, rows of b or None if a == b) of a `[n]` weight
+    vector that takes at most two values; None otherwise."""
+    vals, counts = torch.unique(weights, return_counts=True)
+    if vals.numel() > 2:
+        return None
+    a, b = (vals[0], vals[-1]) if counts[0] >= counts[-1] else (vals[-1], vals[0])
+    return float(a), float(b), ((weights == b).nonzero()[:, 0] if b != a else None)
+
+
+def _two_valued_gram(X: torch.Tensor, two: tuple, c: float, G: torch.Tensor) -> torch.Tensor:
+    """X^T diag(c * weights) X `[d, d]` float64 for weights described by `_two_values` (a, b,
+    minority rows), from G = X^T X (float64): c * (a * G + (b - a) * X_minority^T X_minority);
+    only the minority rows are multiplied."""
+    a, b, minority = two
+    H = c * a * G
+    if minority is not None:
+        H += c * (b - a) * _gram(X[minority], torch.ones(minority.numel())).double()
+    return H
 
 
 def _gram(X: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -218,3 +218,23 @@ def test_newton_hessian_groups_and_the_wide_lbfgs_path_give_the_same_minimiser(m
         for k in range(2):
             assert _cos(wide.coef_[layer, k], ref.coef_[layer, k]) >= 0.9999
     assert np.abs(wide.predict(X) - ref.predict(X)).mean() <= 0.002
+
+
+def test_cold_start_hessian_from_one_shared_gram_equals_the_direct_one():
+    # At w = 0 a problem's curvature weights are its class weights times one number: its Hessian
+    # is built from the layer's shared Gram plus the minority rows' (one full product per layer,
+    # not per problem). It must equal X^T diag(c * weights) X, to float32 rounding.
+    import torch
+
+    from probes.linear_probe import _gram, _two_valued_gram, _two_values
+
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.normal(size=(500, 9)), dtype=torch.float32)
+    y = rng.random(500) < 0.1
+    for w in (np.where(y, 500 / (2 * y.sum()), 500 / (2 * (~y).sum())), np.ones(500), np.where(y, 0.2, 3.0)):
+        w = torch.tensor(w)
+        two = _two_values(w)
+        G = _gram(X, torch.ones(500)).double()
+        direct = _gram(X, (0.21 * w).float()).double()
+        np.testing.assert_allclose(_two_valued_gram(X, two, 0.21, G), direct, rtol=1e-5, atol=1e-4)
+    assert _two_values(torch.tensor([1.0, 2.0, 3.0])) is None  # three values: the direct product
