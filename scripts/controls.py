@@ -233,7 +233,9 @@ def run_controls(out: str | Path, rows: list[str] | None = None, demo_dir: str |
                 record.setdefault(row, {})[side] = entry
                 write_text_atomic(path, json.dumps({"rows": record}, indent=1))
     write_text_atomic(path, json.dumps({"rows": record}, indent=1))
-    log(f"[controls] finished in {time.time() - t_all:.0f}s")
+    cost = {row: sum(e.get("seconds") or 0 for e in record.get(row, {}).values()) for row in rows}
+    log(f"[controls] finished in {time.time() - t_all:.0f}s; worker seconds per row: "
+        + ", ".join(f"{row} {sec:.0f}" for row, sec in cost.items() if sec))
     return record
 
 
