@@ -70,7 +70,9 @@ _RANDOM_INIT = ("no checkpoint plants 'the base has no such direction' (a model 
 
 #: Every verdict row's planted cases. Sizes: the smallest that still resolve the planted effect
 #: (the controls run inside `make demo`'s 10-minute budget; measured per row by scripts/controls.py,
-#: which writes each run's seconds to controls.json).
+#: which writes each run's seconds to controls.json). On the trained v2 set (05:07 UTC build) on this
+#: 2-core box at load ~19 (shared): worker seconds per row diff 34, mechanism 187, formats 23, passk 51,
+#: drift 6, calibrate 54, entropy 48; 236 s wall with 2 workers (probe and steer reuse the demo's runs).
 CONTROLS: dict[str, RowControl] = {c.row: c for c in [
     RowControl(
         "probe", "probe",

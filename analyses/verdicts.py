@@ -217,10 +217,14 @@ def _positive_control(rule: Callable[..., Verdict], positive: Any, negative: Any
     nv = rule(negative) if negative is not None else None
     seen = f"planted true: {pv.outcome}" + (f"; planted false: {nv.outcome}" if nv is not None else
                                             "; no planted-false run")
+    # A control cannot tell a blind detector from a twin that did not come out as planted: the model
+    # card's claim rows say which twins hold their planted claim (issue 14: where one does not, read
+    # the detector as untested, not the claim as false).
+    card = "; a twin the model card shows not holding its planted claim makes this untested instead"
     if pv.outcome != SUPPORTED:
-        return f"{FAILED}: the detector does not fire where the claim is planted true ({seen})", False
+        return f"{FAILED}: the detector does not fire where the claim is planted true ({seen}{card})", False
     if nv is not None and nv.outcome == SUPPORTED:
-        return f"{FAILED}: the detector fires where the claim is planted false ({seen})", False
+        return f"{FAILED}: the detector fires where the claim is planted false ({seen}{card})", False
     return f"{PASSED}: detector says supported where planted true ({seen})", True
 
 
