@@ -32,8 +32,10 @@ def test_script_writes_the_results_contract(script, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert all(k in results for k in keys), sorted(results)
-    if script == "formats":  # greedy rl-seed0 is all verify (model card: 1.0 on 500 problems)
-        assert results["greedy_share"]["rl-seed0-step50"]["verify"] >= 0.75
+    if script == "formats":
+        # organism v2: greedy rl-seed0 collapses onto step-by-step (100 of 100 tier-4 problems, and the
+        # base answers 93 of them directly); 0.75 leaves room for 2 of the 8 problems here
+        assert results["greedy_share"]["rl-seed0-step50"]["step"] >= 0.75
         assert all(abs(sum(g.values()) - 1) < 1e-9 for g in results["greedy_share"].values())
     assert (out / "summary.md").read_text().strip()
     assert list(out.glob("*.png"))
