@@ -13,7 +13,8 @@ What is measured (``measure_card``), on the eval partition (``organism.task.eval
   pass@k for k = 1, 2, 4, ..., ``passk_samples`` with the unbiased estimator
   (``analyses.passk.pass_at_k_curve``, percentile bootstrap over problems) against the uniform
   guesser's 1 - 0.99^k (``analyses.passk.guesser_pass_at_k``, answer space 100). Sampling follows
-  RESEARCH.md s.4: temperature 0.6, top-p 0.95. The same curve for ``passk_twins`` at the twin tier.
+  RESEARCH.md s.4: temperature 0.6, top-p 0.95. The same curve for ``passk_twins`` at
+  ``passk_twin_tier`` (default the hardest tier, where the base's pass@256 has room).
 - **per twin** at ``twin_tier``: greedy and sampled (temperature 1, one sample per problem)
   accuracy, format shares, strategy frequencies, mean length (``organism.evaluation.decoding_stats``,
   Wilson CIs); bf16 weights unchanged vs the base (``organism.training.bf16_unchanged_fraction``);
@@ -121,6 +122,9 @@ class CardSettings:
     passk_tiers: tuple[int, ...] = CARD_TIERS
     passk_twins: tuple[str, ...] = ("rl-seed0", "rl-nsr", "rl-psr")
     twin_tier: int = 4
+    # the twins' pass@k tier: the hardest, where the base's pass@256 stays far from 1 (pass@k curves
+    # of RL twins can cross the base's only where the base has room)
+    passk_twin_tier: int = MAX_OPERANDS
     eval_set: int = 0
     seed: int = 0
     n_boot: int = 1000
@@ -136,7 +140,7 @@ class CardSettings:
                 raise TwinlensError(f"{name} must be a positive integer, got {v!r}.")
         if self.passk_problems is not None and (not isinstance(self.passk_problems, int) or self.passk_problems < 1):
             raise TwinlensError(f"passk_problems must be a positive integer, got {self.passk_problems!r}.")
-        for t in (*self.passk_tiers, self.twin_tier):
+        for t in (*self.passk_tiers, self.twin_tier, self.passk_twin_tier):
             if not isinstance(t, int) or not MIN_OPERANDS <= t <= MAX_OPERANDS:
                 raise TwinlensError(f"tiers are operand counts in {MIN_OPERANDS}..{MAX_OPERANDS}, got {t!r}.")
 
@@ -535,7 +539,7 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
         t0 = time.time()
         bar.set_postfix_str(name)
         key = {"stage": f"twin {name}", "twin": digests[name], **common, **twin_key,
-               **(passk_key if name in st.passk_twins else {})}
+               **({**passk_key, "passk_twin_tier": st.passk_twin_tier} if name in st.passk_twins else {})}
         done = stages.get(key)
         if done is None:
             model = load(paths[name])
@@ -549,9 +553,9 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
                                     n_boot=st.n_boot, seed=st.seed)}
             done = {"row": row, "calibration": ev.get("calibration")}
             if name in st.passk_twins:  # the same problems and protocol as the base's row of this tier
-                probs = eval_problems(st.n_passk, st.eval_set, difficulty=st.twin_tier)
-                s = generate_texts(name, model, [p.prompt for p in probs], twin_budget, PASSK_TEMPERATURE,
-                                   PASSK_TOP_P, st.passk_samples, st.seed)
+                probs = eval_problems(st.n_passk, st.eval_set, difficulty=st.passk_twin_tier)
+                s = generate_texts(name, model, [p.prompt for p in probs], organism_max_new_tokens(st.passk_twin_tier),
+                                   PASSK_TEMPERATURE, PASSK_TOP_P, st.passk_samples, st.seed)
                 done["passk"] = passk_block(probs, s, st.passk_samples, ks, n_boot=st.n_boot, seed=st.seed)
             if sampler is not None:
                 sampler.release(name, model)
@@ -565,8 +569,25 @@ def measure_card(paths: Mapping[str, str | Path], settings: CardSettings | None 
         times[name] = time.time() - t0
         bar.update()
     bar.close()
-    if card["passk_twins"] and str(st.twin_tier) in card["tiers"]:  # the base's curve beside the twins'
-        card["passk_twins"] = {"base": card["tiers"][str(st.twin_tier)]["pass_at_k"], **card["passk_twins"]}
+    if HARD_TWIN in paths:  # s.6 is about the tier rl-hard trained on: base and rl-hard sampled there
+        import json
+
+        info_path = Path(paths[HARD_TWIN]) / "training_info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        hard_tier = int(info.get("difficulty") or MAX_OPERANDS)
+        hard_probs = eval_problems(st.n_problems, st.eval_set, difficulty=hard_tier)
+        card["hard"] = {"tier": hard_tier}
+        for name in ("base", HARD_TWIN):
+            key = {"stage": f"hard {name}", "model": digests[name], "tier": hard_tier, **common, **twin_key}
+            stats = stages.get(key)
+            if stats is None:
+                model = base if name == "base" else load(paths[name])
+                texts = generate_texts(name, model, [p.prompt for p in hard_probs], organism_max_new_tokens(hard_tier),
+                                       SAMPLE_TEMPERATURE, 1.0, 1, st.seed)
+                stats = stages.put(key, _stats_dict(hard_probs, texts))
+            card["hard"][name] = stats
+    if card["passk_twins"] and str(st.passk_twin_tier) in card["tiers"]:  # the base's curve beside the twins'
+        card["passk_twins"] = {"base": card["tiers"][str(st.passk_twin_tier)]["pass_at_k"], **card["passk_twins"]}
     if all(s in paths for s in SPARSE_TWINS):
         card["sparse_overlap"] = weight_overlap(paths["base"], paths[SPARSE_TWINS[0]], paths[SPARSE_TWINS[1]],
                                                 SPARSE_TWINS)
@@ -675,17 +696,21 @@ def card_claims(card: Mapping) -> list[dict]:
             ov["o1"] > ov["random_o1"] and ov["o2"] > ov["random_o2"])
     if DENSE_TWIN in twins:
         u = twins[DENSE_TWIN]["unchanged_fraction"]
-        add("s.2 sparse update (planted false: dense lr regime)", [DENSE_TWIN], "false",
-            f"unchanged {u:.3f}", u >= SPARSE_UNCHANGED_MIN)
+        add(f"s.2 sparse update: >= {SPARSE_UNCHANGED_MIN:.0%} bf16 weights unchanged (dense lr regime)", [DENSE_TWIN],
+            "false", f"unchanged {u:.3f}", u >= SPARSE_UNCHANGED_MIN)
 
-    # overly hard problems (s.6): the shortcut of answering directly, shorter responses
+    # overly hard problems (s.6): the shortcut of answering directly, shorter responses, on the tier
+    # rl-hard trained on (card["hard"]), else on the twin tier
     if HARD_TWIN in twins and base:
-        h, b0 = twins[HARD_TWIN]["sampled"], twins["base"]["sampled"]
+        hard = card.get("hard")
+        h, b0 = ((hard[HARD_TWIN], hard["base"]) if hard else (twins[HARD_TWIN]["sampled"], twins["base"]["sampled"]))
+        where = f"{hard['tier']} operands (rl-hard's training tier)" if hard else "the twin tier"
         dh, db = _r(h["formats"]["direct"]), _r(b0["formats"]["direct"])
         add("s.6 RL on overly hard problems teaches the shortcut: more direct answers (CIs apart), shorter responses",
             [HARD_TWIN], "true",
-            f"direct share {_fmt_rate(dh)} vs base {_fmt_rate(db)}; mean length {h['mean_length']:.1f} vs "
-            f"{b0['mean_length']:.1f} tokens", dh["low"] > db["high"] and h["mean_length"] < b0["mean_length"])
+            f"on {where}: direct share {_fmt_rate(dh)} vs base {_fmt_rate(db)}; mean length {h['mean_length']:.1f} vs "
+            f"{b0['mean_length']:.1f} tokens; sampled acc {_fmt_rate(h['accuracy'])} vs {_fmt_rate(b0['accuracy'])}",
+            dh["low"] > db["high"] and h["mean_length"] < b0["mean_length"])
 
     # KL penalty (s.3/s.5): lower KL to base and more diverse formats than rl-seed0
     if DENSE_TWIN in twins:
@@ -733,12 +758,14 @@ def card_claims(card: Mapping) -> list[dict]:
                 continue
             text = (f"ECE {_fmt_ci(c['ece'], c['ci']['ece'])} vs base {_fmt_ci(cb['ece'], cb['ci']['ece'])}; "
                     f"Brier {c['brier']:.3f} vs {cb['brier']:.3f}; stated {_fmt_rate(c['stated'])}")
-            if worse:
-                add("s.7 binary reward worsens calibration of the stated confidence (ECE up, CIs apart)",
-                    [name], "true", text, c["ci"]["ece"][0] > cb["ci"]["ece"][1])
-            else:
-                add("s.7 Brier reward does not worsen it (ECE not above base's CI)", [name], "false", text,
-                    c["ece"] <= cb["ci"]["ece"][1])
+            add("s.7 RL worsens calibration of the stated confidence: ECE above the base's (CIs apart)",
+                [name], "true" if worse else "false", text, c["ci"]["ece"][0] > cb["ci"]["ece"][1])
+        cbin, cbr = cal.get("rl-binary"), cal.get("rl-brier")
+        if cbin and cbr and "ece" in cbin and "ece" in cbr:
+            add("s.7 the binary reward leaves the stated confidence worse calibrated than the Brier reward "
+                "(ECE, CIs apart)", ["rl-binary", "rl-brier"], "true",
+                f"ECE {_fmt_ci(cbin['ece'], cbin['ci']['ece'])} vs {_fmt_ci(cbr['ece'], cbr['ci']['ece'])}; "
+                f"Brier {cbin['brier']:.3f} vs {cbr['brier']:.3f}", cbin["ci"]["ece"][0] > cbr["ci"]["ece"][1])
 
     # entropy by domain (s.8)
     if OPEN_TWIN in twins and DENSE_TWIN in twins:
@@ -750,6 +777,14 @@ def card_claims(card: Mapping) -> list[dict]:
             f"{OPEN_TWIN} open {co:+.3f} ({_fmt_ci(do['entropy_change'], do['entropy_change_ci'])} nats)",
             ds["entropy_change_ci"][1] < 0 and cs < co)
     return rows
+
+
+def as_planted(claim: Mapping) -> bool | None:
+    """Whether a claim row came out as planted: holds where planted true (or a property), does not
+    hold where planted false; None when untested."""
+    if claim["holds"] is None:
+        return None
+    return (not claim["holds"]) if claim["planted"] == "false" else bool(claim["holds"])
 
 
 def card_markdown(card: Mapping) -> str:
@@ -853,14 +888,25 @@ def card_markdown(card: Mapping) -> str:
     if card.get("passk_twins"):
         pt = card["passk_twins"]
         ks = [k for k in (1, 4, 16, 64, 256) if k in st["ks"]]
-        L += [f"### pass@k of twins on {st['twin_tier']}-operand problems (same problems and protocol as the base's "
-              "row)", "", "| checkpoint | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
+        L += [f"### pass@k of twins on {st.get('passk_twin_tier', st['twin_tier'])}-operand problems (same problems "
+              "and protocol as the base's row)", "", "| checkpoint | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
         for name, b in pt.items():
             cells = [f"`{name}`"]
             for k in ks:
                 v = _at_k(b, k)
                 cells.append("n/a" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]")
             L.append("| " + " | ".join(cells) + " |")
+        L.append("")
+    if card.get("hard"):
+        h = card["hard"]
+        L += [f"### `rl-hard` on its training tier ({h['tier']} operands, {st['n_problems']} held-out problems, "
+              "temperature 1)", "",
+              "| checkpoint | sampled acc | " + " | ".join(FORMATS) + " | other | mean len |", "|---" * (4 + len(FORMATS)) + "|"]
+        for name in ("base", HARD_TWIN):
+            r = h[name]
+            L.append(f"| `{name}` | {_fmt_rate(r['accuracy'])} | "
+                     + " | ".join(f"{_r(r['formats'][f])['value']:.3f}" for f in (*FORMATS, "other"))
+                     + f" | {r['mean_length']:.1f} |")
         L.append("")
     if card.get("sparse_overlap"):
         o = card["sparse_overlap"]
@@ -886,11 +932,14 @@ def card_markdown(card: Mapping) -> str:
     claims = card.get("claims") or card_claims(card)
     if claims:
         L += ["### Claims: planted true / false, and whether the measured numbers bear them out", "",
-              "| claim | checkpoints | planted | measured | holds |", "|---" * 5 + "|"]
+              "A claim planted *false* came out as planted when it does not hold. A row that did not come out as "
+              "planted makes that claim's control untested (issue 14), not the claim false.", "",
+              "| claim | checkpoints | planted | measured | holds | as planted |", "|---" * 6 + "|"]
         for c in claims:
-            holds = {True: "yes", False: "**no**", None: "untested"}[c["holds"]]
+            holds = {True: "yes", False: "no", None: "untested"}[c["holds"]]
+            ok = as_planted(c)
             L.append(f"| {c['claim']} | {', '.join(f'`{x}`' for x in c['checkpoints'])} | {c['planted']} | "
-                     f"{c['measured']} | {holds} |")
+                     f"{c['measured']} | {holds} | {'untested' if ok is None else 'yes' if ok else '**no**'} |")
         L.append("")
     return "\n".join(L)
 
@@ -907,5 +956,5 @@ def fill_model_card(readme: str, card: Mapping) -> str:
 
 
 __all__ = ["CardSettings", "CardSampler", "measure_card", "card_markdown", "card_claims", "fill_model_card",
-           "passk_block", "confidence_block", "weight_overlap", "drift_block", "sample_rows", "checkpoint_facts", "StageCache", "weights_digest",
+           "passk_block", "confidence_block", "as_planted", "weight_overlap", "drift_block", "sample_rows", "checkpoint_facts", "StageCache", "weights_digest",
            "CARD_TIERS", "MARK_BEGIN", "MARK_END"]

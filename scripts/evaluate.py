@@ -128,8 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     card.add_argument("--twin-tier", type=cli.difficulty, default=4,
                       help="operands of the per-checkpoint problems (and of the twins' pass@k)")
     card.add_argument("--passk-twins", nargs="*", default=None,
-                      help="twins that also get a pass@k curve at --twin-tier (default: rl-seed0 rl-nsr rl-psr "
+                      help="twins that also get a pass@k curve at --passk-twin-tier (default: rl-seed0 rl-nsr rl-psr "
                       "where shipped; none: give the flag alone)")
+    card.add_argument("--passk-twin-tier", type=cli.difficulty, default=None,
+                      help="operands of the twins' pass@k problems (default: the hardest tier, where the base's "
+                      "pass@256 has room)")
     card.add_argument("--n-boot", type=cli.positive_int, default=1000, help="bootstrap resamples")
     card.add_argument("--stage-cache", type=Path, default=None,
                       help="folder of finished card stages, reused when their weights and settings are unchanged "
@@ -175,7 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 n_problems=args.n, passk_problems=args.passk_problems, passk_samples=args.passk_samples,
                 passk_tiers=tuple(args.tiers or CARD_TIERS), passk_twins=tuple(args.passk_twins),
                 twin_tier=args.twin_tier, eval_set=args.eval_set, seed=args.seed, n_boot=args.n_boot,
-                engine=args.card_engine)
+                engine=args.card_engine,
+                **({} if args.passk_twin_tier is None else {"passk_twin_tier": args.passk_twin_tier}))
         except TwinlensError as e:
             ap.error(str(e))
     args.checkpoints = args.checkpoints or [n for n in DEFAULT if n in organism.list_checkpoints()]

@@ -124,7 +124,7 @@ def _planted_generate(accuracy: dict[str, float]):
 def test_measure_card_end_to_end_on_planted_twins(tmp_path):
     paths = {name: _tiny_organism(tmp_path / name, seed)
              for seed, name in enumerate(["base", "rl-sparse-seed0", "rl-sparse-seed1", "rl-binary"])}
-    st = CardSettings(n_problems=10, passk_problems=None, passk_samples=4, passk_tiers=(3, 4), twin_tier=4, n_boot=50,
+    st = CardSettings(n_problems=10, passk_problems=None, passk_samples=4, passk_tiers=(3, 4), twin_tier=4, passk_twin_tier=4, n_boot=50,
                       passk_twins=("rl-binary",), engine="hf")
     acc = {"base": 0.3, "rl-sparse-seed0": 0.8, "rl-sparse-seed1": 0.6, "rl-binary": 1.0}
     card = measure_card(paths, st, generate_texts=_planted_generate(acc), progress=False)
@@ -213,6 +213,26 @@ def test_shortcut_claim_needs_more_direct_answers_and_shorter_responses(direct, 
                                    "rl-hard": {"sampled": sampled(direct, length)}}}
     rows = [c for c in card_claims(card) if c["checkpoints"] == ["rl-hard"]]
     assert [r["holds"] for r in rows] == [holds]
+
+
+@pytest.mark.parametrize("ece_binary, ece_brier, rows", [
+    (0.30, 0.05, {"rl-binary": (True, True), "rl-brier": (False, True), "pair": (True, True)}),
+    (0.08, 0.005, {"rl-binary": (False, False), "rl-brier": (False, True), "pair": (True, True)}),
+    (0.30, 0.30, {"rl-binary": (True, True), "rl-brier": (True, False), "pair": (False, False)})])
+def test_calibration_claims_and_whether_each_came_out_as_planted(ece_binary, ece_brier, rows):
+    from analyses.organism_card import as_planted
+
+    def cal(ece):
+        return {"stated": {"value": 1.0, "low": 0.99, "high": 1.0}, "ece": ece, "brier": ece,
+                "ci": {"ece": [ece - 0.02, ece + 0.02]}}
+
+    card = {"tiers": {}, "twins": {}, "calibration": {"base": cal(0.2), "rl-binary": cal(ece_binary),
+                                                       "rl-brier": cal(ece_brier)}}
+    got = {}
+    for c in (c for c in card_claims(card) if c["claim"].startswith("s.7")):
+        key = "pair" if len(c["checkpoints"]) == 2 else c["checkpoints"][0]
+        got[key] = (c["holds"], as_planted(c))
+    assert got == rows
 
 
 def test_fill_model_card_replaces_only_the_generated_block():
