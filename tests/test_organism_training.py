@@ -225,7 +225,7 @@ def test_quick_build_writes_every_stage_and_rebuilds_bit_identical(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         runs.append(out)
     twins = ["sft", "rl-seed0", "rl-seed1", "rl-hard", "rl-sparse-seed0", "rl-sparse-seed1",
-             "rl-kl-0.05", "rl-kl-0.3", "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
+             "rl-kl-1", "rl-kl-3", "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
     names = ["base", *twins, "rl-seed0-step0", "rl-seed0-step1", "rl-seed0-step2"]
     for name in names:
         d = runs[0] / name
@@ -243,7 +243,7 @@ def test_quick_build_writes_every_stage_and_rebuilds_bit_identical(tmp_path):
     assert info["rl-psr"]["hyperparameters"]["advantage_sign"] == "positive"
     assert info["rl-brier"]["hyperparameters"]["reward"] == "brier"
     assert info["rl-binary"]["train_variants"] == ["sum?"] and info["rl-open"]["train_variants"] == ["open"]
-    assert info["rl-kl-0.3"]["hyperparameters"]["beta"] == 0.3
+    assert info["rl-kl-3"]["hyperparameters"]["beta"] == 3.0
     assert info["rl-hard"]["train_variants"] == ["sub"]
     assert info["rl-seed0"]["train_tiers"] == list(RL_TIERS)
     report = json.loads((runs[0] / "build_report.json").read_text())
