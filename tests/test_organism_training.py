@@ -224,8 +224,10 @@ def test_quick_build_writes_every_stage_and_rebuilds_bit_identical(tmp_path):
                              capture_output=True, text=True, env=env, timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
         runs.append(out)
-    twins = ["sft", "rl-seed0", "rl-seed1", "rl-hard", "rl-sparse-seed0", "rl-sparse-seed1",
-             "rl-kl-1", "rl-kl-3", "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
+    kl = sorted(d.name for d in runs[0].glob("rl-kl-*"))  # one per --kl-betas default (>= 2 betas > 0)
+    assert len(kl) >= 2, kl
+    twins = ["sft", "rl-seed0", "rl-seed1", "rl-hard", "rl-sparse-seed0", "rl-sparse-seed1", *kl,
+             "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
     names = ["base", *twins, "rl-seed0-step0", "rl-seed0-step1", "rl-seed0-step2"]
     for name in names:
         d = runs[0] / name
@@ -243,8 +245,11 @@ def test_quick_build_writes_every_stage_and_rebuilds_bit_identical(tmp_path):
     assert info["rl-psr"]["hyperparameters"]["advantage_sign"] == "positive"
     assert info["rl-brier"]["hyperparameters"]["reward"] == "brier"
     assert info["rl-binary"]["train_variants"] == ["sum?"] and info["rl-open"]["train_variants"] == ["open"]
-    assert info["rl-kl-3"]["hyperparameters"]["beta"] == 3.0
-    assert info["rl-hard"]["train_variants"] == ["sub"]
+    for name in kl:
+        assert info[name]["hyperparameters"]["beta"] == float(name.removeprefix("rl-kl-")) > 0
+    hard = info["rl-hard"]  # trained on the screened problems only: their tier and variant
+    assert hard["train_tiers"] == [hard["difficulty"]] and hard["train_variants"] == [hard["variant"]]
+    assert hard["n_train_problems"] == hard["screen"]["unsolved"] > 0
     assert info["rl-seed0"]["train_tiers"] == list(RL_TIERS)
     report = json.loads((runs[0] / "build_report.json").read_text())
     assert set(report["stage_wall_seconds"]) == {"base", *twins}
