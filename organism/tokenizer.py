@@ -32,7 +32,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=EOS,
         unk_token=UNK,
         clean_up_tokenization_spaces=False,
-        model_max_length=128,
+        model_max_length=160,  # organism.training.MAX_LEN
     )
 
 
