@@ -740,7 +740,7 @@ def card_claims(card: Mapping) -> list[dict]:
         add(f"s.2 NSR keeps pass@k at large k (CIs touch or above) and entropy above {ENTROPY_COLLAPSE:g}x the base's",
             ["rl-nsr"], "true",
             kmax_txt + f"entropy {_fmt_ci(d['entropy_own'], d['entropy_own_ci'])} vs base {d['entropy_base']:.3f} "
-            "nats/token (own samples)", None if keeps is None else bool(keeps and near))
+            "nats/token (own samples)", False if not near else (None if keeps is None else bool(keeps)))
     if "rl-psr" in twins:
         d = twins["rl-psr"]["drift"]["structured"]
         add(f"s.2 PSR collapses entropy (below {ENTROPY_COLLAPSE:g}x the base's, CI included)", ["rl-psr"], "true",
@@ -792,9 +792,9 @@ def card_markdown(card: Mapping) -> str:
     st = card["settings"]
     L: list[str] = []
     L += [f"Measured by `python scripts/evaluate.py --card` (held-out eval set {st['eval_set']}, seed {st['seed']}; "
-          f"engine: {', '.join(card['engine']['used']) or 'none (all reused)'}"
+          f"engine of this run's own calls: {', '.join(card['engine']['used']) or 'none'}"
           + (f"; fallback: {card['engine']['fallback']}" if card["engine"].get("fallback") else "")
-          + (f"; {len(card['engine']['reused_stages'])} stage(s) reused from the stage cache"
+          + (f"; {len(card['engine']['reused_stages'])} stage(s) reused from the stage cache, measured by earlier runs"
              if card["engine"].get("reused_stages") else "")
           + f"; {card['seconds']['total']:.0f} s). Rates: 95% Wilson intervals; pass@k, KL, entropy, ECE/Brier/AUROC: "
           f"95% percentile bootstrap over problems ({st['n_boot']} resamples).", ""]
@@ -929,7 +929,7 @@ def card_markdown(card: Mapping) -> str:
                      f"{_fmt_ci(c['ece'], c['ci']['ece'])} | {_fmt_ci(c['brier'], c['ci']['brier'])} | "
                      f"{_fmt_ci(c['auroc'], c['ci']['auroc'])} |")
         L.append("")
-    claims = card.get("claims") or card_claims(card)
+    claims = card_claims(card)  # the rules as they are now, on the card's numbers
     if claims:
         L += ["### Claims: planted true / false, and whether the measured numbers bear them out", "",
               "A claim planted *false* came out as planted when it does not hold. A row that did not come out as "

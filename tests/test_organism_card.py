@@ -311,3 +311,17 @@ def test_card_settings_refuse_bad_values():
         CardSettings(passk_tiers=(8,))
     assert not math.isnan(np.float64(CardSettings().n_passk))
     assert eval_problems(3, 0, 4) == eval_problems(5, 0, 4)[:3]  # the card's problem sets nest
+
+
+@pytest.mark.parametrize("entropy, passk, holds", [(0.02, False, False), (0.9, False, None), (0.9, True, True),
+                                                   (0.02, True, False)])
+def test_nsr_claim_fails_on_collapsed_entropy_even_without_a_pass_at_k_curve(entropy, passk, holds):
+    rate = {"k": 0, "n": 500, "value": 0.3, "low": 0.26, "high": 0.34}
+    drift = {"entropy_own": entropy, "entropy_own_ci": [entropy - 0.01, entropy + 0.01], "entropy_base": 1.0}
+    card = {"tiers": {}, "twins": {"base": {"sampled": {"accuracy": rate}, "greedy": {"accuracy": rate}},
+                                   "rl-nsr": {"drift": {"structured": drift}}}}
+    if passk:
+        curve = {"k": [1, 256], "mean": [0.5, 0.9], "ci_low": [0.4, 0.8], "ci_high": [0.6, 1.0], "guesser": [0.01, 0.9]}
+        card["passk_twins"] = {"base": curve, "rl-nsr": curve}
+    rows = [c for c in card_claims(card) if c["checkpoints"] == ["rl-nsr"]]
+    assert [r["holds"] for r in rows] == [holds]
