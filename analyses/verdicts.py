@@ -553,12 +553,15 @@ def verdict_mechanism(r: Mapping | None) -> Verdict:
 def verdict_formats(r: Mapping | None, greedy: Mapping | None = None) -> Verdict:
     """Outputs collapse onto one format early in RL (Echo Chamber, Zhao et al.).
 
-    CI-aware: supported when, at the last checkpoint, the dominant format's sampled share has its
-    lower CI >= COLLAPSE_SHARE, or its greedy share >= COLLAPSE_SHARE while its sampled share rose
-    from the first checkpoint with CIs apart (sampling at T=1 keeps a tail that greedy decoding
-    does not); not supported when the dominant share's upper CI < COLLAPSE_SHARE and greedy does not
-    collapse either; undetermined when the interval straddles. ``greedy`` = {format: share} of the
-    last checkpoint's greedy outputs, when known (from the evaluate job).
+    Decided on the **sampled** shares only: supported when, at the last checkpoint, the dominant
+    format's sampled share has its lower CI >= COLLAPSE_SHARE and lies above the same format's share
+    at the first checkpoint (CIs apart); not supported when that upper CI < COLLAPSE_SHARE or the
+    share did not rise; undetermined when the interval straddles the threshold. ``greedy`` =
+    {format: share} of the last checkpoint's greedy outputs, when known: **reported, never
+    decisive**. Greedy decoding emits one format per prompt template by construction, for nearly
+    any model (organism v2's base is 93% direct under greedy on tier 4, its KL-penalized twin
+    ``rl-kl-3`` 100% step while it samples 0.45 direct / 0.55 step), so a greedy share >= the
+    threshold says nothing about collapse.
     """
     v = Verdict(3, "Outputs collapse onto one format early in RL", "formats")
     if r is None:
@@ -582,12 +585,14 @@ def verdict_formats(r: Mapping | None, greedy: Mapping | None = None) -> Verdict
     ci_first = tuple(ci_first) if ci_first else None
     if ci_last is None:
         v.outcome, v.why = UNDETERMINED, "no CI on the format shares"
+    elif ci_last[1] < COLLAPSE_SHARE:
+        v.outcome, v.why = NOT_SUPPORTED, (f"{top}'s sampled share upper CI < {COLLAPSE_SHARE} (greedy shares "
+                                           "are one format by construction, not evidence)")
+    elif ci_first is not None and not apart_above(ci_last, ci_first):
+        v.outcome, v.why = NOT_SUPPORTED, f"{top}'s sampled share did not rise from {ckpts[0]} (CIs overlap)"
     elif ci_last[0] >= COLLAPSE_SHARE:
-        v.outcome, v.why = SUPPORTED, f"{top}'s sampled share lower CI >= {COLLAPSE_SHARE}"
-    elif _num(g) and g >= COLLAPSE_SHARE and apart_above(ci_last, ci_first):
-        v.outcome, v.why = SUPPORTED, f"greedy {fmt(g)} {top} and its sampled share rose with CIs apart"
-    elif ci_last[1] < COLLAPSE_SHARE and not (_num(g) and g >= COLLAPSE_SHARE):
-        v.outcome, v.why = NOT_SUPPORTED, f"{top}'s share upper CI < {COLLAPSE_SHARE}, greedy does not collapse"
+        v.outcome, v.why = SUPPORTED, (f"{top}'s sampled share lower CI >= {COLLAPSE_SHARE}"
+                                       + (f", above {ckpts[0]}'s (CIs apart)" if ci_first is not None else ""))
     else:
         v.outcome, v.why = UNDETERMINED, f"{top}'s share CI straddles {COLLAPSE_SHARE}"
     return v

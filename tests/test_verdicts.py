@@ -131,12 +131,38 @@ def _formats(last_ci, first_ci=(0.05, 0.15)):
 
 @pytest.mark.parametrize("results, greedy, outcome", [
     (_formats([0.92, 0.97]), None, SUPPORTED),
+    (_formats([0.92, 0.97]), {"verify": 0.5}, SUPPORTED),  # greedy is reported, never decisive
     (_formats([0.854, 0.908]), None, UNDETERMINED),  # the audit's straddling interval
-    (_formats([0.854, 0.908]), {"verify": 1.0}, SUPPORTED),  # greedy collapsed, sampled rose CIs apart
+    # greedy collapsed and the sampled share rose with CIs apart, but it straddles the threshold:
+    # greedy is one format by construction, so it cannot decide
+    (_formats([0.854, 0.908]), {"verify": 1.0}, UNDETERMINED),
     (_formats([0.40, 0.50]), {"verify": 0.6}, NOT_SUPPORTED),
+    (_formats([0.92, 0.97], first_ci=(0.91, 0.96)), None, NOT_SUPPORTED),  # already one format: no collapse
 ])
-def test_formats_rule_is_ci_aware_and_reads_greedy(results, greedy, outcome):
+def test_formats_rule_is_ci_aware_and_decides_on_sampled_shares(results, greedy, outcome):
     assert V.verdict_formats(results, greedy).outcome == outcome
+
+
+def test_formats_planted_false_twin_with_greedy_collapse_is_not_supported():
+    """The v2 demo's planted-false control, rl-kl-3 (a KL-penalized twin that keeps the base's mix):
+    sampled step 0.35 [0.27, 0.42] -> 0.55 [0.45, 0.65], greedy 100% step. The old rule read the
+    greedy share as collapse and said "supported"; the row then failed its positive control."""
+    kl3 = {"checkpoints": ["base", "rl-kl-3"], "collapse_step": None,
+           "share": {"base": {"direct": 0.648, "step": 0.352}, "rl-kl-3": {"direct": 0.453, "step": 0.547}},
+           "share_ci": {"base": {"direct": [0.578, 0.727], "step": [0.273, 0.422]},
+                        "rl-kl-3": {"direct": [0.351, 0.547], "step": [0.453, 0.649]}},
+           "greedy_share": {"base": {"direct": 1.0, "step": 0.0}, "rl-kl-3": {"direct": 0.0, "step": 1.0}}}
+    v = V.verdict_formats_run(kl3)
+    assert v.outcome == NOT_SUPPORTED
+    assert "greedy 1.000" in v.number  # reported
+    seed0 = {**kl3, "checkpoints": ["base", "rl-seed0"],
+             "share": {"base": kl3["share"]["base"], "rl-seed0": {"direct": 0.0, "step": 1.0}},
+             "share_ci": {"base": kl3["share_ci"]["base"], "rl-seed0": {"direct": [0.0, 0.0], "step": [1.0, 1.0]}},
+             "greedy_share": {"rl-seed0": {"step": 1.0}}}
+    rows = {v.row: v for v in V.collect({"formats": seed0}, positives={"formats": seed0},
+                                         negatives={"formats": kl3})}
+    assert rows["formats"].outcome == SUPPORTED
+    assert rows["formats"].positive_control.startswith(V.PASSED)
 
 
 # ------------------------------------------------------------------ pass@k
