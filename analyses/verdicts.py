@@ -886,6 +886,25 @@ def verdict_scaling(r: Mapping | None) -> Verdict:
 
 
 # ---------------------------------------------------------------- §10 MI peaks
+def combine_planted_controls(per_model: Mapping[str, Mapping] | None) -> dict[str, Any]:
+    """The MI-peak detector's positive control over several models, from each model's
+    ``planted_dependence_control`` result (``n_planted``, ``recall``, ``passed``).
+
+    A model with no usable trajectory (``n_planted`` 0: e.g. organism v2's base, whose own greedy
+    texts are 3-token direct answers) tests nothing, so it neither passes nor fails the control:
+    ``passed`` is True when every model that had planted positions recovered them (recall >= its
+    ``min_recall``), False when one did not, and None (untested) when no model had any.
+    ``recall`` = the lowest recall among the tested models (None when untested); ``untested`` names
+    the models without trajectories. Returns a new dict; ``per_model`` is kept as given.
+    """
+    per_model = dict(per_model or {})
+    tested = {m: p for m, p in per_model.items() if isinstance(p, Mapping) and (p.get("n_planted") or 0) > 0}
+    recalls = [p["recall"] for p in tested.values() if _num(p.get("recall"))]
+    return {"recall": min(recalls) if recalls else None,
+            "passed": (all(bool(p.get("passed")) for p in tested.values()) if tested else None),
+            "per_model": per_model, "untested": sorted(set(per_model) - set(tested))}
+
+
 def verdict_mi(r: Mapping | None) -> Verdict:
     """RL creates sharper MI peaks than the base has, at thinking tokens (Qian et al.).
 
@@ -910,16 +929,23 @@ def verdict_mi(r: Mapping | None) -> Verdict:
     v.control = "share of peaks on strategy tokens vs chance (their share of tokens): " + "; ".join(
         f"{m} {fmt(x.get('share'))} vs {fmt(x.get('chance'))}" for m, x in shares.items() if x)
     planted = get(r, "planted_control")
+    if isinstance(get(planted, "per_model"), Mapping):  # re-derived: results written before the rule
+        planted = {**planted, **combine_planted_controls(planted["per_model"])}  # skipped untested models
     v.trivial = "chance share of peak locations; special tokens at trajectory ends"
-    if planted is not None:
-        v.positive_control = f"planted dependence found: {fmt(get(planted, 'recall'), 2)} recall ({'ok' if get(planted, 'passed') else 'FAILED'})"
+    if planted is not None and get(planted, "passed") is None:
+        v.positive_control = untested("no model had a trajectory to plant dependence into")
+    elif planted is not None:
+        skipped = get(planted, "untested") or []
+        v.positive_control = (f"planted dependence found: {fmt(get(planted, 'recall'), 2)} recall "
+                              f"({PASSED if get(planted, 'passed') else FAILED})"
+                              + (f"; untested on {', '.join(skipped)} (no trajectories)" if skipped else ""))
     rl_share = shares.get("rl") or {}
     s, chance = rl_share.get("share"), rl_share.get("chance")
     # the job reports the enrichment's one-sided permutation p-value (peaks redrawn within each
     # trajectory), not an interval on the share
     p_perm = rl_share.get("p_permutation")
     above_chance = _num(s) and _num(chance) and s > chance and _num(p_perm) and p_perm < MI_ENRICHMENT_ALPHA
-    if planted is not None and not get(planted, "passed"):
+    if planted is not None and get(planted, "passed") is False:
         v.outcome, v.why = DETECTOR_FAILED, "the planted-dependence control was not recovered"
     elif not get(r, "special_tokens_excluded"):
         v.outcome, v.why = UNDETERMINED, "special tokens were not excluded from peak finding"

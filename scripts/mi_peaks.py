@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> dict:
     from analyses.mi_peaks.pipeline import checkpoint_series, headline_scalars
     from analyses.mi_peaks.plotting import plot_checkpoint_series, plot_model_rows, plot_peak_tokens
     from analyses.reporting import save_figure, to_jsonable, write_results
+    from analyses.verdicts import combine_planted_controls
 
     t0 = time.time()
     out = Path(args.out)
@@ -304,10 +305,7 @@ def run(args: argparse.Namespace) -> dict:
         planted[lab] = planted_dependence_control(result.trajectories[cfg.texts[0]][lab], cfg.method, cfg.sigma,
                                                   special, seed=cfg.seed)
     results["special_tokens_excluded"] = True
-    results["planted_control"] = {
-        "recall": min((p["recall"] for p in planted.values()), default=None),
-        "passed": bool(planted) and all(p["passed"] for p in planted.values()), "per_model": planted,
-        "texts": cfg.texts[0]}
+    results["planted_control"] = {**combine_planted_controls(planted), "texts": cfg.texts[0]}
     for lab, model in models.items():
         texts = {}
         for kind in cfg.texts:

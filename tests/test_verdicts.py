@@ -246,6 +246,35 @@ def test_mi_rule_needs_aom_and_strategy_peaks_above_chance(results, outcome):
     assert V.verdict_mi(results).outcome == outcome
 
 
+def _per_model(base, rl):
+    def one(n_planted, recall):
+        return {"n_trajectories": n_planted // 2, "n_planted": n_planted, "recall": recall, "min_recall": 0.8,
+                "passed": bool(n_planted and recall is not None and recall >= 0.8)}
+    return {"base": one(*base), "rl": one(*rl)}
+
+
+@pytest.mark.parametrize("per_model, passed, outcome", [
+    # the v2 demo: the base's own greedy texts are 3-token direct answers (no trajectory to plant
+    # into), rl's planted recall is 0.89: the control passes on the model it could test
+    (_per_model((0, None), (64, 0.890625)), True, SUPPORTED),
+    (_per_model((0, None), (64, 0.5)), False, DETECTOR_FAILED),  # the tested model missed them
+    (_per_model((64, 0.95), (64, 0.5)), False, DETECTOR_FAILED),  # any tested model's miss fails it
+    (_per_model((0, None), (0, None)), None, SUPPORTED),  # nothing tested: untested, not failed
+])
+def test_mi_planted_control_is_decided_on_models_with_trajectories(per_model, passed, outcome):
+    pc = V.combine_planted_controls(per_model)
+    assert pc["passed"] is passed
+    # old results.json files carry the all-models "passed": the rule re-derives it from per_model
+    r = _mi([0.2, 0.8], 0.5, 0.001)
+    r["planted_control"] = {"recall": None, "passed": False, "per_model": per_model}
+    v = V.verdict_mi(r)
+    assert v.outcome == outcome
+    if passed is None:
+        assert v.positive_control.startswith("untested")
+    elif passed:
+        assert "0.89 recall (passed); untested on base" in v.positive_control
+
+
 @pytest.mark.parametrize("hard_len, ref_len, outcome", [(8.0, 50.0, SUPPORTED), (20.0, 50.0, NOT_SUPPORTED),
                                                         (8.0, 9.0, UNDETERMINED)])
 def test_shortcut_rule_needs_the_solvable_run_not_to_collapse(hard_len, ref_len, outcome):
