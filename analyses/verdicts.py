@@ -255,22 +255,27 @@ def _apply_control(v: Verdict, text: str, ok: bool | None) -> Verdict:
 def verdict_probes(r: Mapping | None) -> Verdict:
     """Base models already hold the strategies as linear directions.
 
-    Decided on **selectivity** (probe AUROC minus a token-identity baseline: one-hot current and
-    previous token and position, same split) and on **decision-point probes** (the residual just
-    before a strategy starts vs other decision points), never on raw AUROC: on the organism a
-    model-free token classifier reaches 0.92-0.997 by itself.
-    supported: every strategy's selectivity lower CI >= SELECTIVITY_MIN and its decision-point AUROC
-    lower CI >= DECISION_AUROC_MIN, above its shuffled control and above the token baseline on the
-    same decision points (its selectivity lower CI > 0);
-    not supported: some strategy's selectivity upper CI < SELECTIVITY_MIN, decision-point AUROC
-    upper CI < DECISION_AUROC_MIN, or decision-point selectivity upper CI <= 0; undetermined
-    otherwise, or when the baselines are missing.
+    Decided per strategy on the **decision-point probe** (the residual just before a strategy span
+    starts vs other decision points; issue 15: this is what "the base already carries the decision"
+    means) and its **decision-point selectivity** (that probe's AUROC minus a model-free baseline on
+    the same decision points and split: one-hot current/previous token + position,
+    ``probes.baselines.decision_point_probe``; Hewitt & Liang 2019 control tasks). Per-token
+    selectivity (the probe on every token vs the same baseline on every token) is **reported, not
+    decisive**: on a task whose strategy spans are literally their characters (the organism), the
+    token baseline reaches 0.93-1.00 per token and no probe can beat it, whatever the model holds.
+    supported: every strategy's decision-point AUROC lower CI >= DECISION_AUROC_MIN and above its
+    shuffled control, and its decision-point selectivity lower CI >= SELECTIVITY_MIN;
+    not supported: some strategy's decision-point AUROC upper CI < DECISION_AUROC_MIN, or its
+    decision-point selectivity upper CI < SELECTIVITY_MIN (token and position at the decision point
+    explain the probe), unless that baseline is at its ceiling (>= BASELINE_CEILING: undetermined);
+    undetermined otherwise, or when the decision-point probe or its baseline is missing.
     """
     v = Verdict(1, "Base models already hold the strategies as linear directions (probes)", "probe")
     rows = {k: x for k, x in (get(r, "acceptance") or {}).items() if isinstance(x, Mapping) and "auroc" in x}
     if not rows:
         return v
-    v.shows = "best-layer probe on held-out base traces: AUROC, selectivity over the token baseline, decision-point AUROC"
+    v.shows = ("decision-point probe on held-out base traces: AUROC and selectivity over token + position at the "
+               "decision points (decisive); best-layer per-token AUROC and selectivity (reported)")
     parts, controls, trivial = [], [], []
     missing, fails, passes, ceilings = [], [], [], []
     for name, x in rows.items():
@@ -285,43 +290,44 @@ def verdict_probes(r: Mapping | None) -> Verdict:
                         f"{fmt(value_ci(x.get('random_init_auroc'))[0], 2)}, decision-point shuffled "
                         f"{fmt(dp.get('control_auroc'), 2)}")
         trivial.append(f"{name}: token baseline {fmt(tok_v, 2)}{' ' + fmt(tok_ci, 2) if tok_ci else ''}")
-        if sel_ci is None or dp_ci is None:
+        dp_ctrl = dp.get("control_auroc")
+        dp_sel_v, dp_sel_ci = value_ci(dp.get("selectivity"))
+        dp_tok_v, dp_tok_ci = value_ci(dp.get("token_baseline_auroc"))
+        if dp:
+            parts[-1] += (f", decision-point selectivity {fmt(dp_sel_v, 3)}"
+                          f"{' ' + fmt(dp_sel_ci, 3) if dp_sel_ci else ''}")
+            trivial[-1] += (f", at decision points {fmt(dp_tok_v, 2)}"
+                            f"{' ' + fmt(dp_tok_ci, 2) if dp_tok_ci else ''}")
+        if dp_ci is None or dp_sel_ci is None:
             missing.append(name)
             continue
-        dp_ctrl = dp.get("control_auroc")
-        # the decision point has its own token baseline (position predicts steps in fixed-length
-        # problems): the decision-point probe must beat it too, when it is reported
-        _, dp_sel_ci = value_ci(dp.get("selectivity"))
-        dp_tok_v, _ = value_ci(dp.get("token_baseline_auroc"))
-        tok_ceiling = _num(tok_v) and tok_v >= BASELINE_CEILING
         dp_ceiling = _num(dp_tok_v) and dp_tok_v >= BASELINE_CEILING
-        if (sel_ci[1] < SELECTIVITY_MIN and not tok_ceiling) or dp_ci[1] < DECISION_AUROC_MIN or (
-                dp_sel_ci and dp_sel_ci[1] <= 0 and not dp_ceiling):
+        if dp_ci[1] < DECISION_AUROC_MIN or (dp_sel_ci[1] < SELECTIVITY_MIN and not dp_ceiling):
             fails.append(name)
-        elif sel_ci[0] >= SELECTIVITY_MIN and dp_ci[0] >= DECISION_AUROC_MIN and (
-                not _num(dp_ctrl) or dp_ci[0] > dp_ctrl) and (dp_sel_ci is None or dp_sel_ci[0] > 0):
+        elif dp_ci[0] >= DECISION_AUROC_MIN and (not _num(dp_ctrl) or dp_ci[0] > dp_ctrl) and (
+                dp_sel_ci[0] >= SELECTIVITY_MIN):
             passes.append(name)
-        elif tok_ceiling or dp_ceiling:
+        elif dp_ceiling:
             ceilings.append(name)
     v.number, v.control = "; ".join(parts), "; ".join(controls)
     v.trivial = "token identity (one-hot current/previous token + position): " + "; ".join(trivial)
     if fails:
         v.outcome, v.why = NOT_SUPPORTED, (
-            f"{', '.join(fails)}: selectivity upper CI < {SELECTIVITY_MIN} or decision-point AUROC upper CI "
-            f"< {DECISION_AUROC_MIN} (the token baseline explains the probe, or the decision is not readable)")
+            f"{', '.join(fails)}: decision-point selectivity upper CI < {SELECTIVITY_MIN} (token and position at "
+            f"the decision point explain the probe) or decision-point AUROC upper CI < {DECISION_AUROC_MIN}")
     elif missing:
         v.outcome, v.why = UNDETERMINED, (
-            f"{', '.join(missing)}: no token baseline / decision-point probe in the results; raw AUROC alone "
-            "cannot rule out token identity")
+            f"{', '.join(missing)}: no decision-point probe or no token baseline at the decision points in the "
+            "results; raw AUROC alone cannot rule out token identity")
     elif ceilings:
         v.outcome, v.why = UNDETERMINED, (
-            f"{', '.join(ceilings)}: token identity and position alone reach AUROC >= {BASELINE_CEILING}: no room "
-            "for a probe to show selectivity (the task's strategies are written in its tokens)")
+            f"{', '.join(ceilings)}: token identity and position at the decision points alone reach AUROC >= "
+            f"{BASELINE_CEILING}: no room for a probe to show selectivity")
     elif len(passes) == len(rows):
-        v.outcome, v.why = SUPPORTED, (f"every strategy: selectivity lower CI >= {SELECTIVITY_MIN} and "
-                                       f"decision-point AUROC lower CI >= {DECISION_AUROC_MIN}")
+        v.outcome, v.why = SUPPORTED, (f"every strategy: decision-point AUROC lower CI >= {DECISION_AUROC_MIN} and "
+                                       f"above shuffled, decision-point selectivity lower CI >= {SELECTIVITY_MIN}")
     else:
-        v.outcome, v.why = UNDETERMINED, "a selectivity or decision-point interval straddles its threshold"
+        v.outcome, v.why = UNDETERMINED, "a decision-point AUROC or selectivity interval straddles its threshold"
     return v
 
 

@@ -11,32 +11,60 @@ from analyses.verdicts import DETECTOR_FAILED, NOT_MEASURED, NOT_SUPPORTED, SUPP
 
 
 # ------------------------------------------------------------------ probes
-def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True, dp_sel_ci=(0.05, 0.1), tok=0.95):
+def _probe(sel_ci, dp_ci, dp_ctrl=0.5, baseline=True, dp_sel_ci=(0.05, 0.1), tok=0.95, dp_tok=0.6):
     row = {"auroc": 0.98, "best_layer": 3, "control_auroc": 0.5}
     if baseline:
         row |= {"token_baseline_auroc": {"value": tok, "ci": [tok - 0.01, min(1.0, tok + 0.01)]},
                 "selectivity": {"value": sum(sel_ci) / 2, "ci": sel_ci},
                 "decision_point": {"auroc": sum(dp_ci) / 2, "ci": dp_ci, "control_auroc": dp_ctrl,
+                                   "token_baseline_auroc": {"value": dp_tok, "ci": [dp_tok - 0.01, min(1.0, dp_tok + 0.01)]},
                                    "selectivity": {"value": sum(dp_sel_ci) / 2, "ci": list(dp_sel_ci)}}}
     return {"acceptance": {"compute": row, "backtracking": dict(row)}}
 
 
 @pytest.mark.parametrize("results, outcome", [
     (_probe([0.03, 0.06], [0.60, 0.70]), SUPPORTED),
-    (_probe([-0.01, 0.01], [0.60, 0.70]), NOT_SUPPORTED),  # the token baseline explains the probe
+    # per-token selectivity is reported, not decisive: the v2 demo's compute probe is explained per
+    # token by the token baseline (0.005 [-0.002, 0.014]) because its spans are its characters,
+    # while the decision-point probe beats token + position at the decision points
+    (_probe([-0.002, 0.014], [0.94, 0.96]), SUPPORTED),
+    (_probe([-0.032, -0.010], [0.60, 0.70], tok=0.993), SUPPORTED),  # a per-token ceiling decides nothing
     (_probe([0.03, 0.06], [0.45, 0.54]), NOT_SUPPORTED),  # the decision is not readable before the span
-    (_probe([0.01, 0.05], [0.60, 0.70]), UNDETERMINED),  # selectivity CI straddles its threshold
+    (_probe([0.03, 0.06], [0.60, 0.70], dp_sel_ci=(0.01, 0.05)), UNDETERMINED),  # straddles SELECTIVITY_MIN
     (_probe([0.03, 0.06], [0.60, 0.70], dp_ctrl=0.65), UNDETERMINED),  # not above its shuffled control
     # position alone predicts the decision as well as the residual does
     (_probe([0.03, 0.06], [0.60, 0.70], dp_sel_ci=(-0.1, -0.01)), NOT_SUPPORTED),
     (_probe([0.03, 0.06], [0.60, 0.70], dp_sel_ci=(-0.05, 0.05)), UNDETERMINED),
-    # the organism today: token baseline 0.993 > probe 0.972 -- a ceiling, not a negative finding
-    (_probe([-0.032, -0.010], [0.95, 0.985], dp_sel_ci=(-0.007, 0.005), tok=0.993), UNDETERMINED),
+    # token + position at the decision points at its ceiling: no room, undetermined not negative
+    (_probe([0.03, 0.06], [0.95, 0.985], dp_sel_ci=(-0.007, 0.005), dp_tok=0.995), UNDETERMINED),
     (_probe(None, None, baseline=False), UNDETERMINED),  # raw AUROC 0.98 alone: never "supported"
     (None, NOT_MEASURED),
 ])
 def test_probe_rule_rests_on_selectivity_and_decision_points(results, outcome):
     assert V.verdict_probes(results).outcome == outcome
+
+
+def test_probe_rule_on_the_v2_demo_numbers_names_the_strategies_position_explains():
+    """The v2 demo's probe results: decision-point AUROC 0.95 / 0.95 / 0.85 (shuffled 0.53 / 0.40 /
+    0.43), but token + position at the decision points reach 0.95 / 0.96 / 0.68, so only
+    backtracking's decision is read beyond them (selectivity 0.17 [0.07, 0.28])."""
+    def row(tok_sel, dp, dp_ctrl, dp_tok, dp_sel):
+        return {"auroc": 0.97, "best_layer": 3, "control_auroc": 0.47,
+                "token_baseline_auroc": {"value": 0.97, "ci": [0.96, 0.98]},
+                "selectivity": {"value": sum(tok_sel) / 2, "ci": list(tok_sel)},
+                "decision_point": {"auroc": sum(dp) / 2, "ci": list(dp), "control_auroc": dp_ctrl,
+                                   "token_baseline_auroc": {"value": dp_tok, "ci": [dp_tok - 0.01, dp_tok + 0.01]},
+                                   "selectivity": {"value": sum(dp_sel) / 2, "ci": list(dp_sel)}}}
+    r = {"acceptance": {
+        "compute": row((-0.002, 0.014), (0.945, 0.964), 0.53, 0.946, (-0.0005, 0.017)),
+        "verification": row((-0.027, -0.019), (0.923, 0.968), 0.40, 0.961, (-0.035, 0.005)),
+        "backtracking": row((0.001, 0.059), (0.780, 0.926), 0.43, 0.683, (0.068, 0.276))}}
+    v = V.verdict_probes(r)
+    assert v.outcome == NOT_SUPPORTED
+    assert v.why.startswith("compute, verification: decision-point selectivity")
+    assert "decision-point selectivity 0.172 [0.068, 0.276]" in v.number  # reported per strategy
+    r["acceptance"] = {"backtracking": r["acceptance"]["backtracking"]}
+    assert V.verdict_probes(r).outcome == SUPPORTED
 
 
 # ------------------------------------------------------------------ steering
