@@ -253,6 +253,51 @@ def planted_args(control: RowControl, side: str, available: Iterable[str] | None
 RECORD = "controls.json"
 #: The folder of each side's runs under a controls folder.
 SIDE_FOLDER = {"true": "positive", "false": "negative"}
+#: The model card's claim rows (scripts/model_card.py writes them beside the checkpoints' README).
+CLAIMS_FILE = "claims.json"
+
+
+def card_claims(folder: str | Path | None = None) -> list[dict]:
+    """The model card's claim rows ``[{claim, checkpoints, planted, measured, holds}]`` of the
+    organism checkpoints in ``folder`` (default: ``organism.CHECKPOINT_DIR``); [] when absent."""
+    import json
+
+    if folder is None:
+        import organism
+
+        folder = organism.CHECKPOINT_DIR
+    try:
+        rows = json.loads((Path(folder) / CLAIMS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def not_as_planted(control: RowControl, side: str, claims: list[dict]) -> str:
+    """Why a planted run of ``control`` tests nothing (issue 14): a twin it runs that the model card
+    shows *not* coming out as planted (a planted-true claim that does not hold, a planted-false one
+    that does), else "". Such a run cannot tell a blind detector from a twin that missed its plant."""
+    planted = control.side(side)
+    if planted is None:
+        return ""
+    names = {planted.models[i + 1] for i, a in enumerate(planted.models[:-1]) if a in ("--rl", "--checkpoint")}
+    names = {n for n in names if n != "base" and "*" not in n} | (
+        {kl_twin(_shipped())} if any("*" in n for n in names) else set())
+    # any planted claim of a twin this run relies on (the entropy row's planted-false rl-nsr relies on the
+    # card's planted-true "NSR keeps entropy"): true ones must hold, false ones must not
+    missed = [c for c in claims if c.get("planted") in SIDES and set(c.get("checkpoints") or ()) & names
+              and bool(c.get("holds")) != (c.get("planted") == "true")]
+    return "; ".join(f"{', '.join(c['checkpoints'])} did not come out as planted (model card: {c.get('claim')}: "
+                     f"{c.get('measured')})" for c in missed)
+
+
+def _shipped() -> list[str]:
+    try:
+        import organism
+
+        return organism.list_checkpoints()
+    except Exception:  # noqa: BLE001 -- no organism: no KL twin to resolve
+        return []
 RAN = ("ran", "reused", "done before")
 
 
@@ -278,8 +323,14 @@ def load_controls(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], d
             record = {}
     sides: dict[str, dict[str, Any]] = {"true": {}, "false": {}}
     why: dict[str, str] = {}
+    claims = card_claims()
     for row, control in CONTROLS.items():
         for side in SIDES:
+            missed = not_as_planted(control, side, claims)
+            if missed:  # the twin missed its plant: its run tests nothing (untested, not FAILED)
+                if side == "true":
+                    why[row] = missed
+                continue
             entry = record.get(row, {}).get(side) or {}
             results_dir = Path(entry["folder"]) if entry.get("folder") else folder / SIDE_FOLDER[side] / row
             if not results_dir.is_absolute():
@@ -310,4 +361,5 @@ def static_untested_reasons() -> dict[str, str]:
 
 
 __all__ = ["CONTROLS", "Planted", "RECORD", "RowControl", "SIDES", "SIDE_FOLDER", "check_controls_cover_rows",
-           "kl_twin", "load_controls", "planted_args", "static_untested_reasons"]
+           "kl_twin", "load_controls", "planted_args", "static_untested_reasons", "card_claims", "not_as_planted",
+           "CLAIMS_FILE"]

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     write_text_atomic(args.readme, new)
+    # The claim rows, machine-readable, beside the README: analyses.controls reads them so that a
+    # control run on a twin that did not come out as planted reads "untested", not FAILED.
+    write_text_atomic(args.readme.parent / "claims.json", json.dumps(card.get("claims") or [], indent=1) + "\n")
     print(f"wrote the measured tables of {args.card} into {args.readme}", file=sys.stderr)
     return 0
 

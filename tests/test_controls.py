@@ -20,11 +20,23 @@ from report import collect_verdicts  # noqa: E402
 from analyses import controls as C  # noqa: E402
 from analyses import verdicts as V  # noqa: E402
 
+_real_card_claims = C.card_claims  # before the autouse fixture patches it
+
 EVERY_TWIN = ["base", "sft", "rl-seed0", "rl-seed0-step0", "rl-seed1", "rl-hard", "rl-sparse-seed0",
               "rl-sparse-seed1", "rl-kl-0.05", "rl-kl-0.3", "rl-nsr", "rl-psr", "rl-binary", "rl-brier", "rl-open"]
 
 
 # ------------------------------------------------------------------ the table
+
+@pytest.fixture(autouse=True)
+def _no_model_card_claims(monkeypatch):
+    """Hand-made planted folders here are judged on their own: the shipped model card's claim rows
+    (which mark some shipped twins as not planted) would otherwise turn them untested."""
+    from analyses import controls
+
+    monkeypatch.setattr(controls, "card_claims", lambda folder=None: [])
+
+
 def test_every_verdict_row_has_its_planted_cases_or_says_why_not():
     C.check_controls_cover_rows()
     assert list(C.CONTROLS) == list(V.ROW_JOBS) and len(C.CONTROLS) == len(V.collect({})) == 13
@@ -282,3 +294,45 @@ def test_a_planted_formats_run_is_judged_with_its_own_greedy_shares():
     here = {"formats": run}
     rows = {r.row: r for r in V.collect(here, positives={"formats": run})}
     assert rows["formats"].outcome == V.SUPPORTED and rows["formats"].positive_control.startswith("passed")
+
+
+def test_a_twin_that_missed_its_plant_makes_its_control_untested_not_failed(tmp_path, monkeypatch):
+    """Issue 14: where the model card shows a twin not coming out as planted, the control that runs it
+    tests nothing: load_controls leaves its planted run out and says why (it read FAILED before)."""
+    import json
+
+    from analyses import controls as ctl
+
+    claims = [
+        {"claim": "s.2 NSR keeps entropy", "checkpoints": ["rl-nsr"], "planted": "true", "measured": "entropy 0.02",
+         "holds": False},
+        {"claim": "s.2 PSR collapses entropy", "checkpoints": ["rl-psr"], "planted": "true", "measured": "0.03",
+         "holds": True},
+        {"claim": "s.7 brier does not worsen ECE", "checkpoints": ["rl-brier"], "planted": "false", "measured": "0.005",
+         "holds": False},
+        {"claim": "tier 4 pass@1 in band", "checkpoints": ["base"], "planted": "property", "measured": "0.41",
+         "holds": False},
+    ]
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / ctl.CLAIMS_FILE).write_text(json.dumps(claims))
+    assert _real_card_claims(ck) == claims
+    got = _real_card_claims(ck)
+    mech = ctl.CONTROLS["mechanism"]
+    assert "rl-nsr did not come out as planted" in ctl.not_as_planted(mech, "true", got)
+    assert ctl.not_as_planted(mech, "false", got) == ""  # rl-psr held its plant
+    # the entropy row's planted-false run relies on rl-nsr keeping entropy: untested too
+    assert "rl-nsr" in ctl.not_as_planted(ctl.CONTROLS["entropy"], "false", got)
+    # a planted-false claim that does not hold came out as planted; a property row is no plant
+    assert ctl.not_as_planted(ctl.CONTROLS["calibrate"], "false", got) == ""
+    assert ctl.not_as_planted(ctl.CONTROLS["diff"], "true", got) == ""
+
+    # load_controls: the planted-true mechanism run exists on disk but is left out, with the reason
+    folder = tmp_path / "controls"
+    for side in ("positive", "negative"):
+        (folder / side / "mechanism").mkdir(parents=True)
+        (folder / side / "mechanism" / "results.json").write_text("{}")
+    monkeypatch.setattr(ctl, "card_claims", lambda folder=None: got)
+    pos, neg, why = ctl.load_controls(folder)
+    assert "mechanism" not in pos and "mechanism" in neg
+    assert "did not come out as planted" in why["mechanism"]
