@@ -62,9 +62,13 @@ DECISION_AUROC_MIN = 0.55
 #: compute 0.45 -> 0.62 alone in the audit: the spread of several is the control).
 STEER_MIN_RANDOM = 5
 #: Degenerate steering (any one suffices): accuracy down more than 20% relative, more malformed
-#: outputs (CIs apart), or mean length outside [0.5x, 2x] of unsteered.
+#: outputs (CIs apart), mean length below 0.5x unsteered (a collapse), or mean length outside
+#: [0.5x, 2x] of what the unsteered model writes in the same formats (see is_degenerate).
 DEGENERATE_ACC_DROP = 0.20
 DEGENERATE_LENGTH = (0.5, 2.0)
+#: The format-matched length ratio decides only when at least this share of the steered samples
+#: have a format the unsteered samples also have (else there is too little to compare like with like).
+MATCHED_LENGTH_MIN_SHARE = 0.5
 #: Routing: "most of the gap" = at least half of it (Venhoff et al. report up to 0.91); "few tokens"
 #: = at most 20% routed (they steer ~12%).
 GAP_MIN = 0.5
@@ -335,7 +339,15 @@ def verdict_probes(r: Mapping | None) -> Verdict:
 def is_degenerate(best: Mapping) -> tuple[bool, str]:
     """Steering that breaks the model does not show a strategy was deployed. Any one of: accuracy
     down > DEGENERATE_ACC_DROP relative; malformed outputs up (CIs apart where given, else any rise
-    of more than 5 points); mean length outside DEGENERATE_LENGTH x unsteered."""
+    of more than 5 points); a **length collapse** (mean length below DEGENERATE_LENGTH[0] x the
+    unsteered mean, ``length_ratio``); or a length outside DEGENERATE_LENGTH x what the unsteered
+    model writes **in the same formats** (``length_ratio_matched``, from
+    ``probes.steering.format_matched_length_ratio``, when at least MATCHED_LENGTH_MIN_SHARE of the
+    steered samples have a format the unsteered ones have; else the raw ``length_ratio``).
+    Raw length above 2x is not by itself degenerate: steering a direct answer ("#59", 3 tokens)
+    into a step trace (~27 tokens) lengthens it by construction (the v2 demo's compute steering
+    0.45 -> 0.88 was flagged at x2.06 for that alone). The one rule the steering search and the
+    steering verdict share."""
     a0, a1 = best.get("accuracy_at_0"), best.get("accuracy")
     if _num(a0) and _num(a1) and a0 > 0 and (a0 - a1) / a0 > DEGENERATE_ACC_DROP:
         return True, f"accuracy {fmt(a0, 2)} -> {fmt(a1, 2)}"
@@ -347,8 +359,14 @@ def is_degenerate(best: Mapping) -> tuple[bool, str]:
             return True, f"malformed {fmt(m0v, 2)} -> {fmt(m1v, 2)}"
     elif _num(m0v) and _num(m1v) and m1v - m0v > 0.05:
         return True, f"malformed {fmt(m0v, 2)} -> {fmt(m1v, 2)}"
-    lr = best.get("length_ratio")
-    if _num(lr) and not (DEGENERATE_LENGTH[0] <= lr <= DEGENERATE_LENGTH[1]):
+    lr, lm = best.get("length_ratio"), best.get("length_ratio_matched")
+    if _num(lr) and lr < DEGENERATE_LENGTH[0]:
+        return True, f"length collapse x{fmt(lr, 2)}"
+    share = best.get("length_matched_share")
+    if _num(lm) and _num(share) and share >= MATCHED_LENGTH_MIN_SHARE:
+        if not (DEGENERATE_LENGTH[0] <= lm <= DEGENERATE_LENGTH[1]):
+            return True, f"length x{fmt(lm, 2)} within formats"
+    elif _num(lr) and not (DEGENERATE_LENGTH[0] <= lr <= DEGENERATE_LENGTH[1]):
         return True, f"length x{fmt(lr, 2)}"
     return False, ""
 

@@ -33,6 +33,7 @@ __all__ = [
     "SettingSamples",
     "run_settings",
     "summarize_setting",
+    "format_matched_length_ratio",
     "WHERE",
     "Candidate",
     "steering_search",
@@ -467,6 +468,37 @@ def _rate(x: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, list[float
     return float(x.mean()), [float(c) for c in _bootstrap_mean(x, n_bootstrap, seed)]
 
 
+def format_matched_length_ratio(s: SettingSamples, s0: SettingSamples) -> tuple[float | None, float]:
+    """Steered mean length over the length the unsteered model writes **in the same formats**:
+    (ratio, share of steered samples whose format the unsteered samples have).
+
+    A sample's format is the set of measured strategies it uses (on the organism: direct = none,
+    step = {compute}, verify = {compute, verification}). Steering toward a strategy changes the
+    format mix and with it the length by construction (a step trace is ~27 tokens, a direct answer
+    3), so the comparison is like with like: expected = sum over formats f of (share of steered
+    samples in f) x (unsteered mean length in f), over the steered samples whose format occurs
+    unsteered; ratio = their mean steered length / expected. Units: tokens / tokens. Returns
+    (None, 0.0) when no steered sample's format occurs unsteered (nothing to compare with).
+    """
+    names = sorted(set(s.used) & set(s0.used))
+
+    def fmt_keys(x: SettingSamples) -> list[tuple[bool, ...]]:
+        return list(zip(*(np.asarray(x.used[n]).reshape(-1).tolist() for n in names), strict=True)) if names else \
+            [()] * int(np.asarray(x.length).size)
+
+    k1, k0 = fmt_keys(s), fmt_keys(s0)
+    len1, len0 = np.asarray(s.length, float).reshape(-1), np.asarray(s0.length, float).reshape(-1)
+    by_fmt: dict[tuple[bool, ...], list[float]] = {}
+    for k, n in zip(k0, len0, strict=True):
+        by_fmt.setdefault(k, []).append(n)
+    ref = {k: float(np.mean(v)) for k, v in by_fmt.items()}
+    pairs = [(n, ref[k]) for k, n in zip(k1, len1, strict=True) if k in ref]
+    if not pairs:
+        return None, 0.0
+    obs, exp = (float(np.mean(c)) for c in zip(*pairs, strict=True))
+    return obs / max(exp, 1e-9), len(pairs) / max(len(k1), 1)
+
+
 def summarize_setting(s: SettingSamples, s0: SettingSamples, strategy: str, n_bootstrap: int = 1000,
                       seed: int = 0) -> dict:
     """Steered vs unsteered numbers of one setting for `strategy` (the keys
@@ -476,6 +508,7 @@ def summarize_setting(s: SettingSamples, s0: SettingSamples, strategy: str, n_bo
     m, mci = _rate(s.malformed, n_bootstrap, seed)
     m0, m0ci = _rate(s0.malformed, n_bootstrap, seed)
     v = s.setting.vector
+    matched, matched_share = format_matched_length_ratio(s, s0)
     return {
         "layer": None if v is None else v.layer, "alpha_fraction": s.setting.fraction,
         "where": s.setting.where, "vector": s.setting.kind,
@@ -485,6 +518,9 @@ def summarize_setting(s: SettingSamples, s0: SettingSamples, strategy: str, n_bo
         "malformed_at_0": {"value": m0, "ci": m0ci}, "malformed": {"value": m, "ci": mci},
         "length_at_0": float(s0.length.mean()), "length": float(s.length.mean()),
         "length_ratio": float(s.length.mean() / max(s0.length.mean(), 1e-9)),
+        # like with like: steered vs unsteered length within each format (switching strategy
+        # changes the length by construction), weighted by the steered format mix
+        "length_ratio_matched": matched, "length_matched_share": matched_share,
         "vector_norm": None if v is None else v.norm,
     }
 

@@ -17,7 +17,8 @@ the mean residual norm at the steered layer and positions (--fractions). Positio
 every token, or decision points only (the last prompt token and each generated separator token).
 Every setting is screened on --n-screen prompts; per strategy the largest rise that is not
 degenerate (analyses.verdicts.is_degenerate: accuracy down > 20% relative, malformed outputs up,
-or length outside [0.5x, 2x]) is chosen and measured on --n-problems held-out prompts against
+length below 0.5x (a collapse), or length outside [0.5x, 2x] of the unsteered length in the same
+formats, since switching strategy changes length by construction) is chosen and measured on --n-problems held-out prompts against
 --n-random Gaussian random vectors of the same norm, layer and positions. Passes: the steered
 rate's CI lies above the highest random upper CI and the setting is not degenerate (the rule of
 analyses.verdicts.verdict_steering). Writes results.json (strategies[s]["best"]: layer,
@@ -67,6 +68,7 @@ from analyses.grading import no_answer_line, no_answer_share  # noqa: E402
 from analyses.reporting import save_figure, write_results  # noqa: E402
 from analyses.sampling import resolve_model_spec  # noqa: E402
 from analyses.task import prompt_id  # noqa: E402
+from analyses.verdicts import is_degenerate  # noqa: E402
 from hooks import TwinlensError, capture, load_model  # noqa: E402
 from probes.attribution import attribute_layers  # noqa: E402
 from probes.baselines import DEFAULT_SEPARATORS, decision_point_positions  # noqa: E402
@@ -305,11 +307,11 @@ def run_sweep(args) -> tuple[dict, dict]:
                 "layer": best[1], "alpha": best[2], "change": best[0],
                 "accuracy": r["accuracy"][k], "accuracy_at_0": r["accuracy"][k0],
                 "length": r["length"][k], "length_at_0": r["length"][k0],
-                # The raise comes with broken outputs: accuracy below half of the unsteered one
-                # and completions running to the token limit.
-                "degenerate": bool(r["accuracy"][k] < 0.5 * r["accuracy"][k0]
-                                   and r["length"][k] >= 0.9 * max_new),
+                "length_ratio": r["length"][k] / max(r["length"][k0], 1e-9),
             }
+            # the one rule the search and the verdict use (any of accuracy, malformed, length);
+            # a sweep has no per-format lengths, so its length criterion is the raw ratio
+            best_info["degenerate"], best_info["degenerate_why"] = is_degenerate(best_info)
         results["strategies"][s] = {
             "layers": per_layer,
             "attribution": chosen.get(s),
@@ -388,9 +390,9 @@ def summary_sweep(results: dict) -> str:
         att = f" (attribution-chosen layer {e['attribution']['chosen_layer']})" if e.get("attribution") else ""
         if e["best"]:
             b = e["best"]
-            note = (f"; but the output degenerates: accuracy {b['accuracy_at_0']:.2f} -> {b['accuracy']:.2f}, "
-                    f"length {b['length_at_0']:.0f} -> {b['length']:.0f} tokens (limit {st['max_new_tokens']})"
-                    if b["degenerate"] else "")
+            note = (f"; but the output degenerates ({b.get('degenerate_why', '')}): accuracy "
+                    f"{b['accuracy_at_0']:.2f} -> {b['accuracy']:.2f}, length {b['length_at_0']:.0f} -> "
+                    f"{b['length']:.0f} tokens (limit {st['max_new_tokens']})" if b["degenerate"] else "")
             lines.append(f"- {s}: passes at layer {b['layer']}, alpha {b['alpha']:g} (frequency "
                          f"+{b['change']:.2f}){att}{note}.")
         else:

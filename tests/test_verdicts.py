@@ -96,6 +96,54 @@ def test_degenerate_is_any_one_of_accuracy_malformed_or_length():
     assert V.is_degenerate(ok | {"length_ratio": 0.49})[0]
 
 
+
+def test_degenerate_length_compares_like_with_like():
+    """Switching strategy changes length by construction: the v2 demo's compute steering 0.45 ->
+    0.88 went x2.06 in raw length (step traces vs 3-token direct answers) and was flagged for that
+    alone. Within formats it is x1.05: not degenerate. A collapse to a few tokens still is."""
+    ok = {"accuracy_at_0": 0.5, "accuracy": 0.45, "malformed_at_0": 0.0, "malformed": 0.0}
+    switched = ok | {"length_ratio": 2.06, "length_ratio_matched": 1.05, "length_matched_share": 0.95}
+    assert V.is_degenerate(switched) == (False, "")
+    assert V.is_degenerate(switched | {"length_ratio_matched": 2.5})[0]  # longer within its own format
+    assert V.is_degenerate(switched | {"length_ratio_matched": 0.3})[0]  # shorter within its own format
+    assert V.is_degenerate(ok | {"length_ratio": 0.2, "length_ratio_matched": 1.0,
+                                 "length_matched_share": 1.0})[0]  # a collapse to a few tokens
+    # too few steered samples in a format the unsteered model writes: fall back to the raw ratio
+    assert V.is_degenerate(switched | {"length_matched_share": 0.2})[0]
+
+
+def test_format_matched_length_ratio_weights_unsteered_lengths_by_the_steered_mix():
+    """Unsteered: 80% direct (3 tokens), 20% step (27); steered: 90% step, 10% direct at the same
+    lengths -> raw ratio 24.6 / 7.8 = 3.15, matched ratio exactly 1; the search's summary and the
+    shared is_degenerate agree. Step traces cut to 5 tokens -> matched 0.20: degenerate."""
+    import numpy as np
+
+    from probes.steering import (
+        SettingSamples,
+        SteeringSetting,
+        format_matched_length_ratio,
+        summarize_setting,
+    )
+
+    def samples(step_share, step_len):
+        n_step = round(10 * step_share)
+        used = np.array([[i < n_step for i in range(10)]] * 4)  # 4 prompts x 10 samples
+        length = np.where(used, float(step_len), 3.0)
+        return SettingSamples(SteeringSetting(None, "all", 0.0, "none"), {"compute": used},
+                              np.ones_like(length), np.zeros_like(length), length)
+
+    s0, s = samples(0.2, 27), samples(0.9, 27)
+    ratio, share = format_matched_length_ratio(s, s0)
+    assert ratio == pytest.approx(1.0) and share == 1.0
+    x = summarize_setting(s, s0, "compute", n_bootstrap=50)
+    assert x["length_ratio"] == pytest.approx(24.6 / 7.8)
+    assert V.is_degenerate(x) == (False, "")
+    cut = summarize_setting(samples(0.9, 5), s0, "compute", n_bootstrap=50)
+    assert cut["length_ratio_matched"] == pytest.approx((0.9 * 5 + 0.3) / 24.6)
+    assert V.is_degenerate(cut)[0]
+    # a steered format the unsteered model never writes has nothing to compare with
+    assert format_matched_length_ratio(samples(0.9, 27), samples(0.0, 27)) == (pytest.approx(3 / 3), 0.1)
+
 # ------------------------------------------------------------------ routing
 def _route(gap_ci, rnd_ci, frac=0.1, acc=(0.4, 0.9), gap_acc_ci=None):
     r = {"accuracy_base": acc[0], "accuracy_rl": acc[1], "routers": {
