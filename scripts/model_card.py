@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.organism_card import fill_model_card  # noqa: E402
+from analyses.organism_card import card_claims, fill_model_card  # noqa: E402
 from analyses.reporting import write_text_atomic  # noqa: E402
 from hooks import TwinlensError  # noqa: E402
 
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(args.readme, new)
     # The claim rows, machine-readable, beside the README: analyses.controls reads them so that a
     # control run on a twin that did not come out as planted reads "untested", not FAILED.
-    write_text_atomic(args.readme.parent / "claims.json", json.dumps(card.get("claims") or [], indent=1) + "\n")
+    # recomputed by the current rules, as the README's claims table is (a stored list can be older)
+    write_text_atomic(args.readme.parent / "claims.json", json.dumps(card_claims(card), indent=1) + "\n")
     print(f"wrote the measured tables of {args.card} into {args.readme}", file=sys.stderr)
     return 0
 

@@ -276,8 +276,12 @@ def test_model_card_script_fills_checks_and_refuses_a_non_card(tmp_path, capsys)
         return model_card.main(["--card", str(tmp_path / "card.json"), "--readme", str(readme), *extra])
 
     assert run("--check") == 1  # stale
+    card["claims"] = [{"claim": "stale", "checkpoints": [], "planted": "true", "measured": "", "holds": True}]
+    (tmp_path / "card.json").write_text(json.dumps(card))
     assert run() == 0 and "Measured by" in readme.read_text()
     assert run("--check") == 0
+    # the claim rows beside the README are the rules' own on these numbers, not a stored list
+    assert json.loads((tmp_path / "claims.json").read_text()) == json.loads(json.dumps(card_claims(card)))
     (tmp_path / "card.json").write_text(json.dumps({"not": "a card"}))
     capsys.readouterr()
     assert run() == 2 and "not a card JSON" in capsys.readouterr().err
