@@ -283,16 +283,21 @@ def test_an_undefined_statistic_in_planted_results_costs_nothing_but_its_own_cel
     assert rows["mechanism"].positive_control.startswith("untested: the planted results could not be read")
 
 
-def test_a_planted_formats_run_is_judged_with_its_own_greedy_shares():
-    """The row reads greedy shares beside the sampled ones; a planted formats run must be judged on
-    the same evidence (it was judged without its greedy shares, so a greedy collapse with a sampled
-    tail below 90% read as 'not supported' there and 'supported' in the row)."""
+def test_a_planted_formats_run_is_judged_by_the_rows_rule():
+    """A planted formats run must be judged on the same evidence and rule as the row (it was once
+    judged without its greedy shares, so the two disagreed). Greedy shares are reported, not
+    decisive (greedy is one format by construction): a greedy collapse with a sampled share
+    straddling 90% is undetermined in both places; a sampled collapse is supported in both."""
     run = {"checkpoints": ["base", "rl-seed0"], "share": {"base": {"step": 0.3}, "rl-seed0": {"step": 0.85}},
            "share_ci": {"base": {"step": [0.22, 0.38]}, "rl-seed0": {"step": [0.78, 0.92]}},
            "greedy_share": {"rl-seed0": {"step": 1.0, "direct": 0.0}}}
-    assert V.verdict_formats_run(run).outcome == V.SUPPORTED
-    here = {"formats": run}
-    rows = {r.row: r for r in V.collect(here, positives={"formats": run})}
+    assert V.verdict_formats_run(run).outcome == V.UNDETERMINED
+    rows = {r.row: r for r in V.collect({"formats": run}, positives={"formats": run})}
+    assert rows["formats"].outcome == V.DETECTOR_FAILED  # the planted-true run is undetermined too
+    assert "planted true: undetermined" in rows["formats"].positive_control
+    run = {**run, "share": {"base": {"step": 0.3}, "rl-seed0": {"step": 0.96}},
+           "share_ci": {"base": {"step": [0.22, 0.38]}, "rl-seed0": {"step": [0.93, 0.99]}}}
+    rows = {r.row: r for r in V.collect({"formats": run}, positives={"formats": run})}
     assert rows["formats"].outcome == V.SUPPORTED and rows["formats"].positive_control.startswith("passed")
 
 
