@@ -191,40 +191,38 @@ def test_steering_search_refuses_bad_grids_before_generating(llama, monkeypatch)
 
 
 @pytest.mark.slow
-def test_search_at_a_tenth_of_the_residual_norm_finds_the_compute_effect_on_the_organism(tmp_path):
-    """The search, told the strength (0.1x the mean residual norm at decision points, the setting
-    issue 15's audit found on v1) but neither layer nor direction, finds organism v2's compute
-    effect: layer 3, decision-point contrast vector, compute 0.45 -> 0.72 [0.66, 0.79] on 24
-    held-out prompts x 4 samples, against 5 random vectors of equal norm at 0.44-0.47 (highest
-    upper CI 0.56); accuracy 0.26 -> 0.41; length x1.55 (step traces are ~9x longer than a direct
-    ``#NN``, so a rise in stepping lengthens outputs by itself).
+def test_default_search_finds_the_compute_effect_on_the_organism(tmp_path):
+    """The default search (strengths 0.05, 0.1, 0.2 x the mean residual norm at decision points,
+    layers 0-3, both vectors), told neither layer nor direction, finds organism v2's compute
+    effect: layer 3, decision-point contrast vector, 0.2x: compute 0.45 -> 0.88 [0.80, 0.95] on 24
+    held-out prompts x 4 samples, against 5 random vectors of equal norm at 0.43-0.50 (highest
+    upper CI 0.58); accuracy 0.26 -> 0.46; length x2.06 overall but x1.14 within formats (step
+    traces are ~9x longer than a direct ``#NN``: stepping more lengthens outputs by itself, which
+    ``is_degenerate`` compares like with like). At 0.1x alone (``--fractions 0.1``): 0.45 -> 0.72
+    [0.66, 0.79] vs random <= 0.56, also passing (v1's audit: 0.44 -> 0.70 at layer 3, 0.1x).
 
-    Bounds: a rise >= 0.2 (measured 0.27; random vectors move the rate by <= 0.02), the CI above
-    every random vector's, not degenerate (length x1.55 is inside [0.5, 2]), accuracy not down.
-    Why not the default strengths (0.05, 0.1, 0.2) on v2: the 8 x 2-sample screen picks 0.2
-    (largest screened rise, length x1.84 there), which measures 0.45 -> 0.88 [0.80, 0.95] but
-    length x2.06: degenerate, so the default search does not pass on v2; with 0.05 and 0.1 the
-    screen ties (+0.25 each) and keeps 0.05, which measures 0.59 [0.51, 0.68] against a random
-    upper CI of 0.54 (does not pass)."""
+    Bounds: a rise >= 0.3 (measured 0.43; each random vector moves the rate by <= 0.05), the CI
+    above every random vector's, not degenerate (format-matched length inside [0.5, 2]), accuracy
+    not down, the verdict supported."""
     import importlib.util
 
-    from analyses.verdicts import SUPPORTED, verdict_steering
+    from analyses.verdicts import DEGENERATE_LENGTH, SUPPORTED, verdict_steering
 
     path = __import__("pathlib").Path(__file__).resolve().parents[1] / "scripts" / "steer.py"
     spec = importlib.util.spec_from_file_location("_steer_search", path)
     steer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(steer)
-    res = steer.run_and_report(steer.parse_args(
-        ["--out", str(tmp_path / "s"), "--strategies", "compute", "--fractions", "0.1"]))
+    res = steer.run_and_report(steer.parse_args(["--out", str(tmp_path / "s"), "--strategies", "compute"]))
     b = res["strategies"]["compute"]["best"]
-    assert (b["layer"], b["vector"], b["alpha_fraction"]) == (3, "decision_point_contrast", 0.1), b
+    assert (b["layer"], b["vector"]) == (3, "decision_point_contrast") and b["alpha_fraction"] in (0.1, 0.2), b
     assert b["random"]["n"] >= 5 and len(b["random"]["rates"]) == b["random"]["n"]
-    assert b["change"] >= 0.2, b
+    assert b["change"] >= 0.3, b
     assert b["ci"][0] > b["random"]["max_upper_ci"], b
     assert max(abs(r - b["rate_at_0"]) for r in b["random"]["rates"]) < 0.1  # random vectors: no effect
     assert not b["degenerate"] and b["passes"]
     assert b["accuracy"] >= b["accuracy_at_0"]
-    assert 0.5 <= b["length_ratio"] <= 2.0
+    assert b["length_matched_share"] >= 0.5
+    assert DEGENERATE_LENGTH[0] <= b["length_ratio_matched"] <= DEGENERATE_LENGTH[1], b
     assert verdict_steering(res).outcome == SUPPORTED
     assert (tmp_path / "s" / "summary.md").exists() and (tmp_path / "s" / "steering.png").exists()
 
