@@ -24,8 +24,8 @@ import random
 from dataclasses import dataclass, field
 
 from organism.task import (
-    PRETRAIN_TIERS,
     OPEN_LENGTHS,
+    PRETRAIN_TIERS,
     Problem,
     answer_of,
     apply_op,
@@ -137,7 +137,7 @@ def make_corpus(n: int, seed: int, mix: CorpusMix = PRETRAIN_MIX, difficulty: in
     tier only, plain prompts, no open domain (``variant`` "sub" for the plasticity experiment)."""
     rng = random.Random(f"corpus-v2/{seed}")
     out: list[tuple[str, str]] = []
-    for i in range(n):
+    for _ in range(n):
         if difficulty is not None:
             p = draw_problem(rng, difficulty, variant)
             out.append((p.prompt, sample_completion(p, mix, rng)))
