@@ -74,19 +74,22 @@ _RANDOM_INIT = ("no checkpoint plants 'the base has no such direction' (a model 
 #: 2-core box at load ~19 (shared): worker seconds per row diff 34, mechanism 187, formats 23, passk 51,
 #: drift 6, calibrate 54, entropy 48; 236 s wall with 2 workers (probe and steer reuse the demo's runs).
 CONTROLS: dict[str, RowControl] = {c.row: c for c in [
+    # probe and steer: the base is both the row's subject and its only candidate planted case. The corpus
+    # plants context-dependent choices, but whether the base learned them is exactly what the row
+    # measures, so a "planted-true" run on the same base would turn every "not supported" into
+    # "detector failed" (circular). The detectors' positive controls are planted directions in tests.
     RowControl(
-        "probe", "probe",
-        true=Planted((), "the job's defaults, the organism base (and rl-seed0): organism v2 makes strategy choice depend on context by construction: backtracking "
-                     "follows a wrong step, stepwise computing grows with the operand count, verification "
-                     "follows a backtrack; the base's residual at the decision point must carry it"),
-        false=None, untested=_RANDOM_INIT, reuse_demo=True),
+        "probe", "probe", true=None, false=None,
+        untested=("no checkpoint other than the base itself plants 'the base carries the decision' (the "
+                  "corpus plants context-dependent choices, but whether the base learned them is what this "
+                  "row measures); the detector's positive controls are planted directions "
+                  "(tests/test_probes_baselines.py); " + _RANDOM_INIT)),
     RowControl(
-        "steer", "steer",
-        true=Planted((), "the job's default, the organism base: it takes each strategy at its decision points (context-dependent by "
-                     "construction), so a direction that moves the choice exists"),
-        false=None, reuse_demo=True,
-        untested=("no checkpoint plants 'this strategy cannot be steered'; the job's >= 5 random vectors "
-                  "of equal norm per setting are the negative control")),
+        "steer", "steer", true=None, false=None,
+        untested=("no checkpoint other than the base itself plants a steerable strategy (whether the base's "
+                  "choice can be moved is what this row measures); the search's positive control is a "
+                  "planted direction (tests/test_steering.py); its >= 5 random vectors of equal norm per "
+                  "setting are the negative control")),
     RowControl(
         "route", "route", true=None, false=None,
         untested=("no twin plants a base-to-RL gap that few routed tokens do (or do not) recover: the row "
@@ -326,6 +329,10 @@ def load_controls(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any], d
     claims = card_claims()
     for row, control in CONTROLS.items():
         for side in SIDES:
+            if control.side(side) is None:  # no planted case (an older controls run may still list one)
+                if side == "true":
+                    why[row] = control.untested
+                continue
             missed = not_as_planted(control, side, claims)
             if missed:  # the twin missed its plant: its run tests nothing (untested, not FAILED)
                 if side == "true":

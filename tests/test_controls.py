@@ -115,7 +115,9 @@ def test_report_marks_each_rows_positive_control_passed_failed_or_untested(tmp_p
                  "false": {"status": "ran", "folder": "negative/diff"}},
         "entropy": {"true": {"status": "ran", "folder": "positive/entropy"},
                     "false": {"status": "ran", "folder": "negative/entropy"}},
-        "passk": {"true": {"status": "failed", "why": "exit 1: out of memory"}},
+        "mechanism": {"true": {"status": "failed", "why": "exit 1: out of memory"}},
+        # a row with no planted-true case stays untested for its own reason, whatever a record lists
+        "passk": {"true": {"status": "ran", "folder": "positive/diff"}},
         "calibrate": {"true": {"status": "untested", "why": "checkpoint rl-binary is not shipped"}},
     }}))
     rows = {v.row: v for v in collect_verdicts(demo)}
@@ -125,7 +127,8 @@ def test_report_marks_each_rows_positive_control_passed_failed_or_untested(tmp_p
     assert rows["entropy"].outcome == V.DETECTOR_FAILED  # its "supported" here means nothing
     assert rows["entropy"].positive_control.startswith("FAILED")
     assert rows["drift"].outcome == V.SUPPORTED and rows["drift"].positive_control.startswith("untested")
-    assert rows["passk"].positive_control == "untested: the planted-true run failed (exit 1: out of memory)"
+    assert rows["mechanism"].positive_control == "untested: the planted-true run failed (exit 1: out of memory)"
+    assert rows["passk"].positive_control.startswith("untested: " + C.CONTROLS["passk"].untested)
     assert rows["calibrate"].positive_control == "untested: checkpoint rl-binary is not shipped"
     assert rows["route"].positive_control == "untested: " + C.CONTROLS["route"].untested
     # a detector that fires where the claim is planted false fails too
@@ -253,8 +256,7 @@ def test_a_planted_true_case_that_is_the_demos_own_default_run_is_reused_not_rer
     with claim_folder(demo / "steer", script_identity(job, cmd)) as folder:
         (demo / "steer" / "results.json").write_text("{}")
         folder.finish()
-    control_cmd = ["python", job.script, "--out", str(tmp_path / "controls" / "positive" / "steer"),
-                   *C.planted_args(C.CONTROLS["steer"], "true")]
+    control_cmd = ["python", job.script, "--out", str(tmp_path / "controls" / "positive" / "steer")]
     assert reusable(job, control_cmd, demo) == demo / "steer"
     assert reusable(job, [*control_cmd, "--n-problems", "3"], demo) is None  # other settings: run it
     assert reusable(job, control_cmd, tmp_path / "elsewhere") is None
