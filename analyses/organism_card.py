@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from analyses.calibration import calibration_report
@@ -261,14 +260,9 @@ def weight_overlap(base: str | Path, run_a: str | Path, run_b: str | Path, names
     """Overlap of two runs' changed sets (bf16 value differs from the base's) with the random
     baselines (``analyses.subnetworks.overlap_of``; tensors as stored, the organism's tied
     embedding once)."""
-    sb, sa, sc = (load_file(str(Path(p) / "model.safetensors")) for p in (base, run_a, run_b))
-    n = n_a = n_b = both = 0
-    for k, vb in sb.items():
-        ca, cb = sa[k] != vb, sc[k] != vb
-        n += vb.numel()
-        n_a += int(ca.sum())
-        n_b += int(cb.sum())
-        both += int((ca & cb).sum())
+    from organism.training import update_counts
+
+    n, n_a, n_b, both = update_counts(base, run_a, run_b)
     return overlap_of(names[0], names[1], n, n_a, n_b, both, tolerance="bf16-equality").to_dict()
 
 

@@ -506,14 +506,9 @@ def bf16_unchanged_fraction(a: str | Path, b: str | Path) -> dict:
     return {"unchanged_fraction": same / total, "n_weights": total, "per_tensor": per_tensor}
 
 
-def update_overlap(base: str | Path, a: str | Path, b: str | Path) -> dict:
-    """Overlap of two runs' updated sets (weights whose bf16 value differs from ``base``'s).
-
-    RESEARCH.md s.2 (Mukherjee et al.): with sparsities s1, s2 (unchanged fractions) and updated
-    sets I1, I2, ``o1 = |I1 & I2| / |I1|``, ``o2 = |I1 & I2| / |I2|``; if the sets were drawn at
-    random the expectation is ``o1 = 1 - s2``, ``o2 = 1 - s1`` (``random_o1``, ``random_o2``).
-    Also the Jaccard index and its random baseline ``pq / (p + q - pq)`` (p, q = 1 - s1, 1 - s2).
-    Fractions in [0, 1]; NaN where an updated set is empty."""
+def update_counts(base: str | Path, a: str | Path, b: str | Path) -> tuple[int, int, int, int]:
+    """(weights, updated in ``a``, updated in ``b``, updated in both): "updated" = bf16 value differs
+    from ``base``'s; tensors as stored (the tied embedding once)."""
     s0, sa, sb = _weights(base), _weights(a), _weights(b)
     n = n1 = n2 = both = 0
     for k, v0 in s0.items():
@@ -522,6 +517,18 @@ def update_overlap(base: str | Path, a: str | Path, b: str | Path) -> dict:
         n1 += int(u1.sum())
         n2 += int(u2.sum())
         both += int((u1 & u2).sum())
+    return n, n1, n2, both
+
+
+def update_overlap(base: str | Path, a: str | Path, b: str | Path) -> dict:
+    """Overlap of two runs' updated sets (weights whose bf16 value differs from ``base``'s).
+
+    RESEARCH.md s.2 (Mukherjee et al.): with sparsities s1, s2 (unchanged fractions) and updated
+    sets I1, I2, ``o1 = |I1 & I2| / |I1|``, ``o2 = |I1 & I2| / |I2|``; if the sets were drawn at
+    random the expectation is ``o1 = 1 - s2``, ``o2 = 1 - s1`` (``random_o1``, ``random_o2``).
+    Also the Jaccard index and its random baseline ``pq / (p + q - pq)`` (p, q = 1 - s1, 1 - s2).
+    Fractions in [0, 1]; NaN where an updated set is empty."""
+    n, n1, n2, both = update_counts(base, a, b)
     p, q = n1 / n, n2 / n
     nan = float("nan")
     union = n1 + n2 - both
@@ -606,6 +613,6 @@ def run_stage(spec: StageSpec, out: str | Path, threads: int = 1, progress: bool
 __all__ = [
     "ModelShape", "SupervisedConfig", "RLConfig", "pretrain_base", "finetune_sft", "train_rl",
     "save_checkpoint", "load_fp32", "find_unsolved_problems", "bf16_unchanged_fraction",
-    "update_overlap", "correctness_reward", "brier_reward", "clamp_advantages", "make_rl_problems",
+    "update_overlap", "update_counts", "correctness_reward", "brier_reward", "clamp_advantages", "make_rl_problems",
     "StageSpec", "run_stage", "RL_TIERS", "RL_PROBLEM_SETS", "VOCAB",
 ]
